@@ -1,0 +1,1 @@
+"""srsd: Sender Rewriting Scheme daemon for Postfix (tcp_table and socketmap)."""

@@ -1,0 +1,5 @@
+import sys
+
+from srsd.cli import main
+
+sys.exit(main())

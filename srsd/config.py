@@ -1,0 +1,286 @@
+"""TOML configuration -> one validated, immutable :class:`Config`.
+
+Every error names the offending key (``srs.hash_length: ...``). The files the
+config points at (secrets, local domains) are read here too, so a loaded Config
+is a complete snapshot: SIGHUP builds a new one and swaps it in only if it loads.
+See ``docs/configuration.md`` for every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import secrets as _secrets
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from srsd.srs import SEPARATORS
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "SRSSettings",
+    "ListenSettings",
+    "LimitsSettings",
+    "LogSettings",
+    "load_config",
+    "default_config",
+    "state_directory",
+    "is_domain",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message starts with the key."""
+
+
+@dataclass(frozen=True)
+class SRSSettings:
+    domain: str = ""
+    secrets_file: str = ""
+    local_domains: tuple[str, ...] = ()
+    local_domains_file: str = ""
+    hash_length: int = 4
+    hash_minimum: int = 4
+    max_age_days: int = 21
+    separator: str = "="
+    alphabet: str = "standard"
+    always_rewrite: bool = False
+
+
+@dataclass(frozen=True)
+class ListenSettings:
+    """Twisted endpoint strings (``tcp:PORT:interface=ADDR``, ``unix:PATH:mode=660``,
+    ``systemd:domain=INET:index=0``); an empty string disables the endpoint."""
+
+    tcp_forward: str = "tcp:10001:interface=127.0.0.1"
+    tcp_reverse: str = "tcp:10002:interface=127.0.0.1"
+    socketmap: str = "tcp:10003:interface=127.0.0.1"
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    max_request_bytes: int = 4096  # longest tcp_table line / socketmap netstring
+    max_connections: int = 1000  # per endpoint; beyond it requests get TEMP
+    idle_timeout: int = 1800  # seconds before an idle client is closed; 0 = never
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "info"  # "debug" logs every lookup
+
+
+@dataclass(frozen=True)
+class Config:
+    srs: SRSSettings
+    listen: ListenSettings = ListenSettings()
+    limits: LimitsSettings = LimitsSettings()
+    log: LogSettings = LogSettings()
+    #: secrets read from srs.secrets_file, first signs (never printed)
+    secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    #: srs.local_domains plus the entries of srs.local_domains_file
+    local_domains: tuple[str, ...] = ()
+    #: where this config came from ("<default>" for the embedded one)
+    source: str = "<default>"
+
+
+_SECTIONS = {
+    "srs": SRSSettings,
+    "listen": ListenSettings,
+    "limits": LimitsSettings,
+    "log": LogSettings,
+}
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
+
+
+def is_domain(name: str) -> bool:
+    """True for an RFC 5321 (4.1.2) domain with at least two labels; A-labels only."""
+    if not name or len(name) > 253 or "." not in name:
+        return False
+    return all(_LABEL.match(label) for label in name.split("."))
+
+
+def _typed(section: str, key: str, value: Any, want: Any) -> Any:
+    where = f"{section}.{key}"
+    if want is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    elif want is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    elif want is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+    else:  # tuple[str, ...]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        value = tuple(value)
+    return value
+
+
+def _section(name: str, raw: Any, cls: type) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}: unknown key")
+    kwargs = {}
+    for key, value in raw.items():
+        # Annotations are strings here (PEP 563): "str", "int", "bool", "tuple[...]".
+        want = {"str": str, "int": int, "bool": bool}.get(fields[key].type, tuple)
+        kwargs[key] = _typed(name, key, value, want)
+    return cls(**kwargs)
+
+
+def _read_lines(path: str, key: str) -> list[str]:
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: {path} is not UTF-8") from None
+    return text.splitlines()
+
+
+def load_secrets(path: str) -> tuple[bytes, ...]:
+    """Secrets from *path*: one per line, the first signs, all verify.
+
+    Only line ends are stripped (PostSRSd compatibility: the secret is the whole
+    line); empty lines are skipped.
+
+    :raises ConfigError: naming ``srs.secrets_file``.
+    """
+    found = tuple(line.encode("utf-8") for line in _read_lines(path, "srs.secrets_file") if line)
+    if not found:
+        raise ConfigError(f"srs.secrets_file: {path} holds no secret")
+    return found
+
+
+def _check_domain_entries(entries: list[str] | tuple[str, ...], key: str) -> list[str]:
+    out = []
+    for entry in entries:
+        entry = entry.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        bare = entry[1:] if entry.startswith(".") else entry
+        if not is_domain(bare.rstrip(".")):
+            raise ConfigError(f"{key}: {entry!r} is not a domain name")
+        out.append(entry)
+    return out
+
+
+def _validate(cfg: Config) -> Config:
+    s = cfg.srs
+    if not s.domain:
+        raise ConfigError("srs.domain: required (the domain SRS addresses are minted in)")
+    if not is_domain(s.domain):
+        raise ConfigError(
+            f"srs.domain: {s.domain!r} is not a fully qualified domain name "
+            "(letters, digits, hyphens; at least two labels)"
+        )
+    if not 1 <= s.hash_length <= 27:
+        raise ConfigError("srs.hash_length: must be 1..27")
+    if not 1 <= s.hash_minimum <= s.hash_length:
+        raise ConfigError("srs.hash_minimum: must be 1..hash_length")
+    if s.hash_minimum < 4:
+        # Case-insensitive base64: ~5.2 bits a character; fewer than 4 is forgeable.
+        raise ConfigError("srs.hash_minimum: below 4 lets forged addresses through")
+    if not 1 <= s.max_age_days <= 1000:
+        raise ConfigError("srs.max_age_days: must be 1..1000")
+    if len(s.separator) != 1 or s.separator not in SEPARATORS:
+        raise ConfigError("srs.separator: must be one of '=', '+', '-'")
+    if s.alphabet not in ("standard", "urlsafe"):
+        raise ConfigError("srs.alphabet: must be 'standard' or 'urlsafe'")
+    if not s.secrets_file:
+        raise ConfigError("srs.secrets_file: required")
+    secrets = load_secrets(s.secrets_file)
+    domains = _check_domain_entries(s.local_domains, "srs.local_domains")
+    if s.local_domains_file:
+        lines = _read_lines(s.local_domains_file, "srs.local_domains_file")
+        domains += _check_domain_entries(lines, "srs.local_domains_file")
+    lim = cfg.limits
+    if not 256 <= lim.max_request_bytes <= 1 << 20:
+        raise ConfigError("limits.max_request_bytes: must be 256..1048576")
+    if lim.max_connections < 1:
+        raise ConfigError("limits.max_connections: must be at least 1")
+    if lim.idle_timeout < 0:
+        raise ConfigError("limits.idle_timeout: must be >= 0 (0 = never)")
+    if cfg.log.level not in ("debug", "info", "warn", "error"):
+        raise ConfigError("log.level: must be debug, info, warn or error")
+    if not any(dataclasses.astuple(cfg.listen)):
+        raise ConfigError("listen: every endpoint is disabled")
+    return dataclasses.replace(cfg, secrets=secrets, local_domains=tuple(domains))
+
+
+def parse_config(data: dict[str, Any], source: str = "<string>") -> Config:
+    """Validate a parsed TOML document.
+
+    :raises ConfigError: unknown section or key, wrong type, bad value, unreadable
+        secrets or domains file; the message starts with the key.
+    """
+    unknown = sorted(set(data) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section")
+    sections = {name: _section(name, data.get(name, {}), cls) for name, cls in _SECTIONS.items()}
+    return _validate(Config(source=source, **sections))
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the TOML file at *path*.
+
+    :raises ConfigError: the file is unreadable or invalid (message names the key).
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, source=path)
+
+
+def state_directory() -> Path:
+    """Where the embedded default keeps its generated secret.
+
+    ``$SRSD_STATE_DIR``, else systemd's ``$STATE_DIRECTORY``, else
+    ``/var/lib/srsd`` for root, else ``$XDG_STATE_HOME/srsd`` (~/.local/state/srsd).
+    """
+    for var in ("SRSD_STATE_DIR", "STATE_DIRECTORY"):
+        if os.environ.get(var):
+            return Path(os.environ[var].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/srsd")
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(xdg) / "srsd"
+
+
+def _default_domain() -> str:
+    fqdn = socket.getfqdn().rstrip(".").lower()
+    return fqdn if is_domain(fqdn) else "localhost.localdomain"
+
+
+def default_config() -> Config:
+    """The embedded default: loopback endpoints (PostSRSd's ports), this host's
+    FQDN as SRS domain and local domain, a secret generated on first use in
+    :func:`state_directory` (mode 0600)."""
+    directory = state_directory()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secret_path = directory / "secrets"
+    if not secret_path.exists():
+        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(_secrets.token_urlsafe(32) + "\n")
+    domain = _default_domain()
+    return _validate(
+        Config(
+            srs=SRSSettings(domain=domain, secrets_file=str(secret_path)),
+            source=f"<default: state in {directory}>",
+        )
+    )

@@ -1,0 +1,158 @@
+"""What every lookup protocol shares: ordered replies, limits, error containment.
+
+A lookup returns an :class:`~srsd.rewrite.Answer` at once or a Deferred firing
+with one (slow decisions such as SPF-aware rewriting). Postfix may pipeline
+requests on one connection, so replies are written strictly in request order:
+a fast answer queues behind a slow one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from srsd.rewrite import TEMP, Answer
+
+__all__ = ["Lookup", "LookupFactory", "LookupProtocol"]
+
+#: (map name, key) -> Answer | Deferred[Answer]
+Lookup = Callable[[str, str], "Answer | Deferred[Answer]"]
+
+log = Logger(namespace="srsd.protocol")
+
+
+class LookupFactory(protocol.Factory):
+    """Shared state of one listening endpoint.
+
+    :param lookup: the decision function, called as ``lookup(map_name, key)``; it
+        reads the current configuration itself, so a reload needs no new factory.
+    :param name: the endpoint's name for logs (``tcp_forward``, ``socketmap``).
+    :param max_request_bytes: longest request accepted (bytes).
+    :param max_connections: concurrent clients served; beyond it every request is
+        answered with a temporary failure and the connection closed.
+    :param idle_timeout: seconds of silence before a client is closed (0 = never).
+    """
+
+    protocol: type[LookupProtocol]
+    noisy = False  # no "Starting factory" lines
+
+    def __init__(
+        self,
+        lookup: Lookup,
+        name: str,
+        *,
+        max_request_bytes: int = 4096,
+        max_connections: int = 1000,
+        idle_timeout: float = 1800,
+    ) -> None:
+        self.lookup = lookup
+        self.name = name
+        self.max_request_bytes = max_request_bytes
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.connections: set[LookupProtocol] = set()
+        self._sweeper: LoopingCall | None = None
+
+    def startFactory(self) -> None:  # noqa: N802 (Twisted's name)
+        if self.idle_timeout > 0:
+            self._sweeper = LoopingCall(self.close_idle)
+            self._sweeper.start(min(60.0, self.idle_timeout), now=False)
+
+    def stopFactory(self) -> None:  # noqa: N802
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+
+    def close_idle(self) -> None:
+        """Close clients silent for longer than ``idle_timeout`` seconds."""
+        cutoff = time.monotonic() - self.idle_timeout
+        for conn in [c for c in self.connections if c.last_active < cutoff]:
+            conn.transport.loseConnection()
+
+
+class LookupProtocol(protocol.Protocol):
+    """Base of the wire adapters: subclasses parse requests and call
+    :meth:`answer_requests` with ``(map_name, key)`` pairs or ready bytes."""
+
+    factory: LookupFactory
+    overloaded = False
+
+    def __init__(self) -> None:
+        self.last_active = time.monotonic()
+        self._queue: deque[list[Any]] = deque()  # pending [bytes | None] slots
+
+    def connectionMade(self) -> None:  # noqa: N802
+        factory = self.factory
+        if len(factory.connections) >= factory.max_connections:
+            self.overloaded = True
+            log.warn(
+                "{endpoint}: {n} clients connected (limits.max_connections); "
+                "answering TEMP and closing a new one",
+                endpoint=factory.name,
+                n=len(factory.connections),
+            )
+        factory.connections.add(self)
+        if ITCPTransport.providedBy(self.transport):
+            # Small request/reply pairs: Nagle + delayed ACK would cost ~40 ms each.
+            self.transport.setTcpNoDelay(True)
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self.factory.connections.discard(self)
+
+    #: subclasses: Answer -> one complete reply on their wire
+    encode: Callable[[Answer], bytes]
+
+    # -- answering --------------------------------------------------------------
+
+    def run_lookup(self, map_name: str, key: str) -> bytes | Deferred:
+        """Run one lookup; never raises: a failure inside becomes TEMP."""
+        if self.overloaded:
+            return self.encode(Answer(TEMP, "server busy, try again"))
+        try:
+            result = self.factory.lookup(map_name, key)
+        except Exception:
+            log.failure("{endpoint}: lookup {map} {key!r} failed", endpoint=self.factory.name, map=map_name, key=key)
+            return self.encode(Answer(TEMP, "internal error"))
+        if isinstance(result, Deferred):
+            return result.addCallbacks(self.encode, self._failed, errbackArgs=(map_name, key))
+        return self.encode(result)
+
+    def _failed(self, failure: Any, map_name: str, key: str) -> bytes:
+        log.failure(
+            "{endpoint}: lookup {map} {key!r} failed", failure, endpoint=self.factory.name, map=map_name, key=key
+        )
+        return self.encode(Answer(TEMP, "internal error"))
+
+    def send(self, replies: list[bytes | Deferred]) -> None:
+        """Write *replies* in order; Deferred ones hold back those after them."""
+        self.last_active = time.monotonic()
+        if not self._queue and not any(isinstance(r, Deferred) for r in replies):
+            self.transport.write(b"".join(replies))  # the common, synchronous case
+        else:
+            for reply in replies:
+                slot: list[Any] = [reply]
+                self._queue.append(slot)
+                if isinstance(reply, Deferred):
+                    slot[0] = None
+                    reply.addCallback(self._fill, slot)
+            self._flush()
+        if self.overloaded and replies:
+            self.transport.loseConnection()
+
+    def _fill(self, data: bytes, slot: list[Any]) -> None:
+        slot[0] = data
+        self._flush()
+
+    def _flush(self) -> None:
+        out = []
+        while self._queue and self._queue[0][0] is not None:
+            out.append(self._queue.popleft()[0])
+        if out:
+            self.transport.write(b"".join(out))

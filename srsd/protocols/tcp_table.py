@@ -1,0 +1,95 @@
+"""Postfix tcp_table(5) server (PostSRSd 1.x's protocol).
+
+Request ``get SPACE key NEWLINE`` with the key %XX-encoded; reply
+``200 SPACE value`` (found), ``500 SPACE text`` (not found) or ``400 SPACE text``
+(temporary failure: Postfix disconnects and retries), each ending in ``\\n`` and
+%XX-encoding whitespace, ``%`` and non-printable bytes. One endpoint serves one
+map: the factory's ``map_name`` is passed to the lookup with every key.
+"""
+
+from __future__ import annotations
+
+import re
+
+from srsd.protocols.base import LookupFactory, LookupProtocol
+from srsd.rewrite import FOUND, NOTFOUND, Answer
+
+__all__ = ["TcpTableProtocol", "TcpTableFactory", "quote", "unquote"]
+
+_NEEDS_QUOTE = re.compile(rb"[\x00-\x20%\x7f-\xff]")
+_HEX_PAIR = re.compile(rb"[0-9A-Fa-f]{2}")
+_CODES = {FOUND: b"200 ", NOTFOUND: b"500 "}
+
+
+def quote(data: bytes) -> bytes:
+    """%XX-encode what tcp_table(5) may not carry raw (whitespace, ``%``, >0x7e)."""
+    if _NEEDS_QUOTE.search(data) is None:
+        return data
+    return _NEEDS_QUOTE.sub(lambda m: b"%%%02X" % m.group()[0], data)
+
+
+def unquote(data: bytes) -> bytes:
+    """Decode %XX escapes. :raises ValueError: a ``%`` not followed by two hex digits."""
+    if b"%" not in data:
+        return data
+    first, *rest = data.split(b"%")
+    out = [first]
+    for part in rest:
+        if not _HEX_PAIR.match(part):
+            raise ValueError("bad %XX escape")
+        out += (bytes((int(part[:2], 16),)), part[2:])
+    return b"".join(out)
+
+
+class TcpTableProtocol(LookupProtocol):
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = b""
+        self._discarding = False  # inside an over-long request, until its newline
+
+    def encode(self, answer: Answer) -> bytes:
+        status, text = answer
+        return _CODES.get(status, b"400 ") + quote(text.encode("utf-8", "surrogateescape")) + b"\n"
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        buffer = self._buffer + data if self._buffer else data
+        lines = buffer.split(b"\n")
+        self._buffer = lines.pop()
+        replies = []
+        if self._discarding and lines:
+            lines.pop(0)  # the tail of the over-long request, already answered
+            self._discarding = False
+        for line in lines:
+            replies.append(self.request(line))
+        limit = self.factory.max_request_bytes
+        if len(self._buffer) > limit and not self._discarding:
+            replies.append(self.encode(Answer(NOTFOUND, f"request longer than {limit} bytes")))
+            self._discarding = True
+        if self._discarding:
+            self._buffer = b""
+        if replies:
+            self.send(replies)
+
+    def request(self, line: bytes):
+        """Answer one request line (without its newline)."""
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > self.factory.max_request_bytes:
+            return self.encode(Answer(NOTFOUND, f"request longer than {self.factory.max_request_bytes} bytes"))
+        if not line.startswith(b"get "):
+            return self.encode(Answer(NOTFOUND, "unsupported request: only 'get KEY' is served"))
+        try:
+            key = unquote(line[4:]).decode("utf-8", "surrogateescape")
+        except ValueError:
+            return self.encode(Answer(NOTFOUND, "malformed %XX encoding in key"))
+        return self.run_lookup(self.factory.map_name, key)
+
+
+class TcpTableFactory(LookupFactory):
+    """A tcp_table endpoint answering one map (``forward`` or ``reverse``)."""
+
+    protocol = TcpTableProtocol
+
+    def __init__(self, lookup, name: str, map_name: str, **limits) -> None:
+        super().__init__(lookup, name, **limits)
+        self.map_name = map_name

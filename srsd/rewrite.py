@@ -1,0 +1,172 @@
+"""Whether to rewrite: the forwarding decisions over the pure SRS scheme.
+
+Postfix asks two questions, and looks every answer up again (cleanup(8) repeats a
+canonical lookup on its result up to 10 times), so each answer here must also be
+stable under re-lookup:
+
+* forward (``sender_canonical_maps``): which envelope sender should this mail
+  leave with? Not-found leaves the sender as it is.
+* reverse (``recipient_canonical_maps``): which address does a bounce to one of
+  our SRS addresses really go to? Not-found delivers to the address as is.
+
+No sockets and no reactor: protocol adapters map :class:`Answer` onto their wire.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from srsd.config import Config
+from srsd.srs import SRS, MalformedAddress, SRSError, srs_tag
+
+__all__ = [
+    "Answer",
+    "FOUND",
+    "NOTFOUND",
+    "TEMP",
+    "REVERSE_NOT_OURS",
+    "LocalDomains",
+    "Rewriter",
+    "rewriter_from_config",
+]
+
+FOUND = "found"
+NOTFOUND = "notfound"
+TEMP = "temp"  # cannot decide now: Postfix defers and retries
+
+_NOT_SRS = "not an SRS address"
+_OTHER_DOMAIN = "not the SRS domain"
+#: reverse reasons for ordinary recipients (everything else is a refused SRS address)
+REVERSE_NOT_OURS = frozenset({_NOT_SRS, _OTHER_DOMAIN})
+
+
+class Answer(NamedTuple):
+    """One lookup's answer: ``status`` is FOUND, NOTFOUND or TEMP; ``text`` is the
+    new address when FOUND, else a short reason for the log and the reply."""
+
+    status: str
+    text: str
+
+
+class LocalDomains:
+    """A set of domains matched case-insensitively.
+
+    ``example.com`` matches that domain only; ``.example.com`` matches its
+    subdomains only (Postfix's parent-domain notation). Write both for both.
+    """
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        exact: set[str] = set()
+        parents: set[str] = set()
+        for entry in entries:
+            entry = entry.strip().lower().rstrip(".")
+            if entry.startswith("."):
+                parents.add(entry)
+            elif entry:
+                exact.add(entry)
+        self.exact, self.parents = frozenset(exact), frozenset(parents)
+
+    def __contains__(self, domain: str) -> bool:
+        domain = domain.lower()
+        if domain in self.exact:
+            return True
+        if self.parents:
+            dot = domain.find(".")
+            while dot >= 0:
+                if domain[dot:] in self.parents:
+                    return True
+                dot = domain.find(".", dot + 1)
+        return False
+
+    def __len__(self) -> int:
+        return len(self.exact) + len(self.parents)
+
+
+class Rewriter:
+    """The SRS decisions for one configuration (immutable; swapped on reload).
+
+    :param srs: the address scheme with its secrets.
+    :param local_domains: senders in these domains are never rewritten (the SRS
+        domain always counts as local).
+    :param always_rewrite: rewrite local senders too (never our own SRS addresses).
+    """
+
+    def __init__(self, srs: SRS, local_domains: LocalDomains, always_rewrite: bool = False):
+        self.srs = srs
+        self.srs_domain = srs.domain.lower()
+        self.local_domains = local_domains
+        self.always_rewrite = always_rewrite
+
+    def forward(self, sender: str, now: float | None = None) -> Answer:
+        """Decide the envelope sender for a forwarded message (sender_canonical_maps).
+
+        :param sender: the lookup key as Postfix sent it (``""`` = null sender;
+            also ``user`` and ``@domain`` forms from canonical(5)'s search order).
+        :param now: unix time in seconds (default: the clock).
+        :returns: FOUND with the SRS0/SRS1 address, or NOTFOUND with the reason.
+        """
+        if not sender:
+            return Answer(NOTFOUND, "null sender")
+        local, at, domain = sender.rpartition("@")
+        # "user" and "@domain" are canonical(5)'s fallback keys: answering those
+        # would map every sender of a domain onto one address.
+        if not at or not local or not domain:
+            return Answer(NOTFOUND, "not a complete address")
+        lowered = domain.lower()
+        if lowered == self.srs_domain and srs_tag(local):
+            # Our own result coming back for re-lookup.
+            return Answer(NOTFOUND, "already rewritten")
+        if not self.always_rewrite and (lowered == self.srs_domain or lowered in self.local_domains):
+            return Answer(NOTFOUND, "local domain")
+        if now is None:
+            now = time.time()
+        try:
+            return Answer(FOUND, self.srs.forward(sender, now))
+        except MalformedAddress as exc:
+            if srs_tag(local) != "SRS1":
+                return Answer(NOTFOUND, str(exc))
+            # A malformed foreign SRS1 cannot be re-signed into anything whose
+            # bounce is deliverable; wrap it whole so the bounce returns to it.
+            try:
+                return Answer(FOUND, self.srs.srs0(local, domain, now))
+            except SRSError as inner:
+                return Answer(NOTFOUND, str(inner))
+        except SRSError as exc:
+            return Answer(NOTFOUND, str(exc))
+
+    def reverse(self, address: str, now: float | None = None) -> Answer:
+        """Decide where a message to *address* goes (recipient_canonical_maps).
+
+        Only SRS0/SRS1 addresses at the SRS domain that verify (hash, timestamp)
+        are reversed; a forged or stale one is NOTFOUND, not an error, so Postfix
+        handles it like any unknown recipient instead of deferring it.
+
+        :returns: FOUND with the original sender (SRS0) or the first hop's SRS0
+            address (SRS1), or NOTFOUND with the reason.
+        """
+        local, at, domain = address.rpartition("@")
+        if not at or srs_tag(local) is None:
+            return Answer(NOTFOUND, _NOT_SRS)
+        if domain.lower() != self.srs_domain:
+            return Answer(NOTFOUND, _OTHER_DOMAIN)
+        try:
+            return Answer(FOUND, self.srs.reverse(address, now))
+        except SRSError as exc:
+            return Answer(NOTFOUND, f"{exc.kind}: {exc}")
+
+
+def rewriter_from_config(cfg: Config) -> Rewriter:
+    """Build the :class:`Rewriter` for a loaded, validated :class:`Config`."""
+    s = cfg.srs
+    srs = SRS(
+        cfg.secrets,
+        s.domain,
+        hash_length=s.hash_length,
+        hash_minimum=s.hash_minimum,
+        max_age_days=s.max_age_days,
+        separator=s.separator,
+        urlsafe_hash=s.alphabet == "urlsafe",
+    )
+    return Rewriter(srs, LocalDomains(cfg.local_domains), s.always_rewrite)

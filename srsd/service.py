@@ -1,0 +1,284 @@
+"""The running daemon: endpoints, the current configuration, reload, logging.
+
+One :class:`Daemon` owns the configuration snapshot and the :class:`Rewriter`
+built from it. Protocol factories call :meth:`Daemon.lookup`, which always reads
+the current snapshot, so SIGHUP swaps the configuration without touching a
+connection. Worker processes (``srsd serve --workers N``) inherit the listening
+sockets and accept from the same queues: see :mod:`srsd.workers`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer, endpoints
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogBeginner,
+)
+from zope.interface import provider
+
+from srsd.config import Config, ConfigError, default_config, load_config
+from srsd.protocols.base import LookupFactory
+from srsd.protocols.socketmap import SocketmapFactory
+from srsd.protocols.tcp_table import TcpTableFactory
+from srsd.rewrite import NOTFOUND, REVERSE_NOT_OURS, Answer, Rewriter, rewriter_from_config
+
+__all__ = ["Daemon", "EndpointSpec", "ListenError", "endpoint_specs", "setup_logging", "load", "serve"]
+
+log = Logger(namespace="srsd")
+
+_LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error}
+_level_filter = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+
+
+def setup_logging(stream: Any = None) -> None:
+    """Log lines an admin can read, on stderr: ``TIME srsd[PID] LEVEL: text``.
+
+    Under systemd (``$JOURNAL_STREAM`` set) the time is left to the journal.
+    """
+    stream = stream or sys.stderr
+    journald = bool(os.environ.get("JOURNAL_STREAM"))
+
+    @provider(ILogObserver)
+    def observer(event: dict) -> None:
+        text = formatEvent(event)
+        if event.get("log_failure") is not None:
+            text += "\n" + event["log_failure"].getTraceback()
+        level = event.get("log_level", LogLevel.info).name
+        prefix = f"srsd[{os.getpid()}] {level}: "
+        if not journald:
+            from time import gmtime, strftime
+
+            prefix = strftime("%Y-%m-%dT%H:%M:%SZ ", gmtime(event.get("log_time", 0))) + prefix
+        stream.write(prefix + text.replace("\n", "\n    ") + "\n")
+        stream.flush()
+
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(observer, [_level_filter])], redirectStandardIO=False
+    )
+
+
+def set_log_level(name: str) -> None:
+    level = _LEVELS[name]
+    _level_filter.setLogLevelForNamespace("", level)
+    # Twisted's own per-port and per-factory chatter only when debugging.
+    quiet = LogLevel.warn if name == "info" else level
+    for namespace in ("twisted", "log_legacy"):
+        _level_filter.setLogLevelForNamespace(namespace, quiet)
+
+
+def load(path: str | None) -> Config:
+    """The config at *path*, or the embedded default when *path* is None.
+
+    :raises ConfigError: see :func:`srsd.config.load_config`.
+    """
+    return load_config(path) if path else default_config()
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """One configured listener: its config key, endpoint string and factory maker."""
+
+    name: str
+    description: str
+    make_factory: Callable[[Daemon], LookupFactory]
+
+
+def _limits(daemon: Daemon) -> dict[str, Any]:
+    lim = daemon.config.limits
+    return {
+        "max_request_bytes": lim.max_request_bytes,
+        "max_connections": lim.max_connections,
+        "idle_timeout": lim.idle_timeout,
+    }
+
+
+def endpoint_specs(config: Config) -> list[tuple[EndpointSpec, str]]:
+    """The enabled endpoints of *config* as (spec, endpoint string) pairs."""
+    specs = [
+        EndpointSpec(
+            "tcp_forward",
+            "tcp_table forward map (sender_canonical_maps)",
+            lambda d: TcpTableFactory(d.lookup, "tcp_forward", "forward", **_limits(d)),
+        ),
+        EndpointSpec(
+            "tcp_reverse",
+            "tcp_table reverse map (recipient_canonical_maps)",
+            lambda d: TcpTableFactory(d.lookup, "tcp_reverse", "reverse", **_limits(d)),
+        ),
+        EndpointSpec(
+            "socketmap",
+            "socketmap maps forward/reverse",
+            lambda d: SocketmapFactory(d.lookup, "socketmap", **_limits(d)),
+        ),
+    ]
+    return [(spec, getattr(config.listen, spec.name)) for spec in specs if getattr(config.listen, spec.name)]
+
+
+class Daemon:
+    """The lookup service for one configuration source.
+
+    :param config: the loaded configuration.
+    :param config_path: where SIGHUP re-reads it from (None = embedded default).
+    """
+
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config_path = config_path
+        self.ports: dict[str, Any] = {}
+        self._apply(config, rewriter_from_config(config))
+
+    def _apply(self, config: Config, rewriter: Rewriter) -> None:
+        self.config = config
+        self.rewriter = rewriter
+        self.debug = config.log.level == "debug"
+        set_log_level(config.log.level)
+
+    # -- the hot path -----------------------------------------------------------
+
+    def lookup(self, map_name: str, key: str) -> Answer:
+        """Answer one lookup of map ``forward`` or ``reverse`` (see :mod:`srsd.rewrite`)."""
+        if map_name == "forward":
+            answer = self.rewriter.forward(key)
+        else:
+            answer = self.rewriter.reverse(key)
+        if self.debug:
+            log.debug("{map} {key!r}: {status} {text}", map=map_name, key=key, status=answer.status, text=answer.text)
+        elif answer.status == NOTFOUND and map_name == "reverse" and answer.text not in REVERSE_NOT_OURS:
+            # An SRS address at our domain that does not verify: forged, stale or
+            # mangled. Worth an admin's eye; it is answered not-found.
+            log.info("reverse {key!r} refused: {reason}", key=key, reason=answer.text)
+        return answer
+
+    # -- life cycle -------------------------------------------------------------
+
+    def listen(self, reactor: Any, inherited: dict[str, int] | None = None) -> defer.Deferred:
+        """Listen on every enabled endpoint (or adopt *inherited* fds by name).
+
+        :returns: a Deferred firing with the list of ports, or failing with
+            :class:`ListenError` naming the first endpoint that could not be bound.
+        """
+        from srsd.workers import adopt
+
+        results = []
+        for spec, description in endpoint_specs(self.config):
+            factory = spec.make_factory(self)
+            if inherited is not None:
+                d = defer.succeed(adopt(reactor, inherited[spec.name], description, factory))
+            else:
+                try:
+                    d = endpoints.serverFromString(reactor, description).listen(factory)
+                except Exception as exc:  # bad endpoint syntax
+                    d = defer.fail(exc)
+            d.addCallback(self._listening, spec.name, description)
+            d.addErrback(self._listen_failed, spec.name, description)
+            results.append(d)
+        return defer.gatherResults(results, consumeErrors=True).addErrback(lambda f: f.value.subFailure)
+
+    def _listening(self, port: Any, name: str, description: str) -> Any:
+        self.ports[name] = port
+        log.info("listen.{name}: listening on {description}", name=name, description=description)
+        return port
+
+    def _listen_failed(self, failure: Any, name: str, description: str) -> None:
+        raise ListenError(f"listen.{name}: cannot listen on {description!r}: {failure.getErrorMessage()}")
+
+    def reload(self) -> bool:
+        """Re-read the configuration, secrets and domains (SIGHUP).
+
+        A config that does not load is refused with a log line; the running one
+        stays. Endpoint changes need a restart (connections are never dropped).
+
+        :returns: True when the new configuration is in force.
+        """
+        try:
+            config = load(self.config_path)
+            rewriter = rewriter_from_config(config)
+        except (ConfigError, ValueError) as exc:
+            log.error("reload refused, keeping the running configuration: {error}", error=exc)
+            return False
+        if config.listen != self.config.listen or config.limits != self.config.limits:
+            log.warn("reload: [listen] and [limits] changes take effect on restart only")
+        self._apply(config, rewriter)
+        log.info(
+            "reloaded {source}: {n} secrets, {d} local domains",
+            source=config.source,
+            n=len(config.secrets),
+            d=len(rewriter.local_domains),
+        )
+        return True
+
+
+class ListenError(RuntimeError):
+    """An endpoint could not be bound; the message names it."""
+
+
+def serve(config_path: str | None, workers: int = 1, inherit: str | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT (``srsd serve``).
+
+    :param config_path: TOML file, or None for the embedded default.
+    :param workers: processes in all, sharing the listening sockets.
+    :param inherit: (workers only) ``name=fd,...`` listening sockets to adopt.
+    :returns: exit status: 0 after a clean stop, 1 when the configuration is
+        invalid or an endpoint cannot be bound (the log line names it).
+    """
+    from twisted.internet import reactor
+
+    from srsd.workers import WorkerPool, parse_inherit, watch_parent
+
+    setup_logging()
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        log.critical("configuration error: {error}", error=exc)
+        return 1
+    if workers < 1:
+        log.critical("--workers: must be at least 1")
+        return 1
+    if inherit is None:
+        log.info(
+            "srsd starting: config {source}, SRS domain {domain}, {n} secret(s)",
+            source=config.source,
+            domain=config.srs.domain,
+            n=len(config.secrets),
+        )
+    daemon = Daemon(config, config_path)
+    status = {"code": 0}
+    pool: list[WorkerPool] = []
+
+    def started(ports: Any) -> None:
+        if inherit is not None:
+            watch_parent(reactor)
+            return
+        if workers > 1:
+            argv = ["-c", config_path] if config_path else []
+            pool.append(WorkerPool(reactor, workers, argv, daemon.ports))
+            pool[0].start()
+        log.info("srsd ready: {n} endpoint(s), {w} process(es)", n=len(daemon.ports), w=workers)
+        reactor.addSystemEventTrigger("before", "shutdown", lambda: log.info("srsd stopping"))
+
+    def failed(failure: Any) -> None:
+        log.critical("{error}", error=failure.getErrorMessage())
+        status["code"] = 1
+        reactor.stop()
+
+    def on_sighup() -> None:
+        daemon.reload()
+        if pool:
+            pool[0].signal_all(signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
+    d = daemon.listen(reactor, parse_inherit(inherit) if inherit else None)
+    d.addCallbacks(started, failed)
+    reactor.run()
+    return status["code"]

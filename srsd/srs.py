@@ -1,0 +1,280 @@
+"""The libsrs2 Sender Rewriting Scheme ("Guarded" SRS0/SRS1), pure and reactor-free.
+
+Address format (Shevek's SRS paper; libsrs2, Mail::SRS, PostSRSd, pysrs)::
+
+    SRS0<sep>HHHH=TT=orig-domain=orig-local@srs-domain
+    SRS1<sep>HHHH=first-hop=<SRS0 local part minus "SRS0">@srs-domain
+
+HHHH is the first ``hash_length`` characters of base64(HMAC-SHA1(secret, data)),
+where data is the ASCII-lower-cased concatenation TT + orig-domain + orig-local
+(SRS0) or first-hop + opaque (SRS1). TT is the day number (unix time // 86400)
+modulo 1024 as two base32 characters.
+
+This module knows nothing of local domains, Postfix or sockets: :mod:`srsd.rewrite`
+decides *whether* to rewrite, this module only *how*.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import time
+from collections.abc import Sequence
+
+__all__ = [
+    "SRS",
+    "SRSError",
+    "MalformedAddress",
+    "NotSRS",
+    "BadHash",
+    "BadTimestamp",
+    "TooLong",
+    "SEPARATORS",
+    "srs_tag",
+]
+
+SEPARATORS = "=+-"
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_B32_VALUE = {c: i for i, c in enumerate(_B32)} | {c.lower(): i for i, c in enumerate(_B32)}
+_DAY = 86400
+_CYCLE = 1024  # two base32 digits
+_FULL_HASH = 27  # base64 of a 20-byte SHA-1 digest, without the "=" pad
+# base64url (PostSRSd >= 2.2.6) -> standard, applied before comparing hashes.
+_TO_STANDARD = str.maketrans("-_", "+/")
+_TO_URLSAFE = str.maketrans("+/", "-_")
+
+
+class SRSError(ValueError):
+    """An address that cannot be rewritten or reversed. ``kind`` names the class."""
+
+    kind = "error"
+
+
+class MalformedAddress(SRSError):
+    """Syntax: no ``@``, empty domain, missing SRS fields, a malformed SRS1 hop."""
+
+    kind = "malformed"
+
+
+class NotSRS(SRSError):
+    """Reverse of an address whose local part is not SRS0/SRS1."""
+
+    kind = "not-srs"
+
+
+class BadHash(SRSError):
+    """The hash is shorter than ``hash_minimum`` or no secret verifies it (forged)."""
+
+    kind = "bad-hash"
+
+
+class BadTimestamp(SRSError):
+    """The timestamp is not two base32 characters, is in the future or too old."""
+
+    kind = "expired"
+
+
+class TooLong(SRSError):
+    """The rewritten address would exceed ``max_length`` octets."""
+
+    kind = "too-long"
+
+
+def srs_tag(local: str) -> str | None:
+    """Return "SRS0"/"SRS1" when *local* starts with that tag and a separator."""
+    if len(local) > 4 and local[4] in SEPARATORS:
+        tag = local[:4].upper()
+        if tag in ("SRS0", "SRS1"):
+            return tag
+    return None
+
+
+class SRS:
+    """Forward and reverse SRS addresses with one set of secrets.
+
+    :param secrets: non-empty sequence of secrets (``str`` is UTF-8 encoded); the
+        first signs, every one verifies (key rotation).
+    :param domain: the SRS domain, the part after ``@`` of every address minted.
+    :param hash_length: characters of hash emitted (1..27, libsrs2 default 4).
+    :param hash_minimum: fewest hash characters accepted on reverse (default 4).
+    :param max_age_days: days a timestamp stays valid (default 21: 22 day values).
+    :param separator: character after the SRS0/SRS1 tag, one of ``= + -``.
+    :param urlsafe_hash: emit the base64url alphabet (``-_``) instead of ``+/``.
+        Reverse always accepts both.
+    :param max_length: longest address (octets of UTF-8) that forward mints;
+        longer ones raise :class:`TooLong` (RFC 5321 4.5.3.1.3: a path is <= 256).
+    :raises ValueError: on an invalid parameter.
+    """
+
+    def __init__(
+        self,
+        secrets: Sequence[str | bytes],
+        domain: str,
+        *,
+        hash_length: int = 4,
+        hash_minimum: int = 4,
+        max_age_days: int = 21,
+        separator: str = "=",
+        urlsafe_hash: bool = False,
+        max_length: int = 512,
+    ) -> None:
+        if not secrets:
+            raise ValueError("at least one secret is required")
+        self._keys = [s.encode() if isinstance(s, str) else bytes(s) for s in secrets]
+        if not all(self._keys):
+            raise ValueError("secrets must not be empty")
+        if not 1 <= hash_length <= _FULL_HASH:
+            raise ValueError(f"hash_length must be 1..{_FULL_HASH}")
+        if not 1 <= hash_minimum <= hash_length:
+            raise ValueError("hash_minimum must be 1..hash_length")
+        if not 0 <= max_age_days < _CYCLE - 1:
+            raise ValueError("max_age_days out of range")
+        if separator not in SEPARATORS or len(separator) != 1:
+            raise ValueError("separator must be one of = + -")
+        self.domain = domain
+        self.hash_length = hash_length
+        self.hash_minimum = hash_minimum
+        self.max_age_days = max_age_days
+        self.separator = separator
+        self.urlsafe_hash = urlsafe_hash
+        self.max_length = max_length
+
+    # -- primitives -----------------------------------------------------------
+
+    def _digest(self, key: bytes, data: str) -> str:
+        """Full base64 HMAC-SHA1 of the ASCII-lower-cased *data* (27 chars)."""
+        # bytes.lower() lowers A-Z only, as libsrs2's tolower() in the C locale.
+        raw = data.encode("utf-8", "surrogateescape").lower()
+        return base64.b64encode(hmac.digest(key, raw, "sha1")).decode("ascii")[:_FULL_HASH]
+
+    def _sign(self, data: str) -> str:
+        h = self._digest(self._keys[0], data)[: self.hash_length]
+        return h.translate(_TO_URLSAFE) if self.urlsafe_hash else h
+
+    def _verify(self, given: str, data: str) -> None:
+        if len(given) < self.hash_minimum:
+            raise BadHash(f"hash {given!r} shorter than {self.hash_minimum}")
+        if len(given) > _FULL_HASH:
+            raise BadHash("hash too long")
+        # Compared case-insensitively: smtpd and users lower-case addresses.
+        want = given.translate(_TO_STANDARD).lower().encode("ascii", "replace")
+        n = len(given)
+        for key in self._keys:
+            have = self._digest(key, data)[:n].lower().encode("ascii")
+            if hmac.compare_digest(want, have):
+                return
+        raise BadHash("hash does not verify")
+
+    @staticmethod
+    def timestamp(now: float) -> str:
+        """TT for unix time *now* (seconds): the day number mod 1024 in base32."""
+        day = int(now) // _DAY
+        return _B32[(day >> 5) & 31] + _B32[day & 31]
+
+    def _check_timestamp(self, tt: str, now: float) -> None:
+        if len(tt) != 2 or tt[0] not in _B32_VALUE or tt[1] not in _B32_VALUE:
+            raise BadTimestamp(f"malformed timestamp {tt!r}")
+        then = (_B32_VALUE[tt[0]] << 5) | _B32_VALUE[tt[1]]
+        today = (int(now) // _DAY) % _CYCLE
+        age = (today - then) % _CYCLE
+        # Ages past max_age are stale; a stamp "from the future" wraps to a huge age.
+        if age > self.max_age_days:
+            raise BadTimestamp(f"timestamp {tt!r} expired or in the future")
+
+    def _finish(self, local: str) -> str:
+        address = f"{local}@{self.domain}"
+        if len(address.encode("utf-8", "surrogateescape")) > self.max_length:
+            raise TooLong(f"rewritten address longer than {self.max_length} octets")
+        return address
+
+    # -- forward --------------------------------------------------------------
+
+    def forward(self, sender: str, now: float | None = None) -> str:
+        """Rewrite *sender* (``local@domain``) into an address at the SRS domain.
+
+        A plain sender becomes SRS0; an SRS0 sender (another forwarder's) becomes
+        SRS1 with its domain as first hop; an SRS1 sender is re-signed with the
+        same first hop. No local-domain logic here (see :mod:`srsd.rewrite`).
+
+        :param now: unix time in seconds (default: the clock).
+        :raises MalformedAddress: no ``@``, an empty domain, an ``@``
+            inside the local part, or an SRS1 sender without a dotted first hop
+            and separator-led opaque part.
+        :raises TooLong: the result would exceed ``max_length``.
+        """
+        local, at, domain = sender.rpartition("@")
+        # An empty local part is Mail::SRS's behaviour; srsd.rewrite refuses it.
+        if not at or not domain or "@" in local:
+            raise MalformedAddress(f"not local@domain: {sender!r}")
+        tag = srs_tag(local)
+        if tag == "SRS0":
+            return self.srs1(domain, local[4:])
+        if tag == "SRS1":
+            hop, opaque = self.parse_srs1(local)[1:]
+            return self.srs1(hop, opaque)
+        return self.srs0(local, domain, now)
+
+    def srs0(self, local: str, domain: str, now: float | None = None) -> str:
+        """Mint ``SRS0<sep>HHHH=TT=domain=local@srs-domain`` (no checks on input)."""
+        tt = self.timestamp(time.time() if now is None else now)
+        h = self._sign(tt + domain + local)
+        return self._finish(f"SRS0{self.separator}{h}={tt}={domain}={local}")
+
+    def srs1(self, hop: str, opaque: str) -> str:
+        """Mint ``SRS1<sep>HHHH=hop=opaque@srs-domain``; *opaque* is the SRS0 local
+        part minus its "SRS0" tag (so it starts with that address's separator)."""
+        h = self._sign(hop + opaque)
+        return self._finish(f"SRS1{self.separator}{h}={hop}={opaque}")
+
+    @staticmethod
+    def parse_srs1(local: str) -> tuple[str, str, str]:
+        """Split an SRS1 local part into (hash, first-hop, opaque).
+
+        :raises MalformedAddress: a field is missing, the first hop has no dot or
+            the opaque part does not start with a separator (its reverse could
+            never be a deliverable SRS0 address).
+        """
+        parts = local[5:].split("=", 2)
+        if len(parts) != 3:
+            raise MalformedAddress("SRS1 needs hash, first hop and opaque part")
+        h, hop, opaque = parts
+        if "." not in hop or hop.startswith(".") or hop.endswith("."):
+            raise MalformedAddress(f"SRS1 first hop {hop!r} is not a domain")
+        if not opaque or opaque[0] not in SEPARATORS:
+            raise MalformedAddress("SRS1 opaque part does not start with a separator")
+        return h, hop, opaque
+
+    # -- reverse --------------------------------------------------------------
+
+    def reverse(self, address: str, now: float | None = None) -> str:
+        """Reverse an SRS address: SRS0 -> the original sender, SRS1 -> the SRS0
+        address at the first hop. Any case and both base64 alphabets accepted.
+
+        The domain after ``@`` is not checked here (see :mod:`srsd.rewrite`).
+
+        :param now: unix time in seconds (default: the clock).
+        :raises NotSRS: the local part is not tagged SRS0/SRS1.
+        :raises MalformedAddress: no ``@`` or missing fields.
+        :raises BadTimestamp: SRS0 stamp malformed, expired or in the future.
+        :raises BadHash: the hash is too short or verifies with no secret.
+        """
+        local, at, _domain = address.rpartition("@")
+        if not at:
+            raise MalformedAddress(f"no @ in {address!r}")
+        tag = srs_tag(local)
+        if tag == "SRS1":
+            h, hop, opaque = self.parse_srs1(local)
+            self._verify(h, hop + opaque)
+            return f"SRS0{opaque}@{hop}"
+        if tag != "SRS0":
+            raise NotSRS(f"not an SRS address: {address!r}")
+        parts = local[5:].split("=", 3)
+        if len(parts) != 4:
+            raise MalformedAddress("SRS0 needs hash, timestamp, domain and local part")
+        h, tt, domain, user = parts
+        if not domain:
+            raise MalformedAddress("SRS0 with an empty domain")
+        # The stamp first: a malformed or stale one is refused without HMAC work.
+        self._check_timestamp(tt, time.time() if now is None else now)
+        self._verify(h, tt + domain + user)
+        return f"{user}@{domain}"

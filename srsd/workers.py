@@ -1,0 +1,118 @@
+"""Several processes sharing the listening sockets (``srsd serve --workers N``).
+
+The first process binds every endpoint, then starts N-1 copies of itself that
+inherit the listening file descriptors and accept from the same kernel queues.
+Works for TCP, unix and systemd-activated sockets alike (SO_REUSEPORT would not
+cover unix sockets). The parent relays SIGHUP, restarts a worker that dies, and
+stops them when it stops; a worker whose parent is gone stops itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+__all__ = ["adopt", "WorkerPool", "parse_inherit", "watch_parent"]
+
+log = Logger(namespace="srsd.workers")
+
+
+def adopt(reactor: Any, fd: int, description: str, factory: Any) -> Any:
+    """Serve *factory* on the inherited listening socket *fd*."""
+    with socket.socket(fileno=os.dup(fd)) as probe:
+        family = probe.family
+    port = reactor.adoptStreamPort(fd, family, factory)
+    os.close(fd)  # the reactor holds its own duplicate
+    return port
+
+
+def parse_inherit(text: str) -> dict[str, int]:
+    """``name=fd,name=fd`` -> {name: fd}. :raises ValueError: on bad syntax."""
+    out = {}
+    for item in text.split(","):
+        name, _, fd = item.partition("=")
+        out[name] = int(fd)
+    return out
+
+
+def watch_parent(reactor: Any) -> LoopingCall:
+    """Stop this worker's reactor once the parent process is gone."""
+    parent = os.getppid()
+
+    def check() -> None:
+        if os.getppid() != parent:
+            log.warn("parent process gone; worker stopping")
+            reactor.stop()
+
+    loop = LoopingCall(check)
+    loop.start(1.0, now=False)
+    return loop
+
+
+class _WorkerProcess(protocol.ProcessProtocol):
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+
+    def processEnded(self, reason: Any) -> None:  # noqa: N802
+        self.pool.ended(self.index, reason)
+
+
+class WorkerPool:
+    """Start and keep N-1 workers alive that serve the parent's listening ports.
+
+    :param argv: the ``srsd serve`` arguments (config path etc.) for a worker.
+    :param ports: {endpoint name: listening port object} from the parent.
+    """
+
+    def __init__(self, reactor: Any, count: int, argv: list[str], ports: dict[str, Any]) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.argv = argv
+        self.fds = {name: port.fileno() for name, port in ports.items()}
+        self.processes: dict[int, Any] = {}
+        self.stopping = False
+
+    def start(self) -> None:
+        for index in range(1, self.count):
+            self._spawn(index)
+        self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
+
+    def _spawn(self, index: int) -> None:
+        inherit = ",".join(f"{name}={fd}" for name, fd in self.fds.items())
+        args = [sys.executable, "-m", "srsd", "serve", *self.argv, "--inherit", inherit]
+        child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2}
+        child_fds.update({fd: fd for fd in self.fds.values()})
+        self.processes[index] = self.reactor.spawnProcess(
+            _WorkerProcess(self, index), sys.executable, args, env=os.environ, childFDs=child_fds
+        )
+        log.info("worker {index} started (pid {pid})", index=index, pid=self.processes[index].pid)
+
+    def ended(self, index: int, reason: Any) -> None:
+        self.processes.pop(index, None)
+        if self.stopping:
+            return
+        log.error("worker {index} ended ({reason}); restarting it in 1 s", index=index, reason=reason.getErrorMessage())
+        self.reactor.callLater(1.0, self._respawn, index)
+
+    def _respawn(self, index: int) -> None:
+        if not self.stopping and index not in self.processes:
+            self._spawn(index)
+
+    def signal_all(self, signum: int) -> None:
+        for proc in list(self.processes.values()):
+            try:
+                proc.signalProcess(signum)
+            except Exception:  # already gone
+                pass
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.signal_all(signal.SIGTERM)

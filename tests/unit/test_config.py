@@ -1,0 +1,121 @@
+"""Configuration: validation errors name the key; defaults match PostSRSd."""
+
+import os
+import stat
+
+import pytest
+
+from srsd.config import ConfigError, default_config, is_domain, load_config, parse_config
+
+
+@pytest.fixture
+def secrets(tmp_path):
+    path = tmp_path / "secrets"
+    path.write_text("first\n\nsecond\r\n")
+    return str(path)
+
+
+def cfg(secrets, **srs):
+    return {"srs": {"domain": "fwd.example", "secrets_file": secrets, **srs}}
+
+
+def test_minimal_config_and_defaults(secrets):
+    c = parse_config(cfg(secrets))
+    assert c.secrets == (b"first", b"second")
+    assert c.listen.tcp_forward == "tcp:10001:interface=127.0.0.1"
+    assert c.listen.tcp_reverse == "tcp:10002:interface=127.0.0.1"
+    assert c.listen.socketmap == "tcp:10003:interface=127.0.0.1"
+    assert (c.srs.hash_length, c.srs.hash_minimum, c.srs.max_age_days, c.srs.separator) == (4, 4, 21, "=")
+    assert "first" not in repr(c)  # secrets never printed
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"domain": "$myhostname"}, "srs.domain"),
+        ({"domain": "net"}, "srs.domain"),
+        ({"domain": ""}, "srs.domain"),
+        ({"domain": "bad_label.example"}, "srs.domain"),
+        ({"hash_length": "4"}, "srs.hash_length"),
+        ({"hash_length": 30}, "srs.hash_length"),
+        ({"hash_minimum": 3, "hash_length": 3}, "srs.hash_minimum"),
+        ({"separator": "/"}, "srs.separator"),
+        ({"alphabet": "base32"}, "srs.alphabet"),
+        ({"always_rewrite": "yes"}, "srs.always_rewrite"),
+        ({"local_domains": "example.org"}, "srs.local_domains"),
+        ({"local_domains": ["not a domain"]}, "srs.local_domains"),
+        ({"secrets_file": "/nonexistent/secrets"}, "srs.secrets_file"),
+        ({"local_domains_file": "/nonexistent/domains"}, "srs.local_domains_file"),
+        ({"colour": "blue"}, "srs.colour"),
+    ],
+)
+def test_errors_name_the_key(secrets, change, key):
+    with pytest.raises(ConfigError) as info:
+        parse_config(cfg(secrets, **change))
+    assert str(info.value).startswith(key + ":")
+
+
+def test_unknown_section(secrets):
+    with pytest.raises(ConfigError, match="^spam: unknown section"):
+        parse_config({**cfg(secrets), "spam": {}})
+
+
+def test_every_endpoint_disabled(secrets):
+    with pytest.raises(ConfigError, match="^listen:"):
+        parse_config({**cfg(secrets), "listen": {"tcp_forward": "", "tcp_reverse": "", "socketmap": ""}})
+
+
+def test_empty_secrets_file(tmp_path):
+    (tmp_path / "s").write_text("\n\n")
+    with pytest.raises(ConfigError, match="^srs.secrets_file: .* holds no secret"):
+        parse_config(cfg(str(tmp_path / "s")))
+
+
+def test_local_domains_file(tmp_path, secrets):
+    (tmp_path / "d").write_text("# comment\nlocal.example\n\n.sub.example\n")
+    c = parse_config(cfg(secrets, local_domains=["a.example"], local_domains_file=str(tmp_path / "d")))
+    assert c.local_domains == ("a.example", "local.example", ".sub.example")
+
+
+def test_load_config_file_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[srs\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError):
+        load_config(str(tmp_path / "missing.toml"))
+
+
+def test_default_config_generates_a_private_secret(tmp_path, monkeypatch):
+    monkeypatch.setenv("SRSD_STATE_DIR", str(tmp_path / "state"))
+    first = default_config()
+    path = tmp_path / "state" / "secrets"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert len(first.secrets) == 1 and len(first.secrets[0]) >= 32
+    assert default_config().secrets == first.secrets  # kept, not regenerated
+    assert "127.0.0.1" in first.listen.tcp_forward
+    assert is_domain(first.srs.domain)
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("fwd.example", True), ("a-b.c", True), ("xn--bcher-kva.example", True), ("net", False), ("-a.example", False),
+     ("a..example", False), ("$myhostname", False), ("a" * 64 + ".example", False)],
+)
+def test_is_domain(name, ok):
+    assert is_domain(name) is ok
+
+
+def test_documented_example_is_the_defaults(tmp_path):
+    """docs/srsd.example.toml loads and states every default truthfully."""
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "docs" / "srsd.example.toml"
+    data = tomllib.loads(example.read_text())
+    (tmp_path / "s").write_text("x\n")
+    data["srs"]["secrets_file"] = str(tmp_path / "s")
+    loaded = parse_config(data)
+    minimal = parse_config({"srs": {"domain": "fwd.example.org", "secrets_file": str(tmp_path / "s")}})
+    assert dataclasses.astuple(loaded) == dataclasses.astuple(minimal)
