@@ -50,6 +50,7 @@ class SRSSettings:
     separator: str = "="
     alphabet: str = "standard"
     always_rewrite: bool = False
+    reverse_domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,15 +152,27 @@ def _read_lines(path: str, key: str) -> list[str]:
 def load_secrets(path: str) -> tuple[bytes, ...]:
     """Secrets from *path*: one per line, the first signs, all verify.
 
-    Only line ends are stripped (PostSRSd compatibility: the secret is the whole
-    line); empty lines are skipped.
+    Read as PostSRSd 1.x reads its file: raw bytes (no decoding), a secret ends at
+    the first CR or LF, empty lines are skipped. A line over 1023 bytes is refused
+    (PostSRSd would silently split it into two secrets).
 
     :raises ConfigError: naming ``srs.secrets_file``.
     """
-    found = tuple(line.encode("utf-8") for line in _read_lines(path, "srs.secrets_file") if line)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"srs.secrets_file: cannot read {path}: {exc.strerror}") from None
+    found = []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        pieces = [piece for piece in line.split(b"\r") if piece]
+        if not pieces:
+            continue
+        if len(pieces[0]) > 1023:
+            raise ConfigError(f"srs.secrets_file: {path} line {number}: a secret is at most 1023 bytes")
+        found.append(pieces[0])
     if not found:
         raise ConfigError(f"srs.secrets_file: {path} holds no secret")
-    return found
+    return tuple(found)
 
 
 def _check_domain_entries(entries: list[str] | tuple[str, ...], key: str) -> list[str]:
@@ -200,6 +213,9 @@ def _validate(cfg: Config) -> Config:
     if not s.secrets_file:
         raise ConfigError("srs.secrets_file: required")
     secrets = load_secrets(s.secrets_file)
+    _check_domain_entries(s.reverse_domains, "srs.reverse_domains")
+    if any(d.startswith(".") for d in s.reverse_domains):
+        raise ConfigError("srs.reverse_domains: exact domain names only")
     domains = _check_domain_entries(s.local_domains, "srs.local_domains")
     if s.local_domains_file:
         lines = _read_lines(s.local_domains_file, "srs.local_domains_file")

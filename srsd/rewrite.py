@@ -91,11 +91,20 @@ class Rewriter:
     :param local_domains: senders in these domains are never rewritten (the SRS
         domain always counts as local).
     :param always_rewrite: rewrite local senders too (never our own SRS addresses).
+    :param reverse_domains: further domains whose SRS addresses are reversed (an
+        earlier SRS domain, while its addresses may still bounce back).
     """
 
-    def __init__(self, srs: SRS, local_domains: LocalDomains, always_rewrite: bool = False):
+    def __init__(
+        self,
+        srs: SRS,
+        local_domains: LocalDomains,
+        always_rewrite: bool = False,
+        reverse_domains: Iterable[str] = (),
+    ) -> None:
         self.srs = srs
         self.srs_domain = srs.domain.lower()
+        self.reverse_domains = frozenset({self.srs_domain, *(d.lower().rstrip(".") for d in reverse_domains)})
         self.local_domains = local_domains
         self.always_rewrite = always_rewrite
 
@@ -139,7 +148,7 @@ class Rewriter:
     def reverse(self, address: str, now: float | None = None) -> Answer:
         """Decide where a message to *address* goes (recipient_canonical_maps).
 
-        Only SRS0/SRS1 addresses at the SRS domain that verify (hash, timestamp)
+        Only SRS0/SRS1 addresses at the SRS domain (or a reverse domain) that verify (hash, timestamp)
         are reversed; a forged or stale one is NOTFOUND, not an error, so Postfix
         handles it like any unknown recipient instead of deferring it.
 
@@ -149,12 +158,12 @@ class Rewriter:
         local, at, domain = address.rpartition("@")
         if not at or srs_tag(local) is None:
             return Answer(NOTFOUND, _NOT_SRS)
-        if domain.lower() != self.srs_domain:
+        if domain.lower() not in self.reverse_domains:
             return Answer(NOTFOUND, _OTHER_DOMAIN)
         try:
             return Answer(FOUND, self.srs.reverse(address, now))
         except SRSError as exc:
-            return Answer(NOTFOUND, f"{exc.kind}: {exc}")
+            return Answer(NOTFOUND, str(exc))
 
 
 def rewriter_from_config(cfg: Config) -> Rewriter:
@@ -169,4 +178,4 @@ def rewriter_from_config(cfg: Config) -> Rewriter:
         separator=s.separator,
         urlsafe_hash=s.alphabet == "urlsafe",
     )
-    return Rewriter(srs, LocalDomains(cfg.local_domains), s.always_rewrite)
+    return Rewriter(srs, LocalDomains(cfg.local_domains), s.always_rewrite, s.reverse_domains)

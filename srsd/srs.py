@@ -153,9 +153,9 @@ class SRS:
 
     def _verify(self, given: str, data: str) -> None:
         if len(given) < self.hash_minimum:
-            raise BadHash(f"hash {given!r} shorter than {self.hash_minimum}")
+            raise BadHash(f"hash {given!r} shorter than {self.hash_minimum} characters")
         if len(given) > _FULL_HASH:
-            raise BadHash("hash too long")
+            raise BadHash(f"hash {given[:30]!r}... too long")
         # Compared case-insensitively: smtpd and users lower-case addresses.
         want = given.translate(_TO_STANDARD).lower().encode("ascii", "replace")
         n = len(given)
@@ -163,7 +163,7 @@ class SRS:
             have = self._digest(key, data)[:n].lower().encode("ascii")
             if hmac.compare_digest(want, have):
                 return
-        raise BadHash("hash does not verify")
+        raise BadHash(f"hash {given!r} does not verify (forged, or signed with another secret)")
 
     @staticmethod
     def timestamp(now: float) -> str:

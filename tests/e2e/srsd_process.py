@@ -98,13 +98,12 @@ class SrsdProcess:
                         f"connections on {not_listening}\n{self.diagnostics()}"
                     )
                 return self
+            exited = self.process.poll() is not None
             self.stop()
             if "address already in use" in self.log_text().lower() and attempt < attempts:
                 continue
-            raise SrsdError(
-                f"srsd did not log {READY_MARKER!r} within {timeout:.0f} s "
-                f"(attempt {attempt}/{attempts})\n{self.diagnostics()}"
-            )
+            how = f"exited with code {self.last_returncode}" if exited else f"was not ready after {timeout:.0f} s"
+            raise SrsdError(f"srsd {how} (attempt {attempt}/{attempts})\n{self.diagnostics()}")
         raise AssertionError("unreachable")
 
     def assert_running(self) -> None:

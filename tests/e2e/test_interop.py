@@ -32,7 +32,7 @@ from typing import TypeVar
 
 import pytest
 
-from srsd.config import load_config
+from srsd.config import ConfigError, load_config
 from srsd.rewrite import FOUND, Rewriter, rewriter_from_config
 from srsd.srs import SRS
 
@@ -425,18 +425,6 @@ def _srsd_from(workdir: Path, secrets_file: Path, extra: str = "") -> Rewriter:
     return rewriter_from_config(load_config(str(config)))
 
 
-_SPLITLINES = pytest.mark.xfail(
-    strict=True,
-    reason="srsd.config.load_secrets splits with str.splitlines(), which also breaks at "
-    "\\v \\f \\x1c-\\x1e U+0085 U+2028 U+2029; PostSRSd 1.10 ends a secret at \\r or \\n only",
-)
-_LONG_LINE = pytest.mark.xfail(
-    strict=True,
-    reason="PostSRSd 1.10 reads secrets with fgets(1024): a line over 1023 bytes becomes "
-    "two secrets, the first 1023 bytes signing; srsd signs with the whole line",
-)
-
-
 @pytest.mark.parametrize(
     "content",
     [
@@ -449,10 +437,10 @@ _LONG_LINE = pytest.mark.xfail(
         pytest.param(b"fir\rst\nold\n", id="cr-inside"),
         pytest.param("s\u00e9cr\u00e8t\n".encode(), id="utf8"),
         pytest.param(b"a" * 1023 + b"\n", id="1023-bytes"),
-        pytest.param(b"fir\x0cst\nold\n", id="form-feed-inside", marks=_SPLITLINES),
-        pytest.param("fir\u2028st\n".encode(), id="u2028-inside", marks=_SPLITLINES),
-        pytest.param("fir\u0085st\n".encode(), id="nel-inside", marks=_SPLITLINES),
-        pytest.param(b"a" * 1100 + b"\n", id="1100-bytes", marks=_LONG_LINE),
+        pytest.param(b"fir\x0cst\nold\n", id="form-feed-inside"),
+        pytest.param("fir\u2028st\n".encode(), id="u2028-inside"),
+        pytest.param("fir\u0085st\n".encode(), id="nel-inside"),
+        pytest.param(b"\xff\xfe raw bytes\n", id="not-utf8"),
     ],
 )
 def test_secrets_file_read_like_postsrsd(content: bytes, tmp_path: Path) -> None:
@@ -469,6 +457,15 @@ def test_secrets_file_read_like_postsrsd(content: bytes, tmp_path: Path) -> None
     finally:
         postsrsd.stop()
     assert ours == theirs
+
+
+def test_secret_line_over_1023_bytes_is_refused(tmp_path: Path) -> None:
+    """PostSRSd 1.10 reads with fgets(1024) and would silently sign with the first
+    1023 bytes of such a line; srsd refuses the file instead of guessing."""
+    secrets_file = tmp_path / "secrets"
+    secrets_file.write_bytes(b"a" * 1100 + b"\n")
+    with pytest.raises(ConfigError, match="^srs.secrets_file: .*at most 1023 bytes"):
+        _srsd_from(tmp_path, secrets_file)
 
 
 @pytest.mark.parametrize(

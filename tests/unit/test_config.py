@@ -47,6 +47,7 @@ def test_minimal_config_and_defaults(secrets):
         ({"secrets_file": "/nonexistent/secrets"}, "srs.secrets_file"),
         ({"local_domains_file": "/nonexistent/domains"}, "srs.local_domains_file"),
         ({"colour": "blue"}, "srs.colour"),
+        ({"reverse_domains": [".old.example"]}, "srs.reverse_domains"),
     ],
 )
 def test_errors_name_the_key(secrets, change, key):
@@ -63,6 +64,14 @@ def test_unknown_section(secrets):
 def test_every_endpoint_disabled(secrets):
     with pytest.raises(ConfigError, match="^listen:"):
         parse_config({**cfg(secrets), "listen": {"tcp_forward": "", "tcp_reverse": "", "socketmap": ""}})
+
+
+def test_secrets_read_like_postsrsd(tmp_path):
+    (tmp_path / "s").write_bytes(b"\xff\xfebinary\r\n\rsecond\rjunk\nfir\x0cst\n")
+    assert parse_config(cfg(str(tmp_path / "s"))).secrets == (b"\xff\xfebinary", b"second", b"fir\x0cst")
+    (tmp_path / "s").write_bytes(b"a" * 1024 + b"\n")
+    with pytest.raises(ConfigError, match="^srs.secrets_file: .* line 1: a secret is at most 1023 bytes"):
+        parse_config(cfg(str(tmp_path / "s")))
 
 
 def test_empty_secrets_file(tmp_path):

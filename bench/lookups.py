@@ -1,0 +1,512 @@
+#!/usr/bin/env python3
+"""Lookups per second: srsd against PostSRSd 1.10, tcp_table, on this machine.
+
+    python bench/lookups.py [--seconds 5] [--connections 1,8] [--workers 1,2]
+                            [--maps forward,reverse] [--rounds 1] [--pipelined [DEPTH]]
+                            [--variants nodelay-off,...] [--json FILE]
+
+Starts PostSRSd (``/usr/sbin/postsrsd``, forks per connection) and one srsd per
+``--workers`` value, all on free loopback ports with the same secret, SRS
+domain and local domain; compiles the C load generator ``bench/lookupload.c``
+into a temporary directory and runs it against each daemon in turn, with the
+same keys in the same order. Request/response by default (one request in flight
+per connection, as Postfix's tcp_table client), ``--pipelined`` for reference.
+
+Every reply is checked by the load generator against an answer computed here
+independently (HMAC-SHA1, the libsrs2 format); a sample is also cross-checked
+between the daemons before the runs. See bench/README.md for the results and
+what they mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hmac
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+POSTSRSD = "/usr/sbin/postsrsd"
+SRS_DOMAIN = "fwd.example"
+LOCAL_DOMAIN = "local.example"
+B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# -- keys and their expected answers (independent of srsd's code) --------------
+
+
+def timestamp(now: float) -> str:
+    day = int(now) // 86400
+    return B32[(day >> 5) & 31] + B32[day & 31]
+
+
+def srs_hash(secret: bytes, data: str) -> str:
+    return base64.b64encode(hmac.digest(secret, data.encode().lower(), "sha1")).decode()[:4]
+
+
+def make_keys(secret: bytes, n: int, seed: int = 1) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(forward, reverse) lists of (key, expected reply) for *n* keys each.
+
+    Forward: 85 % plain senders, 10 % SRS0 addresses of other forwarders (become
+    SRS1), 5 % senders in the local domain (not rewritten: expected "500").
+    Reverse: SRS0 addresses at our domain, as minted for the plain senders.
+    """
+    rnd = random.Random(seed)
+    tt = timestamp(time.time())
+    domains = [f"example{i}.org" for i in range(150)] + [f"mail{i}.example.com" for i in range(50)]
+    domains += ["Example.COM", "gmail.example", "Sub.Mail.Example.net"]
+    first = ["john", "Mary", "a", "info", "noreply", "bounces+12345", "j.doe", "Support-Team"]
+    forward: list[tuple[str, str]] = []
+    reverse: list[tuple[str, str]] = []
+    for i in range(n):
+        r = rnd.random()
+        if r < 0.85:
+            user = f"user{i}" if rnd.random() < 0.6 else f"{rnd.choice(first)}.{i}"
+            domain = rnd.choice(domains)
+            srs0 = f"SRS0={srs_hash(secret, tt + domain + user)}={tt}={domain}={user}@{SRS_DOMAIN}"
+            forward.append((f"{user}@{domain}", f"200 {srs0}"))
+            reverse.append((srs0, f"200 {user}@{domain}"))
+        elif r < 0.95:
+            hop = f"hop{rnd.randrange(20)}.example"
+            h = "".join(rnd.choice(B64) for _ in range(4))
+            opaque = f"={h}={rnd.choice(B32)}{rnd.choice(B32)}={rnd.choice(domains)}=user{i}"
+            srs1 = f"SRS1={srs_hash(secret, hop + opaque)}={hop}={opaque}@{SRS_DOMAIN}"
+            forward.append((f"SRS0{opaque}@{hop}", f"200 {srs1}"))
+        else:
+            forward.append((f"user{i}@{LOCAL_DOMAIN}", "500"))
+    # As many reverse keys as forward keys, in a shuffled order.
+    reverse = (reverse * (n // len(reverse) + 1))[:n]
+    rnd.shuffle(reverse)
+    return forward, reverse
+
+
+def write_keys(path: Path, keys: list[tuple[str, str]]) -> None:
+    path.write_text("".join(f"{k}\t{v}\n" for k, v in keys))
+
+
+# -- processes ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on 127.0.0.1:{port}") from None
+            time.sleep(0.05)
+
+
+def proc_table() -> dict[int, tuple[int, int]]:
+    """{pid: (ppid, utime+stime ticks)} of every process."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        out[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return out
+
+
+def tree(root: int, table: dict[int, tuple[int, int]]) -> list[int]:
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo += [p for p, (ppid, _) in table.items() if ppid == pid]
+    return pids
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def connections_per_process(pids: list[int], port: int) -> list[int]:
+    """How many established connections to *port* each of *pids* holds."""
+    inodes = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as fh:
+            for line in fh.readlines()[1:]:
+                f = line.split()
+                if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01":
+                    inodes.add(f[9])
+    counts = []
+    for pid in pids:
+        n = 0
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    n += 1
+        except OSError:
+            pass
+        counts.append(n)
+    return counts
+
+
+@dataclass
+class Server:
+    name: str
+    forward_port: int
+    reverse_port: int
+    process: subprocess.Popen
+    log: Path
+    forks_per_connection: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def port(self, map_name: str) -> int:
+        return self.forward_port if map_name == "forward" else self.reverse_port
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            pids = tree(self.process.pid, proc_table())
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            for pid in pids[1:]:  # PostSRSd's per-connection children, srsd workers
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+
+def start_postsrsd(workdir: Path, secrets_path: Path) -> Server:
+    fwd, rev = free_port(), free_port()
+    log = workdir / "postsrsd.log"
+    cmd = [POSTSRSD, f"-s{secrets_path}", f"-d{SRS_DOMAIN}", f"-X{LOCAL_DOMAIN}", "-l127.0.0.1", "-4"]
+    cmd += [f"-f{fwd}", f"-r{rev}"]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    server = Server("PostSRSd", fwd, rev, proc, log, forks_per_connection=True)
+    try:
+        wait_port(fwd)
+        wait_port(rev)
+    except RuntimeError:
+        server.stop()
+        raise RuntimeError(f"PostSRSd did not start: {log.read_text()}") from None
+    return server
+
+
+def start_srsd(workdir: Path, secrets_path: Path, workers: int, variant: str = "") -> Server:
+    name = f"srsd w{workers}" + (f" {variant}" if variant else "")
+    tag = name.replace(" ", "-")
+    fwd, rev = free_port(), free_port()
+    config = workdir / f"{tag}.toml"
+    config.write_text(
+        "[srs]\n"
+        f'domain = "{SRS_DOMAIN}"\n'
+        f'secrets_file = "{secrets_path}"\n'
+        f'local_domains = ["{LOCAL_DOMAIN}"]\n'
+        "[listen]\n"
+        f'tcp_forward = "tcp:{fwd}:interface=127.0.0.1"\n'
+        f'tcp_reverse = "tcp:{rev}:interface=127.0.0.1"\n'
+        'socketmap = ""\n'
+        "[log]\n"
+        'level = "info"\n'
+    )
+    log = workdir / f"{tag}.log"
+    if variant:  # monkey-patched srsd, see bench/srsd_variant.py (one process only)
+        cmd = [sys.executable, str(BENCH / "srsd_variant.py"), variant, "serve", "-c", str(config)]
+    else:
+        cmd = [sys.executable, "-m", "srsd", "serve", "-c", str(config), "--workers", str(workers)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=env, cwd=REPO)
+    server = Server(name, fwd, rev, proc, log)
+    deadline = time.monotonic() + 30
+    while True:
+        text = log.read_text(errors="replace")
+        # Every process (parent and workers) logs its own "listening" lines.
+        listening = {line.split("srsd[")[1].split("]")[0] for line in text.splitlines()
+                     if "listen.tcp_reverse: listening" in line}
+        if "srsd ready" in text and len(listening) >= workers:
+            return server
+        if proc.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"{name} did not start:\n{text}")
+        time.sleep(0.05)
+
+
+# -- checks and runs -------------------------------------------------------------
+
+
+def ask(port: int, keys: list[str]) -> list[str]:
+    """Answers to *keys* over one connection, one request at a time."""
+    out = []
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        fh = sock.makefile("rwb")
+        for key in keys:
+            fh.write(f"get {key}\n".encode())
+            fh.flush()
+            out.append(fh.readline().decode().rstrip("\n"))
+    return out
+
+
+def check_sample(servers: list[Server], maps: dict[str, list[tuple[str, str]]], n: int = 300) -> list[str]:
+    """Ask every server a sample of each map; the answers must be the expected
+    ones and the 200 answers identical across servers. :returns: report lines."""
+    lines = []
+    for map_name, keys in maps.items():
+        sample = random.Random(7).sample(keys, min(n, len(keys)))
+        answers = {s.name: ask(s.port(map_name), [k for k, _ in sample]) for s in servers}
+        for i, (key, expected) in enumerate(sample):
+            got = {name: a[i] for name, a in answers.items()}
+            for name, answer in got.items():
+                ok = answer == expected if expected.startswith("200 ") else answer.startswith(expected + " ")
+                if not ok:
+                    raise SystemExit(f"check failed: {name} {map_name} {key!r} -> {answer!r}, expected {expected!r}")
+            if expected.startswith("200 ") and len(set(got.values())) != 1:
+                raise SystemExit(f"check failed: servers disagree on {map_name} {key!r}: {got}")
+        kinds = {}
+        for key, expected in sample:
+            kind = expected[:3] + (" SRS1" if "SRS1=" in expected else "")
+            kinds.setdefault(kind, (key, expected))
+        for key, expected in kinds.values():
+            lines.append(f"  {map_name:8} get {key} -> {expected if expected != '500' else '500 ...'}")
+        lines.append(f"  {map_name:8} {len(sample)} sampled keys: every server gave the expected answer")
+    return lines
+
+
+@dataclass
+class Result:
+    server: str
+    map: str
+    conns: int
+    rate: float
+    p50: float
+    p99: float
+    p999: float
+    server_cpu_us: float  # server CPU (user+sys, all its processes) per lookup
+    client_cpu: float  # fraction of one core used by the load generator
+    busy: float  # machine CPU in use, in cores (of os.cpu_count())
+    spread: str  # connections per server process
+    mismatches: int
+    n500: int
+    lookups: int
+
+
+def run_one(client: Path, server: Server, map_name: str, conns: int, depth: int, args, keyfile: Path) -> Result:
+    port = server.port(map_name)
+    cmd = [str(client), str(port), str(conns), str(args.warmup), str(args.seconds), str(depth), str(keyfile)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    marks = {}
+    for line in proc.stdout:
+        line = line.strip()
+        if line in ("START", "END"):
+            table = proc_table()
+            pids = tree(server.process.pid, table)
+            marks[line] = (sum(table[p][1] for p in pids if p in table), machine_ticks(), time.monotonic())
+            if line == "START":
+                spread_pids = pids if server.forks_per_connection else sorted(pids)
+                counts = connections_per_process(spread_pids, port)
+                spread = "fork" if server.forks_per_connection else "/".join(map(str, counts))
+        elif line.startswith("{"):
+            out = json.loads(line)
+    if proc.wait() != 0 or "END" not in marks:
+        raise SystemExit(f"load generator failed against {server.name} {map_name} ({proc.returncode})")
+    cpu0, (busy0, total0), t0 = marks["START"]
+    cpu1, (busy1, total1), t1 = marks["END"]
+    ncpu = os.cpu_count() or 1
+    return Result(
+        server=server.name,
+        map=map_name,
+        conns=conns,
+        rate=out["rate"],
+        p50=out["p50_us"],
+        p99=out["p99_us"],
+        p999=out["p999_us"],
+        server_cpu_us=(cpu1 - cpu0) / TICK / max(out["lookups"], 1) * 1e6,
+        client_cpu=out["client_cpu_s"] / out["seconds"],
+        busy=(busy1 - busy0) / max(total1 - total0, 1) * ncpu,
+        spread=spread,
+        mismatches=out["mismatches"],
+        n500=out["n500"],
+        lookups=out["lookups"],
+    )
+
+
+def median_result(results: list[Result]) -> tuple[Result, float, float]:
+    rates = [r.rate for r in results]
+    med = sorted(results, key=lambda r: r.rate)[len(results) // 2]
+    return med, min(rates), max(rates)
+
+
+def print_tables(results: list[Result], servers: list[str], args) -> None:
+    groups: dict[tuple[str, int, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.map, r.conns, r.server), []).append(r)
+    mode = f"pipelined, depth {args.pipelined}" if args.pipelined else "request/response"
+    rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
+    print(f"\nlookups/s ({mode}, {args.seconds:g} s each after {args.warmup:g} s warm-up{rounds}), p50/p99 in µs")
+    head = "| map | conns | " + " | ".join(servers) + " |"
+    print(head)
+    print("|" + "---|" * (2 + len(servers)))
+    for map_name in args.maps:
+        for conns in args.connections:
+            cells = []
+            base = groups.get((map_name, conns, "PostSRSd"))
+            base_rate = median_result(base)[0].rate if base else None
+            for name in servers:
+                med, lo, hi = median_result(groups[(map_name, conns, name)])
+                cell = f"{med.rate:,.0f}"
+                if base_rate and name != "PostSRSd":
+                    cell += f" ({med.rate / base_rate:.2f}x)"
+                cell += f" {med.p50:.0f}/{med.p99:.0f}"
+                cells.append(cell)
+            print(f"| {map_name} | {conns} | " + " | ".join(cells) + " |")
+    print("\ndetails (median round): server CPU µs/lookup = user+sys of all the daemon's processes; "
+          "client = load generator, cores; busy = whole machine, cores of "
+          f"{os.cpu_count()}; conns/proc = connections held by each daemon process")
+    print("| map | conns | server | lookups/s | min-max | p50 | p99 | p99.9 | server CPU µs/lookup | client | busy "
+          "| conns/proc | 500s | bad |")
+    print("|" + "---|" * 14)
+    for map_name in args.maps:
+        for conns in args.connections:
+            for name in servers:
+                med, lo, hi = median_result(groups[(map_name, conns, name)])
+                print(f"| {map_name} | {conns} | {name} | {med.rate:,.0f} | {lo:,.0f}-{hi:,.0f} | {med.p50:.1f} "
+                      f"| {med.p99:.1f} | {med.p999:.1f} | {med.server_cpu_us:.1f} | {med.client_cpu:.2f} "
+                      f"| {med.busy:.2f} | {med.spread} | {med.n500} | {med.mismatches} |")
+
+
+def int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=5, help="measured seconds per run (default 5)")
+    p.add_argument("--warmup", type=float, default=1, help="unmeasured seconds before each run (default 1)")
+    p.add_argument("--connections", type=int_list, default=[1, 8], help="comma list (default 1,8)")
+    p.add_argument("--workers", type=int_list, default=[1, 2], help="srsd --workers values (default 1,2)")
+    p.add_argument("--maps", type=lambda s: s.split(","), default=["forward", "reverse"])
+    p.add_argument("--rounds", type=int, default=1, help="repeat every run, report the median (default 1)")
+    p.add_argument("--keys", type=int, default=10000, help="distinct keys per map (default 10000)")
+    p.add_argument("--pipelined", type=int, nargs="?", const=32, default=0, metavar="DEPTH",
+                   help="keep DEPTH requests in flight per connection (default off; 32 if no DEPTH)")
+    p.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v], default=[],
+                   help="also run srsd w1 monkey-patched: " + ", ".join(variant_names()))
+    p.add_argument("--no-postsrsd", action="store_true", help="srsd only")
+    p.add_argument("--json", metavar="FILE", help="write every run's result to FILE")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    args = p.parse_args()
+    if not args.no_postsrsd and not os.access(POSTSRSD, os.X_OK):
+        return print(f"{POSTSRSD} not found (apt-get install postsrsd) or use --no-postsrsd") or 2
+    if not shutil.which("gcc"):
+        return print("gcc is needed to build the load generator") or 2
+
+    workdir = Path(tempfile.mkdtemp(prefix="srsd-bench-"))
+    client = workdir / "lookupload"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(client), str(BENCH / "lookupload.c")], check=True)
+    secret = secrets.token_urlsafe(24).encode()
+    secrets_path = workdir / "secrets"
+    secrets_path.write_bytes(secret + b"\n")
+    forward, reverse = make_keys(secret, args.keys)
+    maps = {"forward": forward, "reverse": reverse}
+    maps = {m: maps[m] for m in args.maps}
+    keyfiles = {}
+    for name, keys in maps.items():
+        keyfiles[name] = workdir / f"{name}.keys"
+        write_keys(keyfiles[name], keys)
+
+    servers: list[Server] = []
+    try:
+        if not args.no_postsrsd:
+            servers.append(start_postsrsd(workdir, secrets_path))
+        for workers in args.workers:
+            servers.append(start_srsd(workdir, secrets_path, workers))
+        for variant in args.variants:
+            servers.append(start_srsd(workdir, secrets_path, 1, variant))
+        ncpu = os.cpu_count()
+        print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {ncpu} cores ({cpu_model()}), Python {sys.version.split()[0]}, "
+              f"{len(forward if forward else reverse)} keys per map; load generator: C, one thread, epoll")
+        print("forward mix: 85% plain senders, 10% SRS0 of other forwarders (-> SRS1), 5% local domain (-> 500)")
+        print("reverse: valid SRS0 addresses minted for the plain senders; answers checked:")
+        for line in check_sample(servers, maps):
+            print(line)
+        results = []
+        depth = args.pipelined or 1
+        for _ in range(args.rounds):
+            for map_name in args.maps:
+                for conns in args.connections:
+                    for server in servers:
+                        r = run_one(client, server, map_name, conns, depth, args, keyfiles[map_name])
+                        print(f"  {server.name:>16} {map_name:8} {conns} conn: {r.rate:9,.0f}/s  p50 {r.p50:6.1f} µs  "
+                              f"p99 {r.p99:7.1f} µs  server {r.server_cpu_us:5.1f} µs/lookup  client {r.client_cpu:.2f} "
+                              f"busy {r.busy:.2f}  conns/proc {r.spread}  bad {r.mismatches}", flush=True)
+                        results.append(r)
+        print_tables(results, [s.name for s in servers], args)
+        if args.json:
+            Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=1))
+        bad = sum(r.mismatches for r in results)
+        if bad:
+            print(f"\n{bad} replies did not match the expected answer (see the lines above)")
+        return 1 if bad else 0
+    finally:
+        for server in servers:
+            server.stop()
+        if args.keep:
+            print(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def variant_names() -> list[str]:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from srsd_variant import VARIANTS
+    finally:
+        sys.path.pop(0)
+    return sorted(VARIANTS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
