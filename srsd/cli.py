@@ -1,4 +1,4 @@
-"""The ``srsd`` command: serve, forward, reverse, check-config."""
+"""The ``srsd`` command: serve, forward, reverse, spf, check-config."""
 
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("address")
         _config_arg(p)
 
+    spf = sub.add_parser("spf", help="evaluate SPF (RFC 7208 check_host) with srsd's resolver")
+    spf.add_argument("ip", help="the client IP address")
+    spf.add_argument("sender", help='MAIL FROM address; "" checks the HELO identity')
+    spf.add_argument("--helo", default="", help="HELO/EHLO name (required for the HELO identity)")
+    _config_arg(spf)
+
     check = sub.add_parser("check-config", help="validate the configuration and exit")
     _config_arg(check)
     return parser
@@ -82,6 +88,36 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spf(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    from srsd.dns import Resolver
+    from srsd.service import load
+    from srsd.spf import check_host
+
+    try:
+        ipaddress.ip_address(args.ip)
+    except ValueError:
+        return _fail(f"spf: {args.ip!r} is not an IP address", 2)
+    if not args.sender and not args.helo:
+        return _fail("spf: give a sender, or --helo NAME for the HELO identity", 2)
+    config = load(args.config)
+    resolver = Resolver(config.dns.nameservers, config.dns.timeout, config.dns.cache_size)
+    result = check_host(
+        resolver,
+        args.ip,
+        args.sender,
+        args.helo or config.srs.domain,
+        budget=config.spf.check_budget,
+        receiver=config.spf.receiver or config.srs.domain,
+    )
+    print(result.result)
+    print(result.explanation)
+    if result.header:
+        print(f"Received-SPF: {result.header}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``srsd`` command. :returns: the exit status (1 on any error)."""
     args = _parser().parse_args(argv)
@@ -92,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve(args.config, workers=args.workers, inherit=args.inherit)
         if args.command == "check-config":
             return _check_config(args)
+        if args.command == "spf":
+            return _spf(args)
         return _rewrite(args)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}")

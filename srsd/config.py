@@ -9,6 +9,7 @@ See ``docs/configuration.md`` for every key.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import secrets as _secrets
@@ -26,6 +27,9 @@ __all__ = [
     "SRSSettings",
     "ListenSettings",
     "LimitsSettings",
+    "DNSSettings",
+    "SPFSettings",
+    "PolicySettings",
     "LogSettings",
     "load_config",
     "default_config",
@@ -61,6 +65,41 @@ class ListenSettings:
     tcp_forward: str = "tcp:10001:interface=127.0.0.1"
     tcp_reverse: str = "tcp:10002:interface=127.0.0.1"
     socketmap: str = "tcp:10003:interface=127.0.0.1"
+    policy: str = ""  # Postfix policy delegation (check_policy_service), e.g. tcp:10004
+
+
+@dataclass(frozen=True)
+class DNSSettings:
+    nameservers: tuple[str, ...] = ()  # "host" or "host:port"; empty = /etc/resolv.conf
+    timeout: float = 2.0  # seconds per query (every server and retry)
+    cache_size: int = 10000  # answers kept, each for its TTL
+
+
+@dataclass(frozen=True)
+class SPFSettings:
+    aware: bool = False  # leave a sender alone when its SPF already passes for us
+    egress_ips: tuple[str, ...] = ()  # every address forwarded mail leaves from
+    skip_results: tuple[str, ...] = ("pass",)  # results that leave the sender alone
+    decision_budget: float = 2.0  # seconds for an SPF-aware decision (then: rewrite)
+    check_budget: float = 10.0  # seconds for a policy check (then: temperror)
+    threads: int = 8  # SPF checks running at once
+    receiver: str = ""  # this host's name in Received-SPF comments (default: srs.domain)
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Postfix policy service for incoming mail (policyd-spf semantics)."""
+
+    helo_reject: str = "none"  # "fail", "softfail" (fail or softfail), "none"
+    mail_from_reject: str = "none"  # "fail", "softfail", "none": header only
+    permerror_reject: bool = False
+    temperror_defer: bool = False
+    skip_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128", "::ffff:127.0.0.0/104")
+    whitelist_networks: tuple[str, ...] = ()  # trusted forwarders by address
+    whitelist_helo: tuple[str, ...] = ()  # ... by HELO name, when Postfix's verified client name is it
+    whitelist_domains: tuple[str, ...] = ()  # ... when the client passes this domain's own SPF
+    header: str = "received-spf"  # or "authentication-results"
+    authserv_id: str = ""  # required for authentication-results
 
 
 @dataclass(frozen=True)
@@ -79,6 +118,9 @@ class LogSettings:
 class Config:
     srs: SRSSettings
     listen: ListenSettings = ListenSettings()
+    dns: DNSSettings = DNSSettings()
+    spf: SPFSettings = SPFSettings()
+    policy: PolicySettings = PolicySettings()
     limits: LimitsSettings = LimitsSettings()
     log: LogSettings = LogSettings()
     #: secrets read from srs.secrets_file, first signs (never printed)
@@ -92,6 +134,9 @@ class Config:
 _SECTIONS = {
     "srs": SRSSettings,
     "listen": ListenSettings,
+    "dns": DNSSettings,
+    "spf": SPFSettings,
+    "policy": PolicySettings,
     "limits": LimitsSettings,
     "log": LogSettings,
 }
@@ -114,6 +159,10 @@ def _typed(section: str, key: str, value: Any, want: Any) -> Any:
     elif want is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    elif want is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        value = float(value)
     elif want is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -134,7 +183,7 @@ def _section(name: str, raw: Any, cls: type) -> Any:
     kwargs = {}
     for key, value in raw.items():
         # Annotations are strings here (PEP 563): "str", "int", "bool", "tuple[...]".
-        want = {"str": str, "int": int, "bool": bool}.get(fields[key].type, tuple)
+        want = {"str": str, "int": int, "float": float, "bool": bool}.get(fields[key].type, tuple)
         kwargs[key] = _typed(name, key, value, want)
     return cls(**kwargs)
 
@@ -220,6 +269,7 @@ def _validate(cfg: Config) -> Config:
     if s.local_domains_file:
         lines = _read_lines(s.local_domains_file, "srs.local_domains_file")
         domains += _check_domain_entries(lines, "srs.local_domains_file")
+    _validate_spf(cfg)
     lim = cfg.limits
     if not 256 <= lim.max_request_bytes <= 1 << 20:
         raise ConfigError("limits.max_request_bytes: must be 256..1048576")
@@ -232,6 +282,62 @@ def _validate(cfg: Config) -> Config:
     if not any(dataclasses.astuple(cfg.listen)):
         raise ConfigError("listen: every endpoint is disabled")
     return dataclasses.replace(cfg, secrets=secrets, local_domains=tuple(domains))
+
+
+def _networks(values: tuple[str, ...], key: str) -> None:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}: {value!r} is not an IP address or network") from None
+
+
+def _validate_spf(cfg: Config) -> None:
+    from srsd.dns import parse_nameserver
+
+    for ns in cfg.dns.nameservers:
+        try:
+            parse_nameserver(ns)
+        except ValueError:
+            raise ConfigError(f"dns.nameservers: {ns!r} is not an IP address with an optional :port") from None
+    if not 0 < cfg.dns.timeout <= 60:
+        raise ConfigError("dns.timeout: must be more than 0 and at most 60 seconds")
+    if cfg.dns.cache_size < 0:
+        raise ConfigError("dns.cache_size: must be >= 0")
+    sp = cfg.spf
+    for ip in sp.egress_ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ConfigError(f"spf.egress_ips: {ip!r} is not an IP address") from None
+    if sp.aware and not sp.egress_ips:
+        raise ConfigError("spf.egress_ips: required when spf.aware = true (every address mail leaves from)")
+    from srsd.spf import RESULTS
+
+    for result in sp.skip_results:
+        if result not in RESULTS:
+            raise ConfigError(f"spf.skip_results: {result!r} is not an SPF result ({', '.join(RESULTS)})")
+    if not 0 < sp.decision_budget <= 30:
+        raise ConfigError("spf.decision_budget: must be more than 0 and at most 30 seconds")
+    if not 0 < sp.check_budget <= 60:
+        raise ConfigError("spf.check_budget: must be more than 0 and at most 60 seconds")
+    if not 1 <= sp.threads <= 256:
+        raise ConfigError("spf.threads: must be 1..256")
+    po = cfg.policy
+    if po.helo_reject not in ("fail", "softfail", "none"):
+        raise ConfigError("policy.helo_reject: must be 'fail', 'softfail' or 'none'")
+    if po.mail_from_reject not in ("fail", "softfail", "none"):
+        raise ConfigError("policy.mail_from_reject: must be 'fail', 'softfail' or 'none'")
+    _networks(po.skip_networks, "policy.skip_networks")
+    _networks(po.whitelist_networks, "policy.whitelist_networks")
+    _check_domain_entries(po.whitelist_helo, "policy.whitelist_helo")
+    _check_domain_entries(po.whitelist_domains, "policy.whitelist_domains")
+    if any(d.startswith(".") for d in po.whitelist_domains):
+        raise ConfigError("policy.whitelist_domains: exact domain names only (the client must pass its SPF)")
+    if po.header not in ("received-spf", "authentication-results"):
+        raise ConfigError("policy.header: must be 'received-spf' or 'authentication-results'")
+    if po.header == "authentication-results" and not po.authserv_id:
+        raise ConfigError("policy.authserv_id: required when policy.header = 'authentication-results'")
 
 
 def parse_config(data: dict[str, Any], source: str = "<string>") -> Config:

@@ -111,12 +111,12 @@ class Rewriter:
     def forward(self, sender: str, now: float | None = None) -> Answer:
         """Decide the envelope sender for a forwarded message (sender_canonical_maps).
 
-        :param sender: the lookup key as Postfix sent it (``""`` = null sender;
+        :param sender: the lookup key as Postfix sent it (empty or ``""`` = null sender;
             also ``user`` and ``@domain`` forms from canonical(5)'s search order).
         :param now: unix time in seconds (default: the clock).
         :returns: FOUND with the SRS0/SRS1 address, or NOTFOUND with the reason.
         """
-        if not sender:
+        if not sender or sender == '""':  # Postfix sends the null sender as ""
             return Answer(NOTFOUND, "null sender")
         local, at, domain = sender.rpartition("@")
         # "user" and "@domain" are canonical(5)'s fallback keys: answering those

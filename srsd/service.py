@@ -29,10 +29,14 @@ from twisted.logger import (
 from zope.interface import provider
 
 from srsd.config import Config, ConfigError, default_config, load_config
+from srsd.dns import Resolver
+from srsd.policy import PolicyService
 from srsd.protocols.base import LookupFactory
+from srsd.protocols.policy import PolicyFactory
 from srsd.protocols.socketmap import SocketmapFactory
 from srsd.protocols.tcp_table import TcpTableFactory
-from srsd.rewrite import NOTFOUND, REVERSE_NOT_OURS, Answer, Rewriter, rewriter_from_config
+from srsd.rewrite import FOUND, NOTFOUND, REVERSE_NOT_OURS, Answer, Rewriter, rewriter_from_config
+from srsd.spf import SPFAwareForward, SPFChecker
 
 __all__ = ["Daemon", "EndpointSpec", "ListenError", "endpoint_specs", "setup_logging", "load", "serve"]
 
@@ -64,9 +68,7 @@ def setup_logging(stream: Any = None) -> None:
         stream.write(prefix + text.replace("\n", "\n    ") + "\n")
         stream.flush()
 
-    globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(observer, [_level_filter])], redirectStandardIO=False
-    )
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [_level_filter])], redirectStandardIO=False)
 
 
 def set_log_level(name: str) -> None:
@@ -122,6 +124,18 @@ def endpoint_specs(config: Config) -> list[tuple[EndpointSpec, str]]:
             "socketmap maps forward/reverse",
             lambda d: SocketmapFactory(d.lookup, "socketmap", **_limits(d)),
         ),
+        EndpointSpec(
+            "policy",
+            "Postfix policy service (check_policy_service): SPF of incoming mail",
+            # Policy requests are larger than lookups (~1-8 KB): the factory's own
+            # request limit applies, not limits.max_request_bytes.
+            lambda d: PolicyFactory(
+                d.policy,
+                "policy",
+                max_connections=d.config.limits.max_connections,
+                idle_timeout=d.config.limits.idle_timeout,
+            ),
+        ),
     ]
     return [(spec, getattr(config.listen, spec.name)) for spec in specs if getattr(config.listen, spec.name)]
 
@@ -133,9 +147,15 @@ class Daemon:
     :param config_path: where SIGHUP re-reads it from (None = embedded default).
     """
 
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    def __init__(self, config: Config, config_path: str | None = None, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
         self.config_path = config_path
         self.ports: dict[str, Any] = {}
+        self.checker: SPFChecker | None = None
+        self.spf_aware: SPFAwareForward | None = None
+        self.policy: PolicyService | None = None
         self._apply(config, rewriter_from_config(config))
 
     def _apply(self, config: Config, rewriter: Rewriter) -> None:
@@ -143,13 +163,44 @@ class Daemon:
         self.rewriter = rewriter
         self.debug = config.log.level == "debug"
         set_log_level(config.log.level)
+        self.spf_aware = None
+        if config.spf.aware:
+            self.spf_aware = SPFAwareForward(
+                self.spf_checker(),
+                config.spf.egress_ips,
+                config.spf.skip_results,
+                budget=config.spf.decision_budget,
+                helo=config.spf.receiver or config.srs.domain,
+            )
+        if config.listen.policy:
+            receiver = config.spf.receiver or config.srs.domain
+            if self.policy is None:
+                self.policy = PolicyService(config.policy, self.spf_checker(), receiver)
+            else:  # keeps its per-message memory across a reload
+                self.policy.reconfigure(config.policy, receiver=receiver)
+
+    def spf_checker(self) -> SPFChecker:
+        """The SPF checker (resolver + thread pool), built on first use from [dns]/[spf]."""
+        if self.checker is None:
+            c = self.config
+            resolver = Resolver(c.dns.nameservers, c.dns.timeout, c.dns.cache_size)
+            self.checker = SPFChecker(
+                self.reactor,
+                resolver,
+                threads=c.spf.threads,
+                budget=c.spf.check_budget,
+                receiver=c.spf.receiver or c.srs.domain,
+            )
+        return self.checker
 
     # -- the hot path -----------------------------------------------------------
 
-    def lookup(self, map_name: str, key: str) -> Answer:
+    def lookup(self, map_name: str, key: str) -> Answer | defer.Deferred:
         """Answer one lookup of map ``forward`` or ``reverse`` (see :mod:`srsd.rewrite`)."""
         if map_name == "forward":
             answer = self.rewriter.forward(key)
+            if answer.status == FOUND and self.spf_aware is not None:
+                return self._spf_aware(key, answer)
         else:
             answer = self.rewriter.reverse(key)
         if self.debug:
@@ -159,6 +210,24 @@ class Daemon:
             # mangled. Worth an admin's eye; it is answered not-found.
             log.info("reverse {key!r} refused: {reason}", key=key, reason=answer.text)
         return answer
+
+    def _spf_aware(self, sender: str, rewritten: Answer) -> Answer | defer.Deferred:
+        assert self.spf_aware is not None
+        results = self.spf_aware.results(sender)
+        if isinstance(results, defer.Deferred):
+            return results.addCallback(self._spf_decided, sender, rewritten)
+        return self._spf_decided(results, sender, rewritten)
+
+    def _spf_decided(self, results: list, sender: str, rewritten: Answer) -> Answer:
+        assert self.spf_aware is not None
+        keep, summary = self.spf_aware.keep_sender(results)
+        if keep:
+            log.info(
+                "forward {sender}: kept, its SPF authorizes our egress ({summary})", sender=sender, summary=summary
+            )
+            return Answer(NOTFOUND, "SPF of the sender authorizes our egress IPs")
+        log.info("forward {sender} -> {srs}: rewritten ({summary})", sender=sender, srs=rewritten.text, summary=summary)
+        return rewritten
 
     # -- life cycle -------------------------------------------------------------
 
@@ -209,6 +278,10 @@ class Daemon:
             return False
         if config.listen != self.config.listen or config.limits != self.config.limits:
             log.warn("reload: [listen] and [limits] changes take effect on restart only")
+        if self.checker is not None and (
+            config.dns != self.config.dns or config.spf.threads != self.config.spf.threads
+        ):
+            log.warn("reload: [dns] and spf.threads changes take effect on restart only")
         self._apply(config, rewriter)
         log.info(
             "reloaded {source}: {n} secrets, {d} local domains",
@@ -270,7 +343,8 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
     def failed(failure: Any) -> None:
         log.critical("{error}", error=failure.getErrorMessage())
         status["code"] = 1
-        reactor.stop()
+        # A bind error usually fires before reactor.run(): stop once it runs.
+        reactor.callWhenRunning(reactor.stop)
 
     def on_sighup() -> None:
         daemon.reload()

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import sys
 from typing import Any
 
-from twisted.internet import protocol
+from twisted.internet import protocol, tcp, unix
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -24,12 +25,30 @@ __all__ = ["adopt", "WorkerPool", "parse_inherit", "watch_parent"]
 log = Logger(namespace="srsd.workers")
 
 
+class _AdoptedUnixPort(unix.Port):
+    """A unix socket inherited from the parent: its path, mode and removal are the
+    parent's business (Twisted's Port would chmod it to 0666 and unlink it on close)."""
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted's name)
+        tcp.Port.connectionLost(self, reason)
+
+
 def adopt(reactor: Any, fd: int, description: str, factory: Any) -> Any:
     """Serve *factory* on the inherited listening socket *fd*."""
     with socket.socket(fileno=os.dup(fd)) as probe:
         family = probe.family
-    port = reactor.adoptStreamPort(fd, family, factory)
-    os.close(fd)  # the reactor holds its own duplicate
+        path = probe.getsockname() if family == socket.AF_UNIX else None
+    if family == socket.AF_UNIX:
+        port = _AdoptedUnixPort._fromListeningDescriptor(reactor, fd, factory)
+        if path and not path.startswith("\0"):
+            port.mode = stat.S_IMODE(os.stat(path).st_mode)  # keep the parent's mode=
+        port.startListening()
+    else:
+        port = reactor.adoptStreamPort(fd, family, factory)
+    # shutdown() on a listening socket stops it in every process sharing it:
+    # a worker that stops must only close its own descriptor.
+    port._shouldShutdown = False
+    os.close(fd)  # the port holds its own duplicate
     return port
 
 

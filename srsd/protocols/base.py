@@ -15,9 +15,10 @@ from typing import Any
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from srsd.rewrite import TEMP, Answer
 
@@ -77,12 +78,18 @@ class LookupFactory(protocol.Factory):
             conn.transport.loseConnection()
 
 
+@implementer(IHalfCloseableProtocol)
 class LookupProtocol(protocol.Protocol):
-    """Base of the wire adapters: subclasses parse requests and call
-    :meth:`answer_requests` with ``(map_name, key)`` pairs or ready bytes."""
+    """Base of the wire adapters: subclasses parse requests, answer each with
+    :meth:`run_lookup` and write the answers with :meth:`send`.
+
+    A client that half-closes (``nc -N``, ``socat``) still gets every answer;
+    the connection closes once they are written.
+    """
 
     factory: LookupFactory
     overloaded = False
+    _read_closed = False
 
     def __init__(self) -> None:
         self.last_active = time.monotonic()
@@ -93,8 +100,7 @@ class LookupProtocol(protocol.Protocol):
         if len(factory.connections) >= factory.max_connections:
             self.overloaded = True
             log.warn(
-                "{endpoint}: {n} clients connected (limits.max_connections); "
-                "answering TEMP and closing a new one",
+                "{endpoint}: {n} clients connected (limits.max_connections); answering TEMP and closing a new one",
                 endpoint=factory.name,
                 n=len(factory.connections),
             )
@@ -105,6 +111,14 @@ class LookupProtocol(protocol.Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         self.factory.connections.discard(self)
+
+    def readConnectionLost(self) -> None:  # noqa: N802 (IHalfCloseableProtocol)
+        self._read_closed = True
+        if not self._queue:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:  # noqa: N802
+        self.transport.loseConnection()
 
     #: subclasses: Answer -> one complete reply on their wire
     encode: Callable[[Answer], bytes]
@@ -156,3 +170,5 @@ class LookupProtocol(protocol.Protocol):
             out.append(self._queue.popleft()[0])
         if out:
             self.transport.write(b"".join(out))
+        if self._read_closed and not self._queue:
+            self.transport.loseConnection()

@@ -62,7 +62,8 @@ class TcpTableProtocol(LookupProtocol):
         for line in lines:
             replies.append(self.request(line))
         limit = self.factory.max_request_bytes
-        if len(self._buffer) > limit and not self._discarding:
+        # +1: an unfinished line may still end in the "\r" of a CRLF.
+        if len(self._buffer) > limit + 1 and not self._discarding:
             replies.append(self.encode(Answer(NOTFOUND, f"request longer than {limit} bytes")))
             self._discarding = True
         if self._discarding:

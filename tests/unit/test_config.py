@@ -125,6 +125,10 @@ def test_documented_example_is_the_defaults(tmp_path):
     data = tomllib.loads(example.read_text())
     (tmp_path / "s").write_text("x\n")
     data["srs"]["secrets_file"] = str(tmp_path / "s")
+    from srsd.config import _SECTIONS
+
+    for section, cls in _SECTIONS.items():  # every key documented
+        assert set(data[section]) == {f.name for f in dataclasses.fields(cls)}, section
     loaded = parse_config(data)
     minimal = parse_config({"srs": {"domain": "fwd.example.org", "secrets_file": str(tmp_path / "s")}})
     assert dataclasses.astuple(loaded) == dataclasses.astuple(minimal)

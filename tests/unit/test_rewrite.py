@@ -39,7 +39,7 @@ def test_parent_notation_excludes_the_domain_itself(rw):
     assert rw.forward("x@notsub.example", NOW).status == FOUND
 
 
-@pytest.mark.parametrize("key", ["", "user", "@example.com", "user@"])
+@pytest.mark.parametrize("key", ["", '""', "user", "@example.com", "user@"])
 def test_null_sender_and_canonical_fallback_keys(rw, key):
     # "user" and "@domain" are canonical(5) fallback lookups: answering them would
     # rewrite a whole domain to one address.

@@ -1,0 +1,164 @@
+"""srsd's one DNS resolver: configured nameservers, per-query timeouts, TTL cache.
+
+Built on dnspython's stub resolver and its thread-safe LRU cache, which honours
+record TTLs and caches negative answers (NXDOMAIN, NODATA) for the SOA minimum
+(RFC 2308). Lookups block, so they run on worker threads (see :mod:`srsd.spf`),
+never on the reactor thread.
+
+:func:`Resolver.spf_lookup` speaks pyspf's ``DNSLookup(name, qtype, strict,
+timeout)`` interface, replacing pyspf's default resolver, which calls the
+deprecated ``dns.resolver.query`` and knows no nameserver or cache settings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+__all__ = ["Resolver", "DNSTemporaryError", "parse_nameserver"]
+
+# pyspf asks for the SPF RR type (99) by name; dnspython knows it as rdatatype.SPF.
+_QTYPES = {"A", "AAAA", "MX", "PTR", "TXT", "SPF", "CNAME"}
+
+
+class DNSTemporaryError(Exception):
+    """A lookup that timed out or got SERVFAIL/REFUSED from every server."""
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """``"127.0.0.1"``, ``"127.0.0.1:5353"``, ``"::1"`` or ``"[::1]:5353"`` -> (address, port).
+
+    :raises ValueError: not an IP address with an optional port 1..65535.
+    """
+    host, port = text, 53
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise ValueError(f"bad nameserver {text!r}")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad nameserver {text!r}")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = int(port_text)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"bad port in nameserver {text!r}")
+    return host, port
+
+
+class Resolver:
+    """A caching stub resolver for SPF and DKIM lookups.
+
+    :param nameservers: ``host[:port]`` strings; empty = /etc/resolv.conf.
+    :param timeout: seconds one query may take in all (every server and retry).
+    :param cache_size: answers kept (LRU), each for its TTL.
+    """
+
+    def __init__(self, nameservers: Sequence[str] = (), timeout: float = 2.0, cache_size: int = 10000) -> None:
+        resolver = dns.resolver.Resolver(configure=not nameservers)
+        if nameservers:
+            resolver.nameservers = [dns.nameserver.Do53Nameserver(*parse_nameserver(ns)) for ns in nameservers]
+        resolver.timeout = timeout
+        resolver.lifetime = timeout
+        resolver.cache = dns.resolver.LRUCache(cache_size)
+        self._resolver = resolver
+        self.timeout = timeout
+        self._ttl = threading.local()  # smallest TTL seen by this thread's current check
+
+    # -- TTL tracking for decision caches ---------------------------------------
+
+    def start_ttl_tracking(self) -> None:
+        """Begin recording the smallest TTL of the answers this thread receives."""
+        self._ttl.value = None
+
+    def tracked_ttl(self) -> float | None:
+        """Seconds the answers used since :meth:`start_ttl_tracking` stay valid."""
+        return getattr(self._ttl, "value", None)
+
+    def _note(self, answer: dns.resolver.Answer) -> None:
+        remaining = max(0.0, answer.expiration - time.time())
+        current = getattr(self._ttl, "value", None)
+        self._ttl.value = remaining if current is None else min(current, remaining)
+
+    # -- lookups ----------------------------------------------------------------
+
+    def resolve(self, name: str, qtype: str, timeout: float | None = None) -> dns.resolver.Answer | None:
+        """Look *name*/*qtype* up (cached); None for NXDOMAIN or no data.
+
+        :param timeout: seconds for this query, capped at the resolver's own.
+        :raises DNSTemporaryError: timeout, SERVFAIL or no server answered.
+        :raises ValueError: *name* is not a valid DNS name (e.g. a label > 63).
+        """
+        lifetime = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
+        try:
+            answer = self._resolver.resolve(name, qtype, lifetime=lifetime, raise_on_no_answer=False, search=False)
+        except dns.resolver.NXDOMAIN:
+            return None
+        except dns.resolver.NoNameservers as exc:
+            # A CNAME loop is no data, as pyspf treats it (RFC 7208 ptr-cname-loop),
+            # not a server failure; dnspython reports it as ChainTooLong per server.
+            errors = exc.kwargs.get("errors") or []
+            if errors and all(isinstance(e[3], dns.message.ChainTooLong) for e in errors):
+                return None
+            raise DNSTemporaryError(f"DNS {qtype} {name}: {exc}") from None
+        except (dns.exception.Timeout, dns.resolver.LifetimeTimeout) as exc:
+            raise DNSTemporaryError(f"DNS {qtype} {name}: {exc}") from None
+        except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel, dns.name.BadEscape) as exc:
+            raise ValueError(f"bad DNS name {name!r}: {exc}") from None
+        self._note(answer)
+        return answer if answer.rrset is not None else None
+
+    def spf_lookup(self, name: str, qtype: str, strict: Any = True, timeout: float | None = None) -> list:
+        """pyspf's DNSLookup: ``[((name, type), value), ...]``, CNAMEs included.
+
+        Values: A/AAAA address strings, MX (preference, exchange name), PTR target
+        text, TXT/SPF tuples of bytes, CNAME target text.
+
+        :raises spf.TempError: on :class:`DNSTemporaryError`.
+        """
+        import spf
+
+        if qtype not in _QTYPES:
+            return []
+        try:
+            answer = self.resolve(name, qtype, timeout)
+        except DNSTemporaryError as exc:
+            raise spf.TempError(str(exc)) from None
+        except ValueError:
+            return []  # an impossible name has no records (pyspf: void lookup)
+        if answer is None:
+            return []
+        out: list = []
+        for rrset in answer.response.answer:
+            # pyspf finds the answer under the name it asked for; to_text() would
+            # escape odd bytes (a space -> "\\032", e.g. after %_ macro expansion)
+            if rrset.name == answer.qname:
+                owner = name.rstrip(".")
+            else:
+                owner = rrset.name.to_text(omit_final_dot=True)
+            rtype = dns.rdatatype.to_text(rrset.rdtype)
+            for rdata in rrset:
+                if rtype in ("A", "AAAA"):
+                    value: Any = rdata.address
+                elif rtype == "MX":
+                    value = (rdata.preference, rdata.exchange.to_text(omit_final_dot=True))
+                elif rtype in ("PTR", "CNAME"):
+                    value = rdata.target.to_text(omit_final_dot=True)
+                elif rtype in ("TXT", "SPF"):
+                    value = tuple(rdata.strings)
+                else:
+                    continue
+                out.append(((owner, rtype), value))
+        return out

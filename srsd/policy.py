@@ -1,0 +1,585 @@
+"""SPF policy for incoming mail: what to answer a Postfix policy request (policyd-spf semantics).
+
+Postfix asks once per recipient (``check_policy_service`` in
+``smtpd_recipient_restrictions``), every request of one message carrying the same
+``instance``. The answer is one access(5) action:
+
+- ``DUNNO`` -- nothing to say: not an SMTP access request, a state without a sender
+  (CONNECT, HELO, ...), a client in ``skip_networks``, an authenticated client;
+- ``PREPEND Received-SPF: ...`` (or ``Authentication-Results: ...``) -- the result,
+  recorded once per message: later requests of the same instance get ``DUNNO``;
+- ``PREPEND X-Comment: SPF skipped for whitelisted ...`` -- a whitelisted relay
+  (``Authentication-Results: id; none (...)`` in that header mode);
+- ``550 5.7.23 ...`` -- fail (or softfail) under ``helo_reject`` / ``mail_from_reject``;
+- ``550 5.7.24 ...`` -- permerror with ``permerror_reject`` (RFC 7372);
+- ``DEFER_IF_PERMIT 4.7.24 ...`` -- temperror with ``temperror_defer``;
+- on an error of srsd's own (a bug, a malformed request): ``DUNNO`` when the
+  configuration only adds headers, ``DEFER_IF_PERMIT 4.3.0 ...`` when it enforces
+  anything, so a failure never rejects mail and never lets through what the
+  configuration would have refused (:func:`error_action`).
+
+Everything but :class:`PolicyService` is pure (no reactor, no DNS) and testable
+with plain values; the service runs the SPF checks through an
+:class:`~srsd.spf.SPFChecker` and remembers each message's verdict.
+See ``docs/policy.md``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from srsd.config import PolicySettings, is_domain
+from srsd.spf import SPFResult
+
+__all__ = [
+    "DUNNO",
+    "Verdict",
+    "PolicyRequest",
+    "Rules",
+    "CheckPlan",
+    "PolicyService",
+    "parse_request",
+    "screen",
+    "plan_checks",
+    "decide",
+    "error_action",
+    "for_state",
+    "received_spf_header",
+    "authentication_results_header",
+    "one_line",
+]
+
+log = Logger(namespace="srsd.policy")
+
+DUNNO = "DUNNO"
+#: states where Postfix knows the envelope sender (others: CONNECT, EHLO, HELO, VRFY, ETRN)
+CHECKED_STATES = ("MAIL", "RCPT", "DATA", "END-OF-MESSAGE")
+#: results each ``*_reject`` setting refuses
+REJECTED_RESULTS = {"fail": ("fail",), "softfail": ("fail", "softfail"), "none": ()}
+#: RFC 7208 result keyword -> its spelling at the start of Received-SPF (pyspf's)
+_HEADER_RESULT = {
+    "pass": "Pass",
+    "fail": "Fail",
+    "softfail": "SoftFail",
+    "neutral": "Neutral",
+    "none": "None",
+    "permerror": "PermError",
+    "temperror": "TempError",
+}
+_DEFAULT_EXPLANATION = {
+    "fail": "not authorized to send mail for this domain",
+    "softfail": "domain owner discourages use of this host",
+    "permerror": "the domain's SPF record is invalid",
+    "temperror": "the SPF record could not be retrieved",
+}
+_MAX_REPLY_TEXT = 250  # our part of the SMTP reply; Postfix adds "<rcpt>: Recipient address rejected: "
+_MAX_HEADER = 900  # a header line stays under RFC 5322's 998
+
+
+# -- text hygiene ----------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_NON_ASCII = re.compile(r"[^\x20-\x7e]")
+
+
+def one_line(text: str, limit: int = _MAX_REPLY_TEXT, *, ascii_only: bool = True) -> str:
+    """*text* safe inside one policy reply line: control characters (a TXT record's
+    newline would end the reply early and desynchronise the connection) become
+    spaces, runs of spaces one, non-ASCII ``?`` (*ascii_only*), at most *limit* chars."""
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    if ascii_only:
+        text = _NON_ASCII.sub("?", text)
+    if len(text) > limit:
+        text = text[: limit - 3].rstrip() + "..."
+    return text
+
+
+_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~]+$")  # RFC 2045 token (RFC 8601 pvalue)
+_DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*$")
+
+
+def _quoted(value: str, plain: re.Pattern[str]) -> str:
+    if value and plain.match(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _comment(text: str) -> str:
+    """*text* as the inside of an RFC 5322 comment (parentheses and backslashes escaped)."""
+    return re.sub(r"([()\\])", r"\\\1", text)
+
+
+# -- the request -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyRequest:
+    """The attributes of one ``smtpd_access_policy`` request srsd uses."""
+
+    state: str
+    ip: str  # client_address, v4-mapped IPv6 written as IPv4
+    helo: str
+    sender: str  # "" = the null sender
+    instance: str = ""
+    client_name: str = ""  # Postfix's forward-confirmed client hostname, or "unknown"
+    sasl_username: str = ""
+    recipient: str = ""
+
+    @property
+    def sender_domain(self) -> str:
+        """The MAIL FROM domain (for a sender without ``@``, the HELO name, as pyspf does)."""
+        return self.sender.rpartition("@")[2] if "@" in self.sender else self.helo
+
+    @property
+    def message_key(self) -> tuple[str, ...] | None:
+        """What ties the requests of one message together (None: no instance)."""
+        if not self.instance:
+            return None
+        return (self.instance, self.ip, self.sender, self.helo)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to answer the first request of a message, and why.
+
+    ``action`` is the access(5) action; requests after the first get :attr:`repeat`
+    (the same refusal, but a header is added only once). ``result`` and ``reason``
+    are for the log.
+    """
+
+    action: str
+    result: str = ""
+    reason: str = ""
+
+    @property
+    def repeat(self) -> str:
+        return DUNNO if self.action.startswith("PREPEND ") else self.action
+
+    @property
+    def refuses(self) -> bool:
+        return not (self.action == DUNNO or self.action.startswith("PREPEND "))
+
+
+def parse_request(attrs: dict[str, str]) -> PolicyRequest | Verdict:
+    """The request in *attrs*, or a ``DUNNO`` verdict saying why there is nothing to check.
+
+    A missing ``protocol_state`` counts as RCPT (for requests typed by hand);
+    missing ``request`` or ``client_address`` is answered DUNNO (Postfix always
+    sends both).
+    """
+    kind = attrs.get("request", "")
+    if kind != "smtpd_access_policy":
+        return Verdict(DUNNO, "n/a", f"not an smtpd_access_policy request (request={kind!r})")
+    state = attrs.get("protocol_state", "").upper() or "RCPT"
+    if state not in CHECKED_STATES:
+        return Verdict(DUNNO, "n/a", f"nothing to check at {state}")
+    raw_ip = attrs.get("client_address", "")
+    try:
+        address = ipaddress.ip_address(raw_ip)
+    except ValueError:
+        return Verdict(DUNNO, "n/a", f"no usable client_address ({raw_ip!r})")
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return PolicyRequest(
+        state=state,
+        ip=str(address),
+        helo=attrs.get("helo_name", "").strip(),
+        sender=attrs.get("sender", "").strip(),
+        instance=attrs.get("instance", ""),
+        client_name=attrs.get("client_name", ""),
+        sasl_username=attrs.get("sasl_username", ""),
+        recipient=attrs.get("recipient", ""),
+    )
+
+
+# -- configuration, compiled ----------------------------------------------------------
+
+
+def _names(entries: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(e.strip().lower().rstrip(".") for e in entries if e.strip() and not e.strip().startswith("#"))
+
+
+def name_matches(name: str, entries: tuple[str, ...]) -> bool:
+    """*name* equals an entry, or is below a ``.parent`` entry (case-insensitive)."""
+    name = name.lower().rstrip(".")
+    if not name:
+        return False
+    for entry in entries:
+        if entry.startswith("."):
+            if name.endswith(entry):
+                return True
+        elif name == entry:
+            return True
+    return False
+
+
+class Rules:
+    """:class:`~srsd.config.PolicySettings` with networks and names parsed once.
+
+    :param receiver: this host's name in headers written by srsd itself.
+    """
+
+    def __init__(self, settings: PolicySettings, receiver: str = "") -> None:
+        self.settings = settings
+        self.receiver = receiver or "localhost"
+        self.skip_networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.skip_networks)
+        self.whitelist_networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.whitelist_networks)
+        self.whitelist_helo = _names(settings.whitelist_helo)
+        # Checked as "the client passes this domain's SPF": a ".parent" entry cannot be
+        # evaluated, so its dot is dropped.
+        self.whitelist_domains = tuple(dict.fromkeys(n.lstrip(".") for n in _names(settings.whitelist_domains)))
+        self.mail_from_rejects = REJECTED_RESULTS[settings.mail_from_reject]
+        self.helo_rejects = REJECTED_RESULTS[settings.helo_reject]
+
+    @property
+    def enforcing(self) -> bool:
+        """True when some result refuses mail (not only headers)."""
+        s = self.settings
+        return bool(self.mail_from_rejects or self.helo_rejects or s.permerror_reject or s.temperror_defer)
+
+
+def _in_networks(ip: str, networks: tuple[Any, ...]) -> bool:
+    address = ipaddress.ip_address(ip)
+    candidates = [address]
+    if address.version == 4:
+        candidates.append(ipaddress.IPv6Address("::ffff:" + ip))  # match "::ffff:a.b.c.d/..." entries too
+    return any(a in net for a in candidates for net in networks if a.version == net.version)
+
+
+# -- decisions ---------------------------------------------------------------------------
+
+
+def error_action(rules: Rules) -> str:
+    """The answer when srsd itself cannot decide (a bug, a malformed request, overload).
+
+    Header-only configurations answer DUNNO (the mail goes on, as without srsd);
+    enforcing ones defer, so a failure cannot let through what would be refused.
+    Never a rejection.
+    """
+    if rules.enforcing:
+        return "DEFER_IF_PERMIT 4.3.0 SPF policy service error, try again later"
+    return DUNNO
+
+
+def _whitelisted(request: PolicyRequest, rules: Rules, what: str) -> Verdict:
+    text = f"SPF skipped for whitelisted {what}"
+    if rules.settings.header == "authentication-results":
+        header = f"Authentication-Results: {rules.settings.authserv_id}; none ({_comment(one_line(text))})"
+    else:
+        header = f"X-Comment: {one_line(text)} - {_details(request, rules.receiver)}"
+    return Verdict("PREPEND " + _fit(header), "whitelisted", text)
+
+
+def screen(request: PolicyRequest, rules: Rules) -> Verdict | None:
+    """Decisions made without DNS: skipped and whitelisted clients; None = check SPF.
+
+    - ``skip_networks`` and SASL-authenticated clients: DUNNO, no header (local or
+      authenticated submission is not what SPF judges, and the header would leave
+      with the outgoing mail);
+    - ``whitelist_networks``; ``whitelist_helo`` when the HELO name matches and
+      Postfix verified it: the forward-confirmed client hostname (``client_name``)
+      is the same name (a bare HELO match is forgeable by anyone): a header saying
+      SPF was skipped.
+    """
+    if _in_networks(request.ip, rules.skip_networks):
+        return Verdict(DUNNO, "skipped", "client in policy.skip_networks")
+    if request.sasl_username:
+        return Verdict(DUNNO, "skipped", "SASL-authenticated client")
+    if _in_networks(request.ip, rules.whitelist_networks):
+        return _whitelisted(request, rules, "relay")
+    if (
+        rules.whitelist_helo
+        and name_matches(request.helo, rules.whitelist_helo)
+        and request.helo.lower().rstrip(".") == request.client_name.lower().rstrip(".")
+    ):
+        return _whitelisted(request, rules, "HELO name")
+    return None
+
+
+@dataclass(frozen=True)
+class CheckPlan:
+    """The SPF checks a request needs.
+
+    ``helo``: check the HELO identity (``postmaster@helo``); always for the null
+    sender (RFC 7208 2.4: it is then the MAIL FROM identity too), otherwise only when
+    ``helo_reject`` can refuse. ``mail_from``: check the MAIL FROM identity.
+    ``whitelist_domains``: domains whose SPF, passing for the client, whitelists it.
+    ``helo_none``: why the HELO identity is "none" without a check (no HELO, or not
+    a domain name, RFC 7208 2.3).
+    """
+
+    helo: bool
+    mail_from: bool
+    whitelist_domains: tuple[str, ...] = ()
+    helo_none: str = ""
+
+
+def plan_checks(request: PolicyRequest, rules: Rules) -> CheckPlan:
+    want_helo = not request.sender or bool(rules.helo_rejects)
+    helo_none = ""
+    if want_helo:
+        if not request.helo:
+            helo_none = "no HELO name to check"
+        elif not is_domain(request.helo.rstrip(".")):
+            helo_none = "HELO name is not a domain name"
+    return CheckPlan(
+        helo=want_helo and not helo_none,
+        mail_from=bool(request.sender),
+        whitelist_domains=rules.whitelist_domains,
+        helo_none=helo_none if want_helo else "",
+    )
+
+
+def _refusal(result: SPFResult, rejects: tuple[str, ...], rules: Rules, subject: str) -> tuple[int, str] | None:
+    """(severity, action) when *result* refuses the mail, else None."""
+    explanation = result.explanation or _DEFAULT_EXPLANATION.get(result.result, result.result)
+    text = one_line(f"SPF {result.result} for {subject}: {explanation}")
+    if result.result in rejects:
+        return 2, f"550 5.7.23 {text}"
+    if result.result == "permerror" and rules.settings.permerror_reject:
+        return 2, f"550 5.7.24 {text}"
+    if result.result == "temperror" and rules.settings.temperror_defer:
+        return 1, f"DEFER_IF_PERMIT 4.7.24 {text}"
+    return None
+
+
+def decide(
+    request: PolicyRequest,
+    rules: Rules,
+    helo: SPFResult | None,
+    mail_from: SPFResult | None,
+    whitelisted_by: str = "",
+) -> Verdict:
+    """The verdict from the SPF results (a result is None when it was not checked).
+
+    A rejection beats a deferral; between equals the HELO identity comes first (as in
+    policyd-spf). For the null sender the HELO result is also the MAIL FROM result,
+    so either ``*_reject`` setting refuses it. The header records the MAIL FROM
+    result, or the HELO result for the null sender. *whitelisted_by* names a
+    ``whitelist_domains`` entry whose SPF passes for the client.
+    """
+    if whitelisted_by:
+        return _whitelisted(request, rules, f"relay of {whitelisted_by}")
+    candidates = []
+    if helo is not None:
+        rejects = rules.helo_rejects
+        if not request.sender:
+            rejects = tuple(dict.fromkeys(rejects + rules.mail_from_rejects))
+        candidates.append(_refusal(helo, rejects, rules, f"HELO name {request.helo}"))
+    if mail_from is not None:
+        candidates.append(_refusal(mail_from, rules.mail_from_rejects, rules, f"sender domain {request.sender_domain}"))
+    recorded = mail_from if mail_from is not None else helo
+    if recorded is None:  # nothing was checked (a plan always checks something)
+        return Verdict(DUNNO, "n/a", "no identity to check")
+    reason = " ".join(f"{r.identity}={r.result}" for r in (helo, mail_from) if r is not None)
+    refusals = [c for c in candidates if c is not None]
+    if refusals:
+        severity = max(s for s, _ in refusals)
+        return Verdict(next(a for s, a in refusals if s == severity), recorded.result, reason)
+    if rules.settings.header == "authentication-results":
+        header = authentication_results_header(request, recorded, rules.settings.authserv_id)
+    else:
+        header = received_spf_header(request, recorded, rules.receiver)
+    return Verdict("PREPEND " + header, recorded.result, reason)
+
+
+def for_state(action: str, state: str) -> str:
+    """*action* as allowed at *state*: no PREPEND at END-OF-MESSAGE (access(5))."""
+    if state == "END-OF-MESSAGE" and action.startswith("PREPEND "):
+        return DUNNO
+    return action
+
+
+# -- headers -----------------------------------------------------------------------------
+
+
+def _details(request: PolicyRequest, receiver: str, identity: str = "") -> str:
+    """RFC 7208 9.1 key=value pairs (``client-ip=...; ...; identity=...``)."""
+    pairs = [f"client-ip={request.ip}"]
+    if identity != "helo":
+        pairs.append("envelope-from=" + _quoted(one_line(request.sender, 300, ascii_only=False), _DOT_ATOM))
+    if request.helo:
+        pairs.append("helo=" + _quoted(one_line(request.helo, 300, ascii_only=False), _DOT_ATOM))
+    pairs.append("receiver=" + _quoted(receiver, _DOT_ATOM))
+    if identity:
+        pairs.append(f"identity={identity}")
+    return "; ".join(pairs)
+
+
+def _fit(header: str) -> str:
+    header = one_line(header, 10 * _MAX_HEADER, ascii_only=False)
+    return header if len(header) <= _MAX_HEADER else header[: _MAX_HEADER - 3] + "..."
+
+
+def received_spf_header(request: PolicyRequest, result: SPFResult, receiver: str) -> str:
+    """``Received-SPF: ...`` (RFC 7208 9.1): pyspf's text from the checker when it
+    has one, else srsd's own (results that come from srsd: overload, time-out,
+    HELO not checkable); both on one line, control characters removed."""
+    value = one_line(result.header, 10 * _MAX_HEADER, ascii_only=False)
+    if not value or len(value) > _MAX_HEADER - 14:
+        explanation = one_line(result.explanation or _DEFAULT_EXPLANATION.get(result.result, ""), 200)
+        value = (
+            f"{_HEADER_RESULT.get(result.result, 'TempError')} ({_comment(f'{receiver}: {explanation}')}) "
+            + _details(request, receiver, result.identity)
+        )
+    return _fit("Received-SPF: " + value)
+
+
+def authentication_results_header(request: PolicyRequest, result: SPFResult, authserv_id: str) -> str:
+    """``Authentication-Results: <authserv-id>; spf=<result> smtp.mailfrom=<domain>``
+    (RFC 8601 2.7.2), or ``smtp.helo=<name>`` when the HELO identity was checked."""
+    if result.identity == "helo":
+        prop, value = "smtp.helo", request.helo
+    else:
+        prop, value = "smtp.mailfrom", request.sender_domain
+    value = _quoted(one_line(value, 300, ascii_only=False), _TOKEN)
+    return _fit(f"Authentication-Results: {authserv_id}; spf={result.result} {prop}={value}")
+
+
+# -- the service ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Message:
+    """One message's verdict, or the requests waiting for it."""
+
+    verdict: Verdict | None = None
+    waiting: list[defer.Deferred] = field(default_factory=list)
+
+
+class PolicyService:
+    """Answers Postfix policy requests; one instance per daemon.
+
+    :param settings: the ``[policy]`` section.
+    :param checker: an :class:`~srsd.spf.SPFChecker` (anything with its ``check``).
+    :param receiver: this host's name in headers srsd writes itself.
+    :param max_messages: messages whose verdicts are remembered (LRU), so that
+        every recipient of a message gets the same decision and the header is
+        added once. Postfix sends a message's requests over one connection within
+        one SMTP transaction, so this only needs to cover concurrent transactions.
+    """
+
+    def __init__(self, settings: PolicySettings, checker: Any, receiver: str = "", *, max_messages: int = 4096) -> None:
+        self.checker = checker
+        self.rules = Rules(settings, receiver)
+        self.max_messages = max_messages
+        self._messages: OrderedDict[tuple[str, ...], _Message] = OrderedDict()
+
+    def reconfigure(self, settings: PolicySettings, checker: Any = None, receiver: str | None = None) -> None:
+        """Apply a reloaded configuration; remembered verdicts are kept (a message
+        in flight keeps its decision and gets no second header)."""
+        self.rules = Rules(settings, self.rules.receiver if receiver is None else receiver)
+        if checker is not None:
+            self.checker = checker
+
+    def error_action(self) -> str:
+        """See :func:`error_action`; the protocol answers malformed requests with it."""
+        return error_action(self.rules)
+
+    # -- one request ------------------------------------------------------------------
+
+    def handle(self, attrs: dict[str, str]) -> defer.Deferred:
+        """Answer one request: a Deferred firing with the action (never failing)."""
+        try:
+            return self._handle(attrs)
+        except Exception:
+            log.failure("policy: request {attrs!r} failed", attrs=attrs)
+            return defer.succeed(self.error_action())
+
+    def _handle(self, attrs: dict[str, str]) -> defer.Deferred:
+        rules = self.rules
+        request = parse_request(attrs)
+        if isinstance(request, Verdict):
+            level = log.debug if request.reason.startswith("nothing to check") else log.info
+            level("policy: {reason}: DUNNO", reason=request.reason)
+            return defer.succeed(request.action)
+        key = request.message_key
+        known = self._messages.get(key) if key is not None else None
+        if known is not None:
+            self._messages.move_to_end(key)
+            if known.verdict is not None:
+                return defer.succeed(for_state(known.verdict.repeat, request.state))
+            d: defer.Deferred = defer.Deferred()
+            known.waiting.append(d)
+            return d.addCallback(lambda verdict: for_state(verdict.repeat, request.state))
+        early = screen(request, rules)
+        if early is not None:
+            if early.action != DUNNO and key is not None:
+                self._remember(key, _Message(early))
+            self._log(request, early)
+            return defer.succeed(for_state(early.action, request.state))
+        message = _Message()
+        if key is not None:
+            self._remember(key, message)
+        d = defer.maybeDeferred(self._evaluate, request, rules)
+        d.addCallback(self._decided, request, key, message)
+        d.addErrback(self._crashed, request, key, message)
+        return d
+
+    def _remember(self, key: tuple[str, ...], message: _Message) -> None:
+        self._messages[key] = message
+        while len(self._messages) > self.max_messages:
+            self._messages.popitem(last=False)
+
+    def _evaluate(self, request: PolicyRequest, rules: Rules) -> defer.Deferred:
+        plan = plan_checks(request, rules)
+        none = defer.succeed(None)
+        if plan.helo:
+            helo_d = self.checker.check(request.ip, "", request.helo)
+        elif plan.helo_none:
+            helo_d = defer.succeed(SPFResult("none", plan.helo_none, "helo"))
+        else:
+            helo_d = none
+        mail_from_d = self.checker.check(request.ip, request.sender, request.helo) if plan.mail_from else none
+        whitelist_ds = [
+            self.checker.check(request.ip, "postmaster@" + domain, domain) for domain in plan.whitelist_domains
+        ]
+
+        def combine(results: list[Any]) -> Verdict:
+            helo, mail_from, *listed = results
+            passes = [dom for dom, r in zip(plan.whitelist_domains, listed, strict=True) if r.result == "pass"]
+            passed = passes[0] if passes else ""
+            return decide(request, rules, helo, mail_from, passed)
+
+        return defer.gatherResults([helo_d, mail_from_d, *whitelist_ds], consumeErrors=True).addCallback(combine)
+
+    def _decided(self, verdict: Verdict, request: PolicyRequest, key: Any, message: _Message) -> str:
+        message.verdict = verdict
+        self._log(request, verdict)
+        waiting, message.waiting = message.waiting, []
+        for d in waiting:
+            d.callback(verdict)
+        return for_state(verdict.action, request.state)
+
+    def _crashed(self, failure: Any, request: PolicyRequest, key: Any, message: _Message) -> str:
+        log.failure("policy: deciding for {ip} <{sender}> failed", failure, ip=request.ip, sender=request.sender)
+        if key is not None and self._messages.get(key) is message:
+            del self._messages[key]  # the next recipient tries again
+        action = self.error_action()
+        waiting, message.waiting = message.waiting, []
+        for d in waiting:
+            d.callback(Verdict(action, "error", "internal error"))
+        return action
+
+    def _log(self, request: PolicyRequest, verdict: Verdict) -> None:
+        if verdict.action == DUNNO and verdict.result == "skipped":
+            log.debug(
+                "policy {instance}: {ip}: {reason}", instance=request.instance, ip=request.ip, reason=verdict.reason
+            )
+            return
+        log.info(
+            "policy {instance}: client={ip} helo={helo!r} from=<{sender}>: {reason} -> {action}",
+            instance=request.instance or "-",
+            ip=request.ip,
+            helo=request.helo,
+            sender=request.sender,
+            reason=verdict.reason,
+            action=verdict.action if verdict.refuses else verdict.action.split(":", 1)[0],
+        )

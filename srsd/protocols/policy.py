@@ -1,0 +1,174 @@
+"""Postfix policy delegation server (SMTPD_POLICY_README; ``check_policy_service``).
+
+Request: ``name=value`` lines, each ending in ``\\n``, then an empty line. Reply:
+``action=<action>`` and an empty line. Postfix keeps the connection for the next
+request; replies go out in request order even when a later one is decided first.
+
+A request that breaks the protocol -- a line without ``=``, more than
+``max_attributes`` attributes, a line over ``max_line_bytes`` or a request over
+``max_request_bytes`` -- is read to its empty line and answered with the service's
+error action (DUNNO when the configuration only adds headers, ``DEFER_IF_PERMIT
+4.3.0`` when it enforces; never a rejection), so the stream stays in step and the
+connection stays open. Postfix never sends such requests: the default limits are
+far above what its SMTP line limits allow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from srsd.protocols.base import LookupFactory, LookupProtocol
+
+__all__ = ["PolicyProtocol", "PolicyFactory", "encode_action"]
+
+log = Logger(namespace="srsd.protocol")
+
+
+def encode_action(action: str) -> bytes:
+    """``action=<action>\\n\\n``; a newline or NUL inside *action* (which would end
+    the reply early) becomes a space."""
+    safe = action.replace("\r", " ").replace("\n", " ").replace("\0", " ")
+    return b"action=" + safe.encode("utf-8", "replace") + b"\n\n"
+
+
+class PolicyProtocol(LookupProtocol):
+    factory: PolicyFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = b""
+        self._discarding = False  # inside an over-long line, until its newline
+        self._new_request()
+
+    def _new_request(self) -> None:
+        self._attrs: dict[str, str] = {}
+        self._size = 0
+        self._error = ""  # why the request being read is malformed
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        buffer = self._buffer + data if self._buffer else data
+        lines = buffer.split(b"\n")
+        self._buffer = lines.pop()
+        replies = []
+        if self._discarding and lines:
+            lines.pop(0)  # the tail of the over-long line
+            self._discarding = False
+        for line in lines:
+            reply = self.line_received(line)
+            if reply is not None:
+                replies.append(reply)
+        if not self._discarding and len(self._buffer) > self.factory.max_line_bytes:
+            self._size += len(self._buffer)
+            self._fail(f"attribute line longer than {self.factory.max_line_bytes} bytes")
+            self._discarding = True
+        if self._discarding:
+            self._buffer = b""
+        if replies:
+            self.send(replies)
+
+    def _fail(self, reason: str) -> None:
+        if not self._error:
+            self._error = reason
+
+    def line_received(self, line: bytes) -> bytes | Deferred | None:
+        """Take one line (without its newline); the reply when it ends a request."""
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            attrs, error = self._attrs, self._error
+            self._new_request()
+            if error:
+                return self.malformed(error, attrs)
+            return self.answer(attrs)
+        factory = self.factory
+        self._size += len(line) + 1
+        if self._error:
+            return None
+        if self._size > factory.max_request_bytes:
+            self._fail(f"request longer than {factory.max_request_bytes} bytes")
+        elif len(line) > factory.max_line_bytes:
+            self._fail(f"attribute line longer than {factory.max_line_bytes} bytes")
+        else:
+            name, sep, value = line.partition(b"=")
+            if not sep or not name:
+                self._fail(f"not a name=value line: {line[:60]!r}")
+            elif len(self._attrs) >= factory.max_attributes and name not in self._attrs:
+                self._fail(f"more than {factory.max_attributes} attributes")
+            else:
+                # The last of repeated attributes wins (SMTPD_POLICY_README allows either).
+                self._attrs[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        return None
+
+    # -- answering --------------------------------------------------------------
+
+    def malformed(self, reason: str, attrs: dict[str, str]) -> bytes:
+        action = self.factory.service.error_action()
+        log.warn(
+            "{endpoint}: malformed policy request from {peer} ({reason}; instance={instance!r}): {action}",
+            endpoint=self.factory.name,
+            peer=self._peer(),
+            reason=reason,
+            instance=attrs.get("instance", ""),
+            action=action,
+        )
+        return encode_action(action)
+
+    def answer(self, attrs: dict[str, str]) -> bytes | Deferred:
+        """Ask the service; never raises: a failure inside becomes the error action."""
+        service = self.factory.service
+        if self.overloaded:
+            return encode_action(service.error_action())
+        try:
+            result = service.handle(attrs)
+        except Exception:
+            log.failure("{endpoint}: policy request failed", endpoint=self.factory.name)
+            return encode_action(service.error_action())
+        if isinstance(result, Deferred):
+            return result.addCallbacks(encode_action, self._failed)
+        return encode_action(result)
+
+    def _failed(self, failure: Any) -> bytes:
+        log.failure("{endpoint}: policy request failed", failure, endpoint=self.factory.name)
+        return encode_action(self.factory.service.error_action())
+
+    def _peer(self) -> str:
+        try:
+            peer = self.transport.getPeer()
+        except Exception:
+            return "?"
+        host = getattr(peer, "host", None)
+        return f"{host}:{peer.port}" if host is not None else str(peer)
+
+
+class PolicyFactory(LookupFactory):
+    """A policy delegation endpoint.
+
+    :param service: a :class:`~srsd.policy.PolicyService` (anything with
+        ``handle(attrs) -> Deferred[str] | str`` and ``error_action() -> str``).
+    :param name: the endpoint's name for logs.
+    :param max_request_bytes: longest request (all lines); Postfix's run ~0.5-1 KB,
+        at most ~8 KB with its default 2048-byte SMTP line limit.
+    :param max_line_bytes: longest ``name=value`` line.
+    :param max_attributes: distinct attributes per request (Postfix 3.7 sends ~30).
+    :param limits: ``max_connections``, ``idle_timeout`` (see :class:`LookupFactory`).
+    """
+
+    protocol = PolicyProtocol
+
+    def __init__(
+        self,
+        service: Any,
+        name: str,
+        *,
+        max_request_bytes: int = 16384,
+        max_line_bytes: int = 4096,
+        max_attributes: int = 100,
+        **limits: Any,
+    ) -> None:
+        super().__init__(service.handle, name, max_request_bytes=max_request_bytes, **limits)
+        self.service = service
+        self.max_line_bytes = max_line_bytes
+        self.max_attributes = max_attributes

@@ -1,0 +1,285 @@
+"""SPF evaluation (RFC 7208) with pyspf over srsd's resolver, off the reactor thread.
+
+pyspf is synchronous: each check runs on a bounded thread pool with an overall
+time budget (pyspf's ``querytime``; its default 0 means no limit) and a per-query
+timeout. A check that runs past its budget, or finds the pool saturated, answers
+``temperror``: callers decide what temperror means for them (SPF-aware rewriting
+rewrites; the policy service defers or accepts per config).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import spf as pyspf
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from srsd.dns import Resolver
+
+__all__ = ["SPFResult", "SPFChecker", "SPFAwareForward", "RESULTS", "check_host"]
+
+log = Logger(namespace="srsd.spf")
+
+#: RFC 7208 section 2.6 result keywords
+RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
+
+# pyspf has one module-global DNS hook; route it to the resolver of the check
+# running on the calling thread, so checkers with different resolvers coexist.
+_thread = threading.local()
+
+
+def _dns_lookup(name: str, qtype: str, strict: Any = True, timeout: float | None = None) -> list:
+    return _thread.resolver.spf_lookup(name, qtype, strict, timeout)
+
+
+pyspf.DNSLookup = _dns_lookup
+
+
+@dataclass(frozen=True)
+class SPFResult:
+    """One check_host() outcome.
+
+    ``result`` is an RFC 7208 2.6 keyword; ``explanation`` pyspf's text (for a
+    fail, the domain's exp= text when it has one); ``identity`` is "mailfrom" or
+    "helo"; ``header`` the Received-SPF field value (RFC 7208 9.1), without the
+    field name; ``ttl`` how long (seconds) the DNS data it rests on stays valid.
+    """
+
+    result: str
+    explanation: str
+    identity: str = "mailfrom"
+    header: str = ""
+    ttl: float | None = None
+
+
+def check_host(
+    resolver: Resolver,
+    ip: str,
+    sender: str,
+    helo: str,
+    *,
+    budget: float = 10.0,
+    receiver: str = "",
+) -> SPFResult:
+    """Evaluate SPF for *ip* (blocking: call it off the reactor thread).
+
+    :param sender: MAIL FROM address (``local@domain``); empty checks the HELO
+        identity (``postmaster@helo``, RFC 7208 2.3).
+    :param helo: the HELO/EHLO name.
+    :param budget: seconds for the whole evaluation (every DNS query included).
+    :param receiver: this host's name, for the Received-SPF comment.
+    :returns: the result; never raises: pyspf's PermError/TempError and any other
+        exception (e.g. dnspython errors on impossible names) become permerror or
+        temperror.
+    """
+    _thread.resolver = resolver
+    resolver.start_ttl_tracking()
+    identity = "mailfrom" if sender else "helo"
+    try:
+        query = pyspf.query(
+            i=ip,
+            s=sender,
+            h=helo,
+            receiver=receiver or "localhost",
+            querytime=budget,
+            timeout=min(budget, resolver.timeout),
+        )
+        result, _code, explanation = query.check()
+        try:
+            header = query.get_header(result, receiver=receiver or None)
+        except Exception:  # pyspf cannot describe every odd result
+            header = f"{result.capitalize()} identity={identity}"
+    except pyspf.TempError as exc:
+        result, explanation, header = "temperror", f"SPF temporary error: {exc}", ""
+    except pyspf.PermError as exc:
+        result, explanation, header = "permerror", f"SPF permanent error: {exc}", ""
+    except Exception as exc:  # pyspf lets some library errors escape
+        result, explanation, header = "temperror", f"SPF check failed: {type(exc).__name__}: {exc}", ""
+    if result not in RESULTS:
+        result = "temperror"
+    return SPFResult(result, explanation, identity, header, resolver.tracked_ttl())
+
+
+class SPFChecker:
+    """Runs :func:`check_host` on a dedicated, bounded thread pool.
+
+    :param resolver: the DNS resolver (its per-query timeout applies).
+    :param threads: pool size; checks beyond ``4 * threads`` waiting answer
+        temperror at once instead of queueing without bound.
+    :param budget: default seconds per check.
+    :param receiver: this host's name for Received-SPF comments.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        resolver: Resolver,
+        *,
+        threads: int = 8,
+        budget: float = 10.0,
+        receiver: str = "",
+    ) -> None:
+        self.reactor = reactor
+        self.resolver = resolver
+        self.budget = budget
+        self.receiver = receiver
+        self.max_pending = 4 * threads
+        self.pending = 0
+        self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="srsd-spf")
+        self.pool.start()
+        self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
+
+    def stop(self) -> None:
+        """Stop the thread pool (waits for running checks; call from a thread, or at exit)."""
+        self.reactor.removeSystemEventTrigger(self._trigger)
+        self.pool.stop()
+
+    def _run(self, abandoned: list[bool], *args: Any, **kwargs: Any) -> SPFResult | None:
+        """Worker-thread side: skip work whose caller gave up; count it done when done."""
+        try:
+            if abandoned[0]:
+                return None
+            return check_host(*args, **kwargs)
+        finally:
+            self.reactor.callFromThread(self._finished)
+
+    def _finished(self) -> None:
+        self.pending -= 1
+
+    def check(self, ip: str, sender: str, helo: str, budget: float | None = None) -> defer.Deferred:
+        """check_host() off the reactor: a Deferred firing with an :class:`SPFResult`
+        within *budget* seconds (temperror on overrun or overload); never fails."""
+        budget = self.budget if budget is None else budget
+        identity = "mailfrom" if sender else "helo"
+        if self.pending >= self.max_pending:
+            return defer.succeed(SPFResult("temperror", "SPF checker overloaded", identity))
+        self.pending += 1  # until the worker is done, not until the caller stops waiting
+        started = time.monotonic()
+        abandoned = [False]
+        d = threads.deferToThreadPool(
+            self.reactor,
+            self.pool,
+            self._run,
+            abandoned,
+            self.resolver,
+            ip,
+            sender,
+            helo,
+            budget=budget,
+            receiver=self.receiver,
+        )
+
+        def timed_out(_value: Any, _timeout: float) -> SPFResult:
+            abandoned[0] = True
+            return SPFResult("temperror", f"SPF check exceeded its {budget:g} s budget", identity)
+
+        def done(result: Any) -> Any:
+            log.debug(
+                "SPF {identity} {ip} {sender!r} helo={helo!r}: {result} in {ms:.1f} ms",
+                identity=identity,
+                ip=ip,
+                sender=sender,
+                helo=helo,
+                result=getattr(result, "result", result),
+                ms=(time.monotonic() - started) * 1000,
+            )
+            return result
+
+        def crashed(failure: Any) -> SPFResult:
+            log.failure("SPF check {ip} {sender!r} crashed", failure, ip=ip, sender=sender)
+            return SPFResult("temperror", "SPF check failed", identity)
+
+        # A small grace over the budget: pyspf enforces it between queries.
+        d.addTimeout(budget + 0.25, self.reactor, onTimeoutCancel=timed_out)
+        d.addErrback(crashed)
+        d.addBoth(done)
+        return d
+
+    def check_all(self, ips: Iterable[str], sender: str, helo: str, budget: float | None = None) -> defer.Deferred:
+        """Check *sender* from each of *ips* concurrently: Deferred[list[SPFResult]]."""
+        return defer.gatherResults([self.check(ip, sender, helo, budget) for ip in ips])
+
+
+class SPFAwareForward:
+    """SPF-aware rewriting: keep a sender whose SPF already authorizes us.
+
+    For a forward lookup of ``user@D`` that would be rewritten, check_host(ip, D,
+    sender) runs for every egress IP; when each result is in *skip_results* the
+    sender is kept (not-found), so the message keeps its SPF alignment for DMARC.
+    Anything else, including a check that overruns *budget* seconds, rewrites:
+    SRS is always safe, a wrongly kept sender is not. Results are cached per
+    (domain, ip) for the TTL of the DNS data they rest on (at most *max_ttl*).
+    """
+
+    def __init__(
+        self,
+        checker: SPFChecker,
+        egress_ips: Iterable[str],
+        skip_results: Iterable[str] = ("pass",),
+        *,
+        budget: float = 2.0,
+        helo: str = "",
+        max_ttl: float = 3600.0,
+        max_entries: int = 50000,
+    ) -> None:
+        self.checker = checker
+        self.egress_ips = tuple(egress_ips)
+        self.skip_results = frozenset(skip_results)
+        self.budget = budget
+        self.helo = helo
+        self.max_ttl = max_ttl
+        self.max_entries = max_entries
+        self._cache: dict[tuple[str, str], tuple[float, SPFResult]] = {}
+        self._inflight: dict[tuple[str, str], defer.Deferred] = {}
+
+    def _cached(self, key: tuple[str, str], now: float) -> SPFResult | None:
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= now:
+            del self._cache[key]
+            return None
+        return entry[1]
+
+    def _store(self, key: tuple[str, str], result: SPFResult) -> SPFResult:
+        self._inflight.pop(key, None)
+        if result.result != "temperror" and result.ttl:
+            if len(self._cache) >= self.max_entries:
+                self._cache.clear()  # crude but bounded; refills at DNS-cache speed
+            self._cache[key] = (time.monotonic() + min(result.ttl, self.max_ttl), result)
+        return result
+
+    def results(self, sender: str) -> list[SPFResult] | defer.Deferred:
+        """SPF results of *sender* for every egress IP: a list when all are cached,
+        else a Deferred firing with the list within the budget."""
+        domain = sender.rpartition("@")[2].lower()
+        now = time.monotonic()
+        out: list[Any] = []
+        pending = False
+        for ip in self.egress_ips:
+            key = (domain, ip)
+            result = self._cached(key, now)
+            if result is None:
+                pending = True
+                inflight = self._inflight.get(key)
+                if inflight is None:
+                    inflight = self._inflight[key] = self.checker.check(ip, sender, self.helo, self.budget)
+                    inflight.addCallback(lambda r, k=key: self._store(k, r))
+                # Each waiter gets its own copy of the shared result.
+                result = defer.Deferred()
+                inflight.addCallback(lambda r, d=result: (d.callback(r), r)[1])
+            out.append(result)
+        if not pending:
+            return out
+        return defer.gatherResults([r if isinstance(r, defer.Deferred) else defer.succeed(r) for r in out])
+
+    def keep_sender(self, results: list[SPFResult]) -> tuple[bool, str]:
+        """(True, reason) when every result is one that skips rewriting."""
+        summary = ", ".join(f"{ip}: {r.result}" for ip, r in zip(self.egress_ips, results, strict=True))
+        return all(r.result in self.skip_results for r in results), summary

@@ -1,0 +1,28 @@
+"""Fixtures shared by every test directory."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.dnsserver import DNSServer
+
+
+@pytest.fixture(scope="session")
+def dns_server_session():
+    """One loopback DNS server (UDP+TCP, free port) for the whole session.
+
+    Its address never changes, so module-scoped daemons can be pointed at it;
+    tests normally take :func:`dns_server`, which resets it first.
+    """
+    server = DNSServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def dns_server(dns_server_session):
+    """The session's DNS server, reset for this test: empty zone (every name
+    NXDOMAIN), not paused, query counter at 0, default TTLs (300 s)."""
+    dns_server_session.reset()
+    yield dns_server_session
+    dns_server_session.reset()

@@ -1,0 +1,320 @@
+"""srsd.dns.Resolver against a real DNS server on loopback (tests/dnsserver.py),
+check_host over it, and SPFChecker with real worker threads and a fake clock."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import pytest
+import spf as pyspf
+from twisted.internet.testing import MemoryReactorClock
+
+import srsd.spf
+from srsd.dns import DNSTemporaryError, Resolver, parse_nameserver
+from srsd.spf import SPFChecker, SPFResult, check_host
+
+SPF_ZONE = {
+    "example.org": [{"TXT": "v=spf1 ip4:192.0.2.1 a:alias.example.org -all"}, {"MX": [10, "mx.example.org"]}],
+    "mx.example.org": [{"A": "192.0.2.25"}, {"AAAA": "2001:db8::25"}],
+    "alias.example.org": [{"CNAME": "hop.example.org"}],
+    "hop.example.org": [{"CNAME": "host.example.net."}],
+    "host.example.net": [{"A": "192.0.2.7"}],
+    "25.2.0.192.in-addr.arpa": [{"PTR": "mx.example.org."}],
+    "multi.example.org": [{"TXT": ["v=spf1 ip4:192.0.2.1", " -all"]}],
+}
+
+
+@pytest.fixture
+def resolver(dns_server):
+    dns_server.set_zone(SPF_ZONE)
+    return Resolver([dns_server.address], timeout=2.0)
+
+
+# -- parse_nameserver -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1", ("127.0.0.1", 53)),
+        ("127.0.0.1:5353", ("127.0.0.1", 5353)),
+        ("::1", ("::1", 53)),
+        ("2001:db8::53", ("2001:db8::53", 53)),
+        ("[::1]", ("::1", 53)),
+        ("[::1]:5353", ("::1", 5353)),
+        ("[2001:db8::53]:65535", ("2001:db8::53", 65535)),
+    ],
+)
+def test_parse_nameserver(text, expected):
+    assert parse_nameserver(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "localhost",
+        "dns.example:53",
+        "127.0.0.1:0",
+        "127.0.0.1:65536",
+        "127.0.0.1:",
+        "127.0.0.1:x",
+        "[::1]x",
+        "[::1]:",
+        "[::1]:0",
+        "[127.0.0.1",
+        "300.1.1.1",
+    ],
+)
+def test_parse_nameserver_rejects(text):
+    with pytest.raises(ValueError):
+        parse_nameserver(text)
+
+
+# -- answers in pyspf's format ----------------------------------------------------------
+
+
+def test_spf_lookup_formats(resolver):
+    assert resolver.spf_lookup("example.org", "MX") == [(("example.org", "MX"), (10, "mx.example.org"))]
+    assert resolver.spf_lookup("mx.example.org", "A") == [(("mx.example.org", "A"), "192.0.2.25")]
+    assert resolver.spf_lookup("mx.example.org", "AAAA") == [(("mx.example.org", "AAAA"), "2001:db8::25")]
+    assert resolver.spf_lookup("25.2.0.192.in-addr.arpa", "PTR") == [
+        (("25.2.0.192.in-addr.arpa", "PTR"), "mx.example.org")
+    ]
+    assert resolver.spf_lookup("example.org", "TXT") == [
+        (("example.org", "TXT"), (b"v=spf1 ip4:192.0.2.1 a:alias.example.org -all",))
+    ]
+    assert resolver.spf_lookup("example.org", "NAPTR") == []  # a type pyspf never asks for
+
+
+def test_txt_multi_string_kept_as_character_strings(resolver):
+    assert resolver.spf_lookup("multi.example.org", "TXT") == [
+        (("multi.example.org", "TXT"), (b"v=spf1 ip4:192.0.2.1", b" -all"))
+    ]
+    assert check_host(resolver, "192.0.2.1", "a@multi.example.org", "h").result == "pass"
+
+
+def test_big_txt_falls_back_to_tcp(dns_server):
+    key = "v=DKIM1; k=rsa; p=" + "A" * 1500  # > 512 bytes: TC over UDP, then TCP
+    dns_server.set_zone({"sel._domainkey.example.org": [{"TXT": key}]})
+    answer = Resolver([dns_server.address]).spf_lookup("sel._domainkey.example.org", "TXT")
+    assert b"".join(answer[0][1]) == key.encode()
+    assert [q.transport for q in dns_server.queries] == ["udp", "tcp"]
+
+
+def test_cname_chain(resolver):
+    assert resolver.spf_lookup("alias.example.org", "A") == [
+        (("alias.example.org", "CNAME"), "hop.example.org"),
+        (("hop.example.org", "CNAME"), "host.example.net"),
+        (("host.example.net", "A"), "192.0.2.7"),
+    ]
+    assert resolver.spf_lookup("alias.example.org", "AAAA") == []  # chain ends in NODATA
+    assert check_host(resolver, "192.0.2.7", "a@example.org", "h").result == "pass"
+
+
+def test_cname_to_missing_name(dns_server):
+    dns_server.set_zone({"dangling.example": [{"CNAME": "gone.example"}]})
+    assert Resolver([dns_server.address]).spf_lookup("dangling.example", "TXT") == []
+
+
+def test_owner_is_the_asked_name_even_with_odd_bytes(dns_server):
+    # SPF macros can expand to names with spaces (%_); pyspf looks the answer up
+    # under the exact name it asked for, so it must not come back escaped.
+    dns_server.set_zone({"a b.example": [{"A": "192.0.2.9"}]})
+    assert Resolver([dns_server.address]).spf_lookup("a b.example", "A") == [(("a b.example", "A"), "192.0.2.9")]
+
+
+# -- caching --------------------------------------------------------------------------
+
+
+def test_positive_and_negative_answers_are_cached(resolver, dns_server):
+    for _ in range(3):
+        assert resolver.resolve("mx.example.org", "A") is not None
+        assert resolver.resolve("nowhere.example.org", "A") is None  # NXDOMAIN
+        assert resolver.resolve("mx.example.org", "TXT") is None  # NODATA
+    assert dns_server.count("mx.example.org", "A") == 1
+    assert dns_server.count("nowhere.example.org") == 1
+    assert dns_server.count("mx.example.org", "TXT") == 1
+    assert dns_server.query_count == 3
+
+
+def test_cache_entries_expire_with_their_ttl(dns_server):
+    dns_server.ttl = dns_server.negative_ttl = 1
+    dns_server.set_zone({"short.example": [{"A": "192.0.2.1"}], "long.example": [{"A": "192.0.2.2", "ttl": 600}]})
+    resolver = Resolver([dns_server.address])
+    lookups = [("short.example", "A"), ("long.example", "A"), ("short.example", "TXT"), ("none.example", "A")]
+    for _ in range(2):
+        for name, qtype in lookups:
+            resolver.resolve(name, qtype)
+    assert dns_server.query_count == 4
+    time.sleep(1.1)
+    for name, qtype in lookups:
+        resolver.resolve(name, qtype)
+    # the 1 s answers (positive, NODATA, NXDOMAIN) were asked again; the 600 s one not
+    assert dns_server.count("short.example", "A") == 2
+    assert dns_server.count("short.example", "TXT") == 2
+    assert dns_server.count("none.example") == 2
+    assert dns_server.count("long.example") == 1
+
+
+def test_check_host_reports_the_ttl_it_rests_on(dns_server):
+    dns_server.set_zone({"example.org": [{"TXT": "v=spf1 a -all", "ttl": 60}, {"A": "192.0.2.1", "ttl": 30}]})
+    result = check_host(Resolver([dns_server.address]), "192.0.2.1", "a@example.org", "h")
+    assert result.result == "pass"
+    assert 25 < result.ttl <= 30
+
+
+# -- failures ---------------------------------------------------------------------------
+
+
+def test_dead_server_is_a_temporary_error_within_the_timeout(dns_server):
+    dns_server.set_zone(SPF_ZONE)
+    dns_server.pause()
+    resolver = Resolver([dns_server.address], timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(DNSTemporaryError):
+        resolver.resolve("example.org", "TXT")
+    # dnspython may sleep its 0.1 s retry backoff before noticing the lifetime is over
+    assert time.monotonic() - started < 0.3 + 0.1 + 0.25  # + scheduling slack
+    with pytest.raises(pyspf.TempError):
+        resolver.spf_lookup("example.org", "TXT")
+    assert check_host(resolver, "192.0.2.1", "a@example.org", "h").result == "temperror"
+    assert dns_server.query_count >= 3 and not any(q.answered for q in dns_server.queries)
+    dns_server.resume()  # failures are not cached
+    assert check_host(resolver, "192.0.2.1", "a@example.org", "h").result == "pass"
+
+
+def test_timeout_record_times_out_only_its_name(dns_server):
+    dns_server.set_zone({"slow.example": ["TIMEOUT"], "fast.example": [{"A": "192.0.2.1"}]})
+    resolver = Resolver([dns_server.address], timeout=0.3)
+    with pytest.raises(DNSTemporaryError):
+        resolver.resolve("slow.example", "A")
+    assert resolver.resolve("fast.example", "A") is not None
+
+
+LONG_LABEL = "x" * 70 + ".example"
+LONG_NAME = "abcdefghi." * 30 + "example"  # 307 characters
+
+
+@pytest.mark.parametrize("name", [LONG_LABEL, LONG_NAME, "a..b.example", "bad\\escape\\"])
+def test_impossible_names(resolver, dns_server, name):
+    with pytest.raises(ValueError):
+        resolver.resolve(name, "TXT")
+    assert resolver.spf_lookup(name, "TXT") == []
+    assert check_host(resolver, "192.0.2.1", f"user@{name}", "helo.example").result in ("none", "permerror")
+    assert check_host(resolver, "192.0.2.1", "", name).result in ("none", "permerror")
+    dns_server.set_zone({"example.org": [{"TXT": f"v=spf1 a:{name} -all"}]})
+    # a target that cannot be queried either fails to parse or matches nothing
+    assert check_host(resolver, "192.0.2.1", "a@example.org", "h").result in ("fail", "permerror")
+    assert dns_server.count(name) == 0
+
+
+# -- SPFChecker: real worker threads, fake reactor --------------------------------------
+
+
+class ThreadedClockReactor(MemoryReactorClock):
+    """Fake reactor for SPFChecker: a Clock for timeouts, plus callFromThread,
+    whose calls run when the test pumps them (in the test's thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_threads: queue.Queue = queue.Queue()
+
+    def callFromThread(self, f, *args, **kwargs):  # noqa: N802 (Twisted's name)
+        self.from_threads.put((f, args, kwargs))
+
+    def pump(self, timeout: float = 5.0) -> None:
+        """Run one call delivered by a worker thread (waiting for it)."""
+        f, args, kwargs = self.from_threads.get(timeout=timeout)
+        f(*args, **kwargs)
+
+    def wait(self, d, timeout: float = 5.0):
+        """Pump until Deferred *d* fires; return its result."""
+        out: list = []
+        d.addBoth(out.append)
+        deadline = time.monotonic() + timeout
+        while not out:
+            self.pump(max(0.01, deadline - time.monotonic()))
+        return out[0]
+
+    def shutdown(self) -> None:
+        for f, args, kwargs in self.triggers.get("during", {}).get("shutdown", []):
+            f(*args, **kwargs)
+
+
+@pytest.fixture
+def fake_reactor():
+    reactor = ThreadedClockReactor()
+    yield reactor
+    reactor.shutdown()  # stops the checker's pool (joins its threads)
+
+
+@pytest.fixture
+def blocked_checks(monkeypatch):
+    """check_host replaced by one that waits for ``release`` (set at teardown)."""
+    release = threading.Event()
+    started = []
+
+    def fake_check_host(resolver, ip, sender, helo, *, budget, receiver):
+        started.append(ip)
+        release.wait(10)
+        return SPFResult("pass", f"late {ip}")
+
+    monkeypatch.setattr(srsd.spf, "check_host", fake_check_host)
+    yield release
+    release.set()
+
+
+def test_spf_checker_runs_checks_on_its_threads(dns_server, fake_reactor):
+    dns_server.set_zone(SPF_ZONE)
+    checker = SPFChecker(fake_reactor, Resolver([dns_server.address]), threads=2, budget=5)
+    results = fake_reactor.wait(checker.check_all(["192.0.2.1", "192.0.2.99"], "a@example.org", "h"))
+    assert [r.result for r in results] == ["pass", "fail"]
+    assert fake_reactor.wait(checker.check("192.0.2.1", "", "mx.example.org")).identity == "helo"
+    assert checker.pending == 0
+
+
+def test_spf_checker_refuses_work_beyond_its_queue(fake_reactor, blocked_checks):
+    checker = SPFChecker(fake_reactor, Resolver(["127.0.0.1:9"]), threads=1, budget=5)
+    waiting = [checker.check(f"192.0.2.{i}", "a@example.org", "h") for i in range(checker.max_pending)]
+    overloaded = fake_reactor.wait(checker.check("192.0.2.200", "a@example.org", "h"))
+    assert (overloaded.result, overloaded.explanation) == ("temperror", "SPF checker overloaded")
+    blocked_checks.set()
+    assert [fake_reactor.wait(d).result for d in waiting] == ["pass"] * 4
+    assert checker.pending == 0
+
+
+def test_spf_checker_budget_overrun_is_temperror(fake_reactor, blocked_checks):
+    checker = SPFChecker(fake_reactor, Resolver(["127.0.0.1:9"]), threads=1, budget=5)
+    d = checker.check("192.0.2.1", "a@example.org", "h", budget=1)
+    fake_reactor.advance(1.3)  # past budget + grace: the worker is still busy
+    result = fake_reactor.wait(d)
+    assert (result.result, result.explanation) == ("temperror", "SPF check exceeded its 1 s budget")
+    assert checker.pending == 1  # the worker still runs: it counts against the bound
+    blocked_checks.set()
+    fake_reactor.pump()  # the worker reports itself done
+    fake_reactor.pump()  # the late answer arrives and is dropped quietly
+    assert checker.pending == 0
+
+
+def test_spf_checker_survives_a_crashing_check(fake_reactor, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(srsd.spf, "check_host", boom)
+    checker = SPFChecker(fake_reactor, Resolver(["127.0.0.1:9"]), threads=1)
+    result = fake_reactor.wait(checker.check("192.0.2.1", "", "h"))
+    assert (result.result, result.identity) == ("temperror", "helo")
+    assert checker.pending == 0
+
+
+def test_spf_checker_backlog_stays_bounded_when_checks_time_out(fake_reactor, blocked_checks):
+    checker = SPFChecker(fake_reactor, Resolver(["127.0.0.1:9"]), threads=1, budget=1)
+    for _round in range(3):
+        ds = [checker.check(f"192.0.2.{i}", "a@example.org", "h") for i in range(checker.max_pending)]
+        fake_reactor.advance(1.3)
+        assert all(fake_reactor.wait(d).result == "temperror" for d in ds)
+    stats = checker.pool._team.statistics()
+    assert stats.backloggedWorkCount + stats.busyWorkerCount <= checker.max_pending
