@@ -25,6 +25,9 @@ is still checked by the load generator). Variants:
 * ``accept1``: listening ports accept one connection per wake-up (Twisted
   accepts up to 100 in a row), so ``--workers`` processes share a burst of
   connections instead of the first one awake taking them all.
+* ``reuseport``: every TCP listening socket gets SO_REUSEPORT and each worker
+  binds its own instead of inheriting the parent's; the kernel then spreads
+  connections over the processes (TCP only; unix sockets are inherited as now).
 * ``gcfreeze``: ``gc.freeze()`` after start-up and a higher gen-0 threshold.
 * ``profile``: run under cProfile, write the stats to $SRSD_PROFILE (default
   ./srsd.prof) when the daemon stops.
@@ -116,19 +119,26 @@ def fast_proto() -> None:
             return codes.get(status, b"400 ") + text.encode("ascii") + b"\n"
         return codes.get(status, b"400 ") + tcp_table.quote(text.encode("utf-8", "surrogateescape")) + b"\n"
 
+    def nothing_buffered(self) -> bool:
+        # srsd's framing state has had two shapes so far; anything else: slow path.
+        lines = getattr(self, "_lines", None)
+        if lines is not None:
+            return not lines.partial and not lines.discarding
+        return getattr(self, "_buffer", None) == b"" and getattr(self, "_discarding", None) is False
+
     def data_received(self, data):
         # The usual packet: one whole request, no buffered bytes, no escapes.
         if (
-            self._buffer
-            or self._discarding
-            or self._queue
+            self._queue
             or self.overloaded
+            or getattr(self, "_read_closed", False)
             or data[-1:] != b"\n"
             or data.find(b"\n") != len(data) - 1
             or not data.startswith(b"get ")
             or b"%" in data
             or b"\r" in data
             or len(data) > self.factory.max_request_bytes
+            or not nothing_buffered(self)
         ):
             return original_received(self, data)
         reply = self.run_lookup(self.factory.map_name, data[4:-1].decode("utf-8", "surrogateescape"))
@@ -192,6 +202,37 @@ def accept_one() -> None:
     tcp.Port.doRead = do_read
 
 
+def reuse_port() -> None:
+    import socket
+
+    from twisted.internet import endpoints, tcp
+
+    from srsd import workers
+
+    original_create = tcp.Port.createInternetSocket
+
+    def create_internet_socket(self):
+        sock = original_create(self)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return sock
+
+    def adopt(reactor, fd, description, factory):
+        # A TCP worker binds its own SO_REUSEPORT socket: the kernel spreads
+        # new connections over the sockets by a hash of the address pair.
+        if not description.startswith("tcp:"):
+            return original_adopt(reactor, fd, description, factory)
+        os.close(fd)
+        result = []
+        endpoints.serverFromString(reactor, description).listen(factory).addBoth(result.append)
+        if not result or not isinstance(result[0], tcp.Port):
+            raise RuntimeError(f"reuseport: cannot listen on {description}: {result}")
+        return result[0]
+
+    original_adopt = workers.adopt
+    tcp.Port.createInternetSocket = create_internet_socket
+    workers.adopt = adopt
+
+
 def gc_freeze() -> None:
     import gc
 
@@ -213,6 +254,7 @@ VARIANTS = {
     "fasthmac": fast_hmac,
     "fast": fast,
     "accept1": accept_one,
+    "reuseport": reuse_port,
     "gcfreeze": gc_freeze,
     "profile": None,
 }

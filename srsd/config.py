@@ -30,6 +30,7 @@ __all__ = [
     "DNSSettings",
     "SPFSettings",
     "PolicySettings",
+    "DKIMSettings",
     "LogSettings",
     "load_config",
     "default_config",
@@ -66,6 +67,7 @@ class ListenSettings:
     tcp_reverse: str = "tcp:10002:interface=127.0.0.1"
     socketmap: str = "tcp:10003:interface=127.0.0.1"
     policy: str = ""  # Postfix policy delegation (check_policy_service), e.g. tcp:10004
+    milter: str = ""  # DKIM/ARC milter (smtpd_milters), e.g. unix:/var/spool/postfix/srsd/milter.sock
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,30 @@ class PolicySettings:
     authserv_id: str = ""  # required for authentication-results
 
 
+_DEFAULT_SIGNED_HEADERS = (
+    "From", "Reply-To", "Subject", "Date", "To", "Cc", "Message-ID", "In-Reply-To",
+    "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+    "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DKIMSettings:
+    """DKIM signing, verification and ARC sealing in the milter (RFC 6376, 8617)."""
+
+    domain: str = ""  # d= of srsd's signatures and ARC sets; default srs.domain
+    selector: str = ""  # s=; empty = do not sign or seal
+    key_file: str = ""  # private key, PEM (srsd dkim-keygen writes one)
+    algorithm: str = "rsa-sha256"  # or "ed25519-sha256"
+    signed_headers: tuple[str, ...] = _DEFAULT_SIGNED_HEADERS
+    sign_forwarded: bool = True  # sign mail srsd forwards, with d=domain
+    sign_local: bool = True  # sign mail from local domains / authenticated clients
+    arc: bool = True  # ARC-seal forwarded mail
+    verify: bool = True  # add Authentication-Results to incoming mail
+    authserv_id: str = ""  # Authentication-Results authserv-id; default srs.domain
+    on_error: str = "tempfail"  # internal error: "tempfail" (4xx, retried) or "continue"
+
+
 @dataclass(frozen=True)
 class LimitsSettings:
     max_request_bytes: int = 4096  # longest tcp_table line / socketmap netstring
@@ -121,6 +147,7 @@ class Config:
     dns: DNSSettings = DNSSettings()
     spf: SPFSettings = SPFSettings()
     policy: PolicySettings = PolicySettings()
+    dkim: DKIMSettings = DKIMSettings()
     limits: LimitsSettings = LimitsSettings()
     log: LogSettings = LogSettings()
     #: secrets read from srs.secrets_file, first signs (never printed)
@@ -137,6 +164,7 @@ _SECTIONS = {
     "dns": DNSSettings,
     "spf": SPFSettings,
     "policy": PolicySettings,
+    "dkim": DKIMSettings,
     "limits": LimitsSettings,
     "log": LogSettings,
 }
@@ -270,6 +298,7 @@ def _validate(cfg: Config) -> Config:
         lines = _read_lines(s.local_domains_file, "srs.local_domains_file")
         domains += _check_domain_entries(lines, "srs.local_domains_file")
     _validate_spf(cfg)
+    _validate_dkim(cfg)
     lim = cfg.limits
     if not 256 <= lim.max_request_bytes <= 1 << 20:
         raise ConfigError("limits.max_request_bytes: must be 256..1048576")
@@ -338,6 +367,22 @@ def _validate_spf(cfg: Config) -> None:
         raise ConfigError("policy.header: must be 'received-spf' or 'authentication-results'")
     if po.header == "authentication-results" and not po.authserv_id:
         raise ConfigError("policy.authserv_id: required when policy.header = 'authentication-results'")
+
+
+def _validate_dkim(cfg: Config) -> None:
+    d = cfg.dkim
+    if d.domain and not is_domain(d.domain):
+        raise ConfigError(f"dkim.domain: {d.domain!r} is not a domain name")
+    if d.algorithm not in ("rsa-sha256", "ed25519-sha256"):
+        raise ConfigError("dkim.algorithm: must be 'rsa-sha256' or 'ed25519-sha256'")
+    if d.on_error not in ("tempfail", "continue"):
+        raise ConfigError("dkim.on_error: must be 'tempfail' or 'continue'")
+    if d.selector and not _LABEL.match(d.selector.replace(".", "a").replace("_", "a")):
+        raise ConfigError(f"dkim.selector: {d.selector!r} is not a DNS label")
+    if d.selector and not d.key_file:
+        raise ConfigError("dkim.key_file: required when dkim.selector is set")
+    if "from" not in {h.lower() for h in d.signed_headers}:
+        raise ConfigError("dkim.signed_headers: must include From (RFC 6376 5.4)")
 
 
 def parse_config(data: dict[str, Any], source: str = "<string>") -> Config:

@@ -22,12 +22,41 @@ from zope.interface import implementer
 
 from srsd.rewrite import TEMP, Answer
 
-__all__ = ["Lookup", "LookupFactory", "LookupProtocol"]
+__all__ = ["Lookup", "LookupFactory", "LookupProtocol", "LineBuffer"]
 
 #: (map name, key) -> Answer | Deferred[Answer]
 Lookup = Callable[[str, str], "Answer | Deferred[Answer]"]
 
 log = Logger(namespace="srsd.protocol")
+
+
+class LineBuffer:
+    """Newline framing with a length limit, for the line-based protocols.
+
+    An over-long line is reported once, as soon as it passes the limit, and the
+    rest of it is dropped up to its newline, so the stream stays in step.
+    """
+
+    def __init__(self) -> None:
+        self.partial = b""
+        self.discarding = False  # inside an over-long line, until its newline
+
+    def feed(self, data: bytes, limit: int) -> tuple[list[bytes], int]:
+        """Complete lines in *data* (without newlines), and the byte count of an
+        unfinished line that just passed *limit* (0 if none)."""
+        buffer = self.partial + data if self.partial else data
+        lines = buffer.split(b"\n")
+        self.partial = lines.pop()
+        if self.discarding and lines:
+            lines.pop(0)  # the tail of the over-long line, already reported
+            self.discarding = False
+        overflow = 0
+        if not self.discarding and len(self.partial) > limit:
+            overflow = len(self.partial)
+            self.discarding = True
+        if self.discarding:
+            self.partial = b""
+        return lines, overflow
 
 
 class LookupFactory(protocol.Factory):

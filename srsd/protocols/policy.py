@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from srsd.protocols.base import LookupFactory, LookupProtocol
+from srsd.protocols.base import LineBuffer, LookupFactory, LookupProtocol
 
 __all__ = ["PolicyProtocol", "PolicyFactory", "encode_action"]
 
@@ -39,8 +39,7 @@ class PolicyProtocol(LookupProtocol):
 
     def __init__(self) -> None:
         super().__init__()
-        self._buffer = b""
-        self._discarding = False  # inside an over-long line, until its newline
+        self._lines = LineBuffer()
         self._new_request()
 
     def _new_request(self) -> None:
@@ -49,23 +48,15 @@ class PolicyProtocol(LookupProtocol):
         self._error = ""  # why the request being read is malformed
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        buffer = self._buffer + data if self._buffer else data
-        lines = buffer.split(b"\n")
-        self._buffer = lines.pop()
+        lines, overflow = self._lines.feed(data, self.factory.max_line_bytes)
         replies = []
-        if self._discarding and lines:
-            lines.pop(0)  # the tail of the over-long line
-            self._discarding = False
         for line in lines:
             reply = self.line_received(line)
             if reply is not None:
                 replies.append(reply)
-        if not self._discarding and len(self._buffer) > self.factory.max_line_bytes:
-            self._size += len(self._buffer)
+        if overflow:
+            self._size += overflow
             self._fail(f"attribute line longer than {self.factory.max_line_bytes} bytes")
-            self._discarding = True
-        if self._discarding:
-            self._buffer = b""
         if replies:
             self.send(replies)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from srsd.protocols.base import LookupFactory, LookupProtocol
+from srsd.protocols.base import LineBuffer, LookupFactory, LookupProtocol
 from srsd.rewrite import FOUND, NOTFOUND, Answer
 
 __all__ = ["TcpTableProtocol", "TcpTableFactory", "quote", "unquote"]
@@ -44,30 +44,19 @@ def unquote(data: bytes) -> bytes:
 class TcpTableProtocol(LookupProtocol):
     def __init__(self) -> None:
         super().__init__()
-        self._buffer = b""
-        self._discarding = False  # inside an over-long request, until its newline
+        self._lines = LineBuffer()
 
     def encode(self, answer: Answer) -> bytes:
         status, text = answer
         return _CODES.get(status, b"400 ") + quote(text.encode("utf-8", "surrogateescape")) + b"\n"
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        buffer = self._buffer + data if self._buffer else data
-        lines = buffer.split(b"\n")
-        self._buffer = lines.pop()
-        replies = []
-        if self._discarding and lines:
-            lines.pop(0)  # the tail of the over-long request, already answered
-            self._discarding = False
-        for line in lines:
-            replies.append(self.request(line))
         limit = self.factory.max_request_bytes
         # +1: an unfinished line may still end in the "\r" of a CRLF.
-        if len(self._buffer) > limit + 1 and not self._discarding:
+        lines, overflow = self._lines.feed(data, limit + 1)
+        replies = [self.request(line) for line in lines]
+        if overflow:
             replies.append(self.encode(Answer(NOTFOUND, f"request longer than {limit} bytes")))
-            self._discarding = True
-        if self._discarding:
-            self._buffer = b""
         if replies:
             self.send(replies)
 

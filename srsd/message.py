@@ -1,0 +1,96 @@
+"""What the milter hands the mail-authentication logic, and what it gets back.
+
+Shared by :mod:`srsd.protocols.milter` (the wire) and :mod:`srsd.mailauth` (the
+decisions: verify, DKIM-sign, ARC-seal). No sockets, no reactor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Envelope", "Message", "InsertHeader", "DeleteHeader", "Reject", "TempFail", "Action"]
+
+
+@dataclass
+class Envelope:
+    """The SMTP transaction as the milter saw it (milter protocol v6, Postfix).
+
+    ``client_address`` is the connecting IP ("" for local submission), ``helo`` the
+    HELO/EHLO name, ``mail_from`` the envelope sender without angle brackets
+    ("" = null sender), ``recipients`` in RCPT order (before Postfix's virtual
+    alias expansion), ``macros`` Postfix's milter macros by name (``i``, ``j``,
+    ``{auth_authen}``, ``{daemon_name}``, ...).
+    """
+
+    client_address: str = ""
+    client_name: str = ""
+    helo: str = ""
+    mail_from: str = ""
+    recipients: list[str] = field(default_factory=list)
+    macros: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def queue_id(self) -> str:
+        return self.macros.get("i", "")
+
+    @property
+    def authenticated(self) -> bool:
+        """True when the client authenticated with SASL (``{auth_authen}`` set)."""
+        return bool(self.macros.get("{auth_authen}"))
+
+
+@dataclass
+class Message:
+    """The message as received: header fields in order, as (name, value) with the
+    value exactly as on the wire minus the name and colon (folding kept, CRLF line
+    ends), and the body with CRLF line ends."""
+
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def as_bytes(self) -> bytes:
+        """RFC 5322 bytes (CRLF), as DKIM canonicalizes them."""
+        head = b"".join(f"{n}:{v}\r\n".encode("utf-8", "surrogateescape") for n, v in self.headers)
+        return head + b"\r\n" + self.body
+
+
+@dataclass(frozen=True)
+class InsertHeader:
+    """Insert a header field at 0-based *index* among the fields (0 = top).
+    Milter SMFIR_INSHEADER; *value* without the leading space after the colon
+    unless it is meant to be there."""
+
+    index: int
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class DeleteHeader:
+    """Delete the *occurrence*-th (1-based) field called *name* (SMFIR_CHGHEADER
+    with an empty value). Postfix applies each at once: delete from the highest
+    occurrence down."""
+
+    name: str
+    occurrence: int
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Refuse the message permanently (SMFIR_REPLYCODE 5xx)."""
+
+    reason: str
+    code: str = "550"
+    enhanced: str = "5.7.1"
+
+
+@dataclass(frozen=True)
+class TempFail:
+    """Refuse the message for now (SMFIR_REPLYCODE 4xx / SMFIR_TEMPFAIL)."""
+
+    reason: str
+    code: str = "451"
+    enhanced: str = "4.3.0"
+
+
+Action = InsertHeader | DeleteHeader | Reject | TempFail
