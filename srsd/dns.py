@@ -112,9 +112,10 @@ class Resolver:
             errors = exc.kwargs.get("errors") or []
             if errors and all(isinstance(e[3], dns.message.ChainTooLong) for e in errors):
                 return None
-            raise DNSTemporaryError(f"DNS {qtype} {name}: {exc}") from None
-        except (dns.exception.Timeout, dns.resolver.LifetimeTimeout) as exc:
-            raise DNSTemporaryError(f"DNS {qtype} {name}: {exc}") from None
+            # Generic text: it may reach a remote SMTP client; no server addresses.
+            raise DNSTemporaryError(f"DNS {qtype} {name}: no nameserver answered") from None
+        except (dns.exception.Timeout, dns.resolver.LifetimeTimeout):
+            raise DNSTemporaryError(f"DNS {qtype} {name}: timed out") from None
         except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel, dns.name.BadEscape) as exc:
             raise ValueError(f"bad DNS name {name!r}: {exc}") from None
         self._note(answer)

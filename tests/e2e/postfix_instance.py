@@ -26,7 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SNIPPETS_DIR = REPO_ROOT / "postfix-snippets"
 
 # The ports the snippets are written for, by role.
-SNIPPET_PORTS = {"tcp_forward": 10001, "tcp_reverse": 10002, "socketmap": 10003}
+SNIPPET_PORTS = {"tcp_forward": 10001, "tcp_reverse": 10002, "socketmap": 10003, "policy": 10004}
+CANONICAL_PARAMETERS = ("sender_canonical_maps", "recipient_canonical_maps")
 
 _TOOL_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 
@@ -59,11 +60,12 @@ def wait_for_port(port: int, timeout: float) -> bool:
     return False
 
 
-def render_snippet(name: str, ports: dict[str, int]) -> str:
-    """The snippet file `name` with the chosen ports in place of 10001/10002/10003.
+def render_snippet(name: str, ports: dict[str, int], *, required: tuple[str, ...] = CANONICAL_PARAMETERS) -> str:
+    """The snippet file `name` with the chosen ports in place of 10001-10004.
 
     Fails if an active (non-comment) line still names one of the default
-    ports afterwards, or if the snippet sets no canonical maps at all.
+    ports afterwards, or if the snippet does not set every `required`
+    parameter (by default the canonical maps).
     """
     text = (SNIPPETS_DIR / name).read_text()
     by_default_port = {str(SNIPPET_PORTS[role]): port for role, port in ports.items()}
@@ -72,11 +74,11 @@ def render_snippet(name: str, ports: dict[str, int]) -> str:
         port = by_default_port.get(match.group(2))
         return match.group(0) if port is None else f"{match.group(1)}{port}"
 
-    rendered = re.sub(r"(127\.0\.0\.1:)(1000[123])\b", substitute, text)
+    rendered = re.sub(r"(127\.0\.0\.1:)(1000[1234])\b", substitute, text)
     active = [line for line in rendered.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    leftovers = [line for line in active if re.search(r":1000[123]\b", line)]
+    leftovers = [line for line in active if re.search(r":1000[1234]\b", line)]
     assert not leftovers, f"{name}: default ports left after substitution: {leftovers}"
-    for parameter in ("sender_canonical_maps", "recipient_canonical_maps"):
+    for parameter in required:
         assert any(line.startswith(parameter) for line in active), f"{name} does not set {parameter}"
     return rendered
 
@@ -126,7 +128,7 @@ myorigin = $myhostname
 mydestination = $myhostname, localhost, {local_domains}
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
+mynetworks = {mynetworks}
 relayhost = [127.0.0.1]:{relay_port}
 
 alias_maps =
@@ -164,6 +166,7 @@ class PostfixInstance:
         virtual_aliases: dict[str, str],
         extra_main_cf: str,
         label: str = "postfix",
+        mynetworks: str = "127.0.0.0/8",
     ) -> None:
         for tool in ("postfix", "postconf", "postqueue", "postmap", "timeout"):
             find_tool(tool)
@@ -199,6 +202,7 @@ class PostfixInstance:
             local_domains=", ".join(local_domains),
             relay_port=relay_port,
             virtual=virtual,
+            mynetworks=mynetworks,
         )
         (self.config_dir / "main.cf").write_text(f"{main_cf}\n# --- appended for this test ---\n{extra_main_cf}")
 

@@ -19,7 +19,10 @@ from pathlib import Path
 from .postfix_instance import REPO_ROOT, free_port, wait_for_port
 
 ENDPOINTS = ("tcp_forward", "tcp_reverse", "socketmap")
+ALL_ENDPOINTS = (*ENDPOINTS, "policy")
 READY_MARKER = "srsd ready"
+RELOADED_MARKER = " reloaded "
+RELOAD_REFUSED_MARKER = "reload refused"
 
 
 def srsd_command() -> list[str]:
@@ -39,12 +42,28 @@ class SrsdError(AssertionError):
 
 
 class SrsdProcess:
-    """`srsd serve` with a generated config and secrets file in `workdir`."""
+    """`srsd serve` with a generated config and secrets file in `workdir`.
 
-    def __init__(self, workdir: Path, *, domain: str, local_domains: list[str]) -> None:
+    `endpoints` are the `[listen]` keys given a free loopback TCP port each
+    (`ports` maps them to it; the others are disabled); `extra_config` is TOML appended after `[listen]`
+    (further sections: `[dns]`, `[spf]`, `[policy]`, ...). `reload()` rewrites the
+    config with new extra sections, same ports, and sends SIGHUP.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        domain: str,
+        local_domains: list[str],
+        endpoints: tuple[str, ...] = ENDPOINTS,
+        extra_config: str = "",
+    ) -> None:
         self.workdir = workdir
         self.domain = domain
         self.local_domains = local_domains
+        self.endpoints = endpoints
+        self.extra_config = extra_config
         self.config_path = workdir / "srsd.toml"
         self.secrets_path = workdir / "secrets"
         self.log_path = workdir / "srsd.log"
@@ -55,9 +74,15 @@ class SrsdProcess:
         self.secrets_path.chmod(0o600)
 
     def _write_config(self) -> None:
-        self.ports = {name: free_port() for name in ENDPOINTS}
+        self.ports = {name: free_port() for name in self.endpoints}
+        self._render_config()
+
+    def _render_config(self) -> None:
+        # Endpoints not asked for are disabled: left out, they would take their default
+        # (fixed) ports.
         listen = "\n".join(
-            f"{name} = {json.dumps(f'tcp:{port}:interface=127.0.0.1')}" for name, port in self.ports.items()
+            f"{name} = {json.dumps(f'tcp:{self.ports[name]}:interface=127.0.0.1' if name in self.ports else '')}"
+            for name in dict.fromkeys((*self.endpoints, *ALL_ENDPOINTS))
         )
         self.config_path.write_text(
             "[srs]\n"
@@ -66,6 +91,7 @@ class SrsdProcess:
             f"local_domains = {json.dumps(self.local_domains)}\n"
             "\n[listen]\n"
             f"{listen}\n"
+            f"\n{self.extra_config}\n"
         )
 
     def start(self, timeout: float = 20.0, attempts: int = 3) -> SrsdProcess:
@@ -105,6 +131,26 @@ class SrsdProcess:
             how = f"exited with code {self.last_returncode}" if exited else f"was not ready after {timeout:.0f} s"
             raise SrsdError(f"srsd {how} (attempt {attempt}/{attempts})\n{self.diagnostics()}")
         raise AssertionError("unreachable")
+
+    def reload(self, extra_config: str, timeout: float = 10.0) -> None:
+        """Replace the extra config sections (ports unchanged), SIGHUP, and wait until
+        srsd logs that the new configuration is in force."""
+        self.assert_running()
+        assert self.process is not None
+        text = self.log_text()
+        before, refused = text.count(RELOADED_MARKER), text.count(RELOAD_REFUSED_MARKER)
+        self.extra_config = extra_config
+        self._render_config()
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_text()
+            if text.count(RELOADED_MARKER) > before:
+                return
+            if text.count(RELOAD_REFUSED_MARKER) > refused or self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise SrsdError(f"srsd did not reload the new configuration\n{self.diagnostics()}")
 
     def assert_running(self) -> None:
         if self.process is None or self.process.poll() is not None:
