@@ -1,10 +1,11 @@
-"""The ``srsd`` command: serve, forward, reverse, spf, check-config."""
+"""The ``srsd`` command: serve, forward, reverse, spf, check-config, dkim-keygen, dns-records."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from srsd.config import ConfigError
 from srsd.rewrite import FOUND, rewriter_from_config
@@ -56,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate the configuration and exit")
     _config_arg(check)
+
+    keygen = sub.add_parser("dkim-keygen", help="create a DKIM private key and print its DNS record")
+    keygen.add_argument("--domain", required=True, help="the signing domain (d=), e.g. your SRS domain")
+    keygen.add_argument("--selector", required=True, help="the selector (s=); the key goes to DIR/SELECTOR.private")
+    keygen.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa", help="key type (default rsa)")
+    keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
+    keygen.add_argument("--out", required=True, metavar="DIR", help="directory for the key file (mode 0600)")
+
+    records = sub.add_parser("dns-records", help="print the DNS records to publish (SPF, DKIM key)")
+    _config_arg(records)
     return parser
 
 
@@ -118,6 +129,77 @@ def _spf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dkim_keygen(args: argparse.Namespace) -> int:
+    import os
+
+    from srsd.config import is_domain
+    from srsd.dkim import DKIMKeyError, dns_record_name, generate_key, zone_file_txt
+
+    domain = args.domain.rstrip(".").lower()
+    if not is_domain(domain):
+        return _fail(f"dkim-keygen: --domain {args.domain!r} is not a domain name", 2)
+    if not args.selector or "/" in args.selector or args.selector.startswith("."):
+        return _fail(f"dkim-keygen: --selector {args.selector!r} is not a DNS label", 2)
+    algorithm = "rsa-sha256" if args.algorithm == "rsa" else "ed25519-sha256"
+    path = os.path.join(args.out, f"{args.selector}.private")
+    try:
+        key = generate_key(path, algorithm, args.bits)
+    except DKIMKeyError as exc:
+        return _fail(f"dkim-keygen: {exc}")
+    size = f", {key.bits} bits" if key.key_type == "rsa" else ""
+    print(f"; wrote {path} ({algorithm}{size}, mode 0600): make it readable by the user srsd runs as", file=sys.stderr)
+    print(
+        f'; srsd config: [dkim] domain = "{domain}"  selector = "{args.selector}"  key_file = "{path}"', file=sys.stderr
+    )
+    if key.key_type != "rsa":
+        print("; ed25519: set dkim.arc = false (ARC is rsa-sha256 only)", file=sys.stderr)
+    print(f"{dns_record_name(args.selector, domain)}. IN TXT {zone_file_txt(key.txt_record())}")
+    return 0
+
+
+def dns_records(config: Any) -> list[str]:
+    """Zone-file lines (with ``;`` comments) for every record *config* needs published."""
+    import ipaddress
+
+    from srsd.dkim import DKIMKeyError, dns_record_name, load_signing_key, zone_file_txt
+
+    domain = config.srs.domain
+    lines = [f"; DNS records for srsd ({config.source})", ""]
+    lines.append(f"; SPF of the SRS domain: forwarded mail leaves with MAIL FROM ...@{domain}")
+    if config.spf.egress_ips:
+        mechanisms = []
+        for ip in config.spf.egress_ips:
+            version = ipaddress.ip_address(ip).version
+            mechanisms.append(f"ip{version}:{ip}")
+        lines.append(f'{domain}. IN TXT "v=spf1 {" ".join(mechanisms)} -all"')
+    else:
+        lines.append("; spf.egress_ips is empty: list every address mail leaves from, then publish e.g.")
+        lines.append(f'; {domain}. IN TXT "v=spf1 ip4:192.0.2.25 ip6:2001:db8::25 -all"')
+    d = config.dkim
+    lines.append("")
+    if not d.selector:
+        lines.append("; DKIM/ARC: no dkim.selector configured, nothing signed, no key to publish")
+        return lines
+    signing_domain = d.domain or domain
+    try:
+        key = load_signing_key(d.key_file, d.algorithm)
+    except DKIMKeyError as exc:
+        lines.append(f"; DKIM key: cannot read it: {exc}")
+        return lines
+    what = "DKIM signatures and ARC sets" if d.arc else "DKIM signatures"
+    lines.append(f"; {what} d={signing_domain} s={d.selector} ({d.algorithm}, {key.bits} bits, {d.key_file})")
+    lines.append(f"{dns_record_name(d.selector, signing_domain)}. IN TXT {zone_file_txt(key.txt_record())}")
+    return lines
+
+
+def _dns_records(args: argparse.Namespace) -> int:
+    from srsd.service import load
+
+    for line in dns_records(load(args.config)):
+        print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``srsd`` command. :returns: the exit status (1 on any error)."""
     args = _parser().parse_args(argv)
@@ -130,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             return _check_config(args)
         if args.command == "spf":
             return _spf(args)
+        if args.command == "dkim-keygen":
+            return _dkim_keygen(args)
+        if args.command == "dns-records":
+            return _dns_records(args)
         return _rewrite(args)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}")

@@ -126,6 +126,11 @@ class DKIMSettings:
     verify: bool = True  # add Authentication-Results to incoming mail
     authserv_id: str = ""  # Authentication-Results authserv-id; default srs.domain
     on_error: str = "tempfail"  # internal error: "tempfail" (4xx, retried) or "continue"
+    # clients whose mail counts as local (signed), like SASL-authenticated ones; loopback
+    # covers local submission (Postfix presents sendmail/pickup mail as from 127.0.0.1)
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    threads: int = 4  # messages verified/signed at once (crypto and key lookups run on these threads)
+    budget: float = 10.0  # seconds for one message's key lookups; a lookup past it is temperror
 
 
 @dataclass(frozen=True)
@@ -371,6 +376,9 @@ def _validate_spf(cfg: Config) -> None:
 
 def _validate_dkim(cfg: Config) -> None:
     d = cfg.dkim
+    # never signed: changed in transit, or added by srsd and later hops
+    never_signed = {"return-path", "received", "dkim-signature", "authentication-results", "arc-seal",
+                    "arc-message-signature", "arc-authentication-results", "bcc", "resent-bcc"}  # fmt: skip
     if d.domain and not is_domain(d.domain):
         raise ConfigError(f"dkim.domain: {d.domain!r} is not a domain name")
     if d.algorithm not in ("rsa-sha256", "ed25519-sha256"):
@@ -383,6 +391,40 @@ def _validate_dkim(cfg: Config) -> None:
         raise ConfigError("dkim.key_file: required when dkim.selector is set")
     if "from" not in {h.lower() for h in d.signed_headers}:
         raise ConfigError("dkim.signed_headers: must include From (RFC 6376 5.4)")
+    for name in d.signed_headers:
+        if not re.match(r"^[!-9;-~]+$", name):
+            raise ConfigError(f"dkim.signed_headers: {name!r} is not a header field name")
+        if name.lower() in never_signed:
+            raise ConfigError(f"dkim.signed_headers: {name} must not be signed (it changes in transit or is ours)")
+    if d.authserv_id and not re.match(r"^[!#-'*+\-.0-9A-Z^_`a-z{|}~]+$", d.authserv_id):
+        raise ConfigError(f"dkim.authserv_id: {d.authserv_id!r} must be a single token, e.g. a host name")
+    _networks(d.trusted_networks, "dkim.trusted_networks")
+    if not 1 <= d.threads <= 64:
+        raise ConfigError("dkim.threads: must be 1..64")
+    if not 0 < d.budget <= 60:
+        raise ConfigError("dkim.budget: must be more than 0 and at most 60 seconds")
+    if d.selector:
+        from srsd.dkim import DKIMKeyError, load_signing_key
+
+        if d.arc and d.algorithm != "rsa-sha256":
+            raise ConfigError("dkim.arc: ARC sets are rsa-sha256 only (RFC 8617); use an RSA key or set arc = false")
+        try:
+            load_signing_key(d.key_file, d.algorithm)
+        except DKIMKeyError as exc:
+            raise ConfigError(f"dkim.key_file: {exc}") from None
+    authserv = (d.authserv_id or cfg.srs.domain).lower()
+    po = cfg.policy
+    if (
+        cfg.listen.milter
+        and cfg.listen.policy
+        and po.header == "authentication-results"
+        and po.authserv_id.lower() == authserv
+    ):
+        raise ConfigError(
+            "policy.authserv_id: the milter removes Authentication-Results fields carrying its own "
+            f"authserv-id ({authserv}) from incoming mail, the policy service's too; use another "
+            "authserv-id or policy.header = 'received-spf'"
+        )
 
 
 def parse_config(data: dict[str, Any], source: str = "<string>") -> Config:

@@ -30,8 +30,10 @@ from zope.interface import provider
 
 from srsd.config import Config, ConfigError, default_config, load_config
 from srsd.dns import Resolver
+from srsd.mailauth import GRACE, AuthSettings, MailAuth, auth_settings
 from srsd.policy import PolicyService
-from srsd.protocols.base import LookupFactory
+from srsd.protocols.base import EndpointFactory
+from srsd.protocols.milter import MilterFactory
 from srsd.protocols.policy import PolicyFactory
 from srsd.protocols.socketmap import SocketmapFactory
 from srsd.protocols.tcp_table import TcpTableFactory
@@ -94,7 +96,7 @@ class EndpointSpec:
 
     name: str
     description: str
-    make_factory: Callable[[Daemon], LookupFactory]
+    make_factory: Callable[[Daemon], EndpointFactory]
 
 
 def _limits(daemon: Daemon) -> dict[str, Any]:
@@ -123,6 +125,19 @@ def endpoint_specs(config: Config) -> list[tuple[EndpointSpec, str]]:
             "socketmap",
             "socketmap maps forward/reverse",
             lambda d: SocketmapFactory(d.lookup, "socketmap", **_limits(d)),
+        ),
+        EndpointSpec(
+            "milter",
+            "milter (smtpd_milters): Authentication-Results, DKIM signing, ARC sealing",
+            # The handler answers within dkim.budget + GRACE; the milter waits a bit longer.
+            lambda d: MilterFactory(
+                d.mailauth,
+                "milter",
+                on_error=d.config.dkim.on_error,
+                timeout=d.config.dkim.budget + GRACE + 5,
+                max_connections=d.config.limits.max_connections,
+                idle_timeout=d.config.limits.idle_timeout,
+            ),
         ),
         EndpointSpec(
             "policy",
@@ -156,9 +171,10 @@ class Daemon:
         self.checker: SPFChecker | None = None
         self.spf_aware: SPFAwareForward | None = None
         self.policy: PolicyService | None = None
-        self._apply(config, rewriter_from_config(config))
+        self.mailauth: MailAuth | None = None
+        self._apply(config, rewriter_from_config(config), _auth(config))
 
-    def _apply(self, config: Config, rewriter: Rewriter) -> None:
+    def _apply(self, config: Config, rewriter: Rewriter, auth: AuthSettings | None = None) -> None:
         self.config = config
         self.rewriter = rewriter
         self.debug = config.log.level == "debug"
@@ -178,6 +194,12 @@ class Daemon:
                 self.policy = PolicyService(config.policy, self.spf_checker(), receiver)
             else:  # keeps its per-message memory across a reload
                 self.policy.reconfigure(config.policy, receiver=receiver)
+        if auth is not None:
+            if self.mailauth is None:
+                checker = self.spf_checker()
+                self.mailauth = MailAuth(auth, checker.resolver, checker, self.reactor)
+            else:  # messages under way finish with the old settings
+                self.mailauth.reconfigure(auth)
 
     def spf_checker(self) -> SPFChecker:
         """The SPF checker (resolver + thread pool), built on first use from [dns]/[spf]."""
@@ -273,6 +295,7 @@ class Daemon:
         try:
             config = load(self.config_path)
             rewriter = rewriter_from_config(config)
+            auth = _auth(config)  # reads the DKIM key: a bad one refuses the reload
         except (ConfigError, ValueError) as exc:
             log.error("reload refused, keeping the running configuration: {error}", error=exc)
             return False
@@ -282,7 +305,7 @@ class Daemon:
             config.dns != self.config.dns or config.spf.threads != self.config.spf.threads
         ):
             log.warn("reload: [dns] and spf.threads changes take effect on restart only")
-        self._apply(config, rewriter)
+        self._apply(config, rewriter, auth)
         log.info(
             "reloaded {source}: {n} secrets, {d} local domains",
             source=config.source,
@@ -290,6 +313,11 @@ class Daemon:
             d=len(rewriter.local_domains),
         )
         return True
+
+
+def _auth(config: Config) -> AuthSettings | None:
+    """The milter's settings when the milter is enabled (reads the DKIM key)."""
+    return auth_settings(config) if config.listen.milter else None
 
 
 class ListenError(RuntimeError):
