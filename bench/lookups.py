@@ -120,8 +120,8 @@ def wait_port(port: int, timeout: float = 10) -> None:
             time.sleep(0.05)
 
 
-def proc_table() -> dict[int, tuple[int, int]]:
-    """{pid: (ppid, utime+stime ticks)} of every process."""
+def proc_table() -> dict[int, tuple[int, int, int]]:
+    """{pid: (ppid, utime ticks, stime ticks)} of every process."""
     out = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -131,16 +131,16 @@ def proc_table() -> dict[int, tuple[int, int]]:
                 fields = fh.read().rpartition(")")[2].split()
         except OSError:
             continue
-        out[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        out[int(name)] = (int(fields[1]), int(fields[11]), int(fields[12]))
     return out
 
 
-def tree(root: int, table: dict[int, tuple[int, int]]) -> list[int]:
+def tree(root: int, table: dict[int, tuple[int, int, int]]) -> list[int]:
     pids, todo = [], [root]
     while todo:
         pid = todo.pop()
         pids.append(pid)
-        todo += [p for p, (ppid, _) in table.items() if ppid == pid]
+        todo += [p for p, (ppid, _, _) in table.items() if ppid == pid]
     return pids
 
 
@@ -319,6 +319,7 @@ class Result:
     p99: float
     p999: float
     server_cpu_us: float  # server CPU (user+sys, all its processes) per lookup
+    server_sys_us: float  # of which in the kernel
     client_cpu: float  # fraction of one core used by the load generator
     busy: float  # machine CPU in use, in cores (of os.cpu_count())
     other: float  # busy minus server and client: anything else running (should be ~0)
@@ -375,7 +376,9 @@ def run_one(
         if line in ("START", "END"):
             table = proc_table()
             pids = tree(server.process.pid, table)
-            marks[line] = (sum(table[p][1] for p in pids if p in table), machine_ticks(), time.monotonic())
+            user = sum(table[p][1] for p in pids if p in table)
+            system = sum(table[p][2] for p in pids if p in table)
+            marks[line] = ((user, system), machine_ticks(), time.monotonic())
             if line == "START":
                 counts = connections_per_process(sorted(pids), port)
                 spread = "fork" if server.forks_per_connection else "/".join(map(str, counts))
@@ -387,7 +390,9 @@ def run_one(
     cpu0, (busy0, total0), t0 = marks["START"]
     cpu1, (busy1, total1), t1 = marks["END"]
     ncpu = os.cpu_count() or 1
-    server_cores = (cpu1 - cpu0) / TICK / max(t1 - t0, 1e-9)
+    user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    server_cores = (user + system) / TICK / max(t1 - t0, 1e-9)
+    per_lookup = 1e6 / TICK / max(out["lookups"], 1)
     client_cores = out["client_cpu_s"] / out["seconds"]
     busy = (busy1 - busy0) / max(total1 - total0, 1) * ncpu
     return Result(
@@ -399,7 +404,8 @@ def run_one(
         p50=out["p50_us"],
         p99=out["p99_us"],
         p999=out["p999_us"],
-        server_cpu_us=(cpu1 - cpu0) / TICK / max(out["lookups"], 1) * 1e6,
+        server_cpu_us=(user + system) * per_lookup,
+        server_sys_us=system * per_lookup,
         client_cpu=client_cores,
         busy=busy,
         other=max(busy - server_cores - client_cores, 0.0),
@@ -451,12 +457,12 @@ def print_tables(results: list[Result], servers: list[str], args) -> None:
             cells.append(cell + f" {med.p50:.0f}/{med.p99:.0f}")
         print(f"| {map_name} | {conns} | {pin} | " + " | ".join(cells) + " |")
     print(
-        "\ndetails (median round). server µs = CPU (user+sys) of all the daemon's processes per lookup; "
+        "\ndetails (median round). server µs = CPU per lookup (user+sys; sys in brackets), all daemon processes; "
         f"client, busy, other = cores (of {os.cpu_count()}) used by the load generator, the whole machine, "
         "and anything else; conns/proc = connections each daemon process holds"
     )
     print(
-        "| map | conns | pin | server | lookups/s | min-max | p50 | p99 | p99.9 | server µs | client | busy "
+        "| map | conns | pin | server | lookups/s | min-max | p50 | p99 | p99.9 | server µs (sys) | client | busy "
         "| other | conns/proc | 500s | bad |"
     )
     print("|" + "---|" * 16)
@@ -465,7 +471,8 @@ def print_tables(results: list[Result], servers: list[str], args) -> None:
             med, lo, hi = median_result(groups[(map_name, conns, pin, name)])
             print(
                 f"| {map_name} | {conns} | {pin} | {name} | {med.rate:,.0f} | {lo:,.0f}-{hi:,.0f} | {med.p50:.1f} "
-                f"| {med.p99:.1f} | {med.p999:.1f} | {med.server_cpu_us:.1f} | {med.client_cpu:.2f} "
+                f"| {med.p99:.1f} | {med.p999:.1f} | {med.server_cpu_us:.1f} ({med.server_sys_us:.1f}) "
+                f"| {med.client_cpu:.2f} "
                 f"| {med.busy:.2f} | {med.other:.2f} | {med.spread} | {med.n500} | {med.mismatches} |"
             )
 
@@ -559,6 +566,7 @@ def main() -> int:
             f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {ncpu} cores ({cpu_model()}), Python {sys.version.split()[0]}, "
             f"{len(forward if forward else reverse)} keys per map; load generator: C, one thread, epoll"
         )
+        print(versions())
         print("forward mix: 85% plain senders, 10% SRS0 of other forwarders (-> SRS1), 5% local domain (-> 500)")
         print("reverse: valid SRS0 addresses minted for the plain senders; answers checked:")
         for line in check_sample(servers, maps):
@@ -594,6 +602,23 @@ def main() -> int:
             print(f"logs kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def versions() -> str:
+    """srsd source digest (the tree has no commits to name), Twisted, PostSRSd."""
+    import hashlib
+
+    import twisted
+
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "srsd").rglob("*.py")):
+        digest.update(path.read_bytes())
+    try:
+        out = subprocess.run([POSTSRSD, "-v"], capture_output=True, text=True, timeout=5)
+        postsrsd = "PostSRSd " + (out.stdout + out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        postsrsd = "PostSRSd ?"
+    return f"srsd sources sha256 {digest.hexdigest()[:12]}, Twisted {twisted.__version__}, {postsrsd}"
 
 
 def cpu_model() -> str:

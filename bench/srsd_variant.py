@@ -29,8 +29,8 @@ is still checked by the load generator). Variants:
   binds its own instead of inheriting the parent's; the kernel then spreads
   connections over the processes (TCP only; unix sockets are inherited as now).
 * ``gcfreeze``: ``gc.freeze()`` after start-up and a higher gen-0 threshold.
-* ``profile``: run under cProfile, write the stats to $SRSD_PROFILE (default
-  ./srsd.prof) when the daemon stops.
+* ``profile``: cProfile from start-up, stats written to $SRSD_PROFILE (default
+  ./srsd.prof) when the process exits (bench/profile_srsd.py).
 """
 
 from __future__ import annotations
@@ -245,6 +245,15 @@ def gc_freeze() -> None:
     reactor.callWhenRunning(freeze)
 
 
+def profile() -> None:
+    import atexit
+    import cProfile
+
+    profiler = cProfile.Profile()
+    atexit.register(lambda: (profiler.disable(), profiler.dump_stats(os.environ.get("SRSD_PROFILE", "srsd.prof"))))
+    profiler.enable()
+
+
 VARIANTS = {
     "nodelay-off": nodelay_off,
     "poll": poll_reactor,
@@ -256,7 +265,7 @@ VARIANTS = {
     "accept1": accept_one,
     "reuseport": reuse_port,
     "gcfreeze": gc_freeze,
-    "profile": None,
+    "profile": profile,
 }
 
 
@@ -266,8 +275,7 @@ def apply(names: list[str]) -> None:
     if unknown:
         raise SystemExit(f"unknown variant {unknown[0]!r}; known: {', '.join(sorted(VARIANTS))}")
     for name in sorted(names, key=lambda n: n not in ("poll", "select")):
-        if VARIANTS[name] is not None:
-            VARIANTS[name]()
+        VARIANTS[name]()
 
 
 def main() -> int:
@@ -277,15 +285,7 @@ def main() -> int:
     apply(names)
     from srsd.cli import main as srsd_main
 
-    if "profile" not in names:
-        return srsd_main(argv)
-    import cProfile
-
-    profiler = cProfile.Profile()
-    try:
-        return profiler.runcall(srsd_main, argv)
-    finally:
-        profiler.dump_stats(os.environ.get("SRSD_PROFILE", "srsd.prof"))
+    return srsd_main(argv)
 
 
 if __name__ == "__main__":

@@ -278,7 +278,8 @@ class MailAuth:
     # -- one message --------------------------------------------------------------------------
 
     def end_of_message(self, envelope: Envelope, message: Message) -> defer.Deferred:
-        """The header edits for *message*: Deferred[list[Action]], never failing.
+        """The header edits for *message*: Deferred[list[Action]], never failing (unless
+        the caller cancels it: then CancelledError, nothing logged).
 
         Deletions come first (highest occurrence first), then insertions at index 0
         from the bottom up, so the message leaves with, top down: DKIM-Signature,
@@ -378,7 +379,9 @@ class MailAuth:
 
         return both.addCallback(verified_cb)
 
-    def _error(self, settings: AuthSettings, envelope: Envelope, failure: Any, started: float) -> list[Action]:
+    def _error(self, settings: AuthSettings, envelope: Envelope, failure: Any, started: float) -> Any:
+        if failure.check(defer.CancelledError):
+            return failure  # the caller cancelled (the MTA went away, or its own timeout): its business
         if failure.check(_ARCUnverifiable):
             log.warn("{qid}: deferred: cannot validate its ARC chain now ({why})", qid=envelope.queue_id or "-",
                      why=failure.getErrorMessage())  # fmt: skip

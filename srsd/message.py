@@ -15,7 +15,8 @@ __all__ = ["Envelope", "Message", "InsertHeader", "DeleteHeader", "Reject", "Tem
 class Envelope:
     """The SMTP transaction as the milter saw it (milter protocol v6, Postfix).
 
-    ``client_address`` is the connecting IP ("" for local submission), ``helo`` the
+    ``client_address`` is the connecting IP (Postfix presents local submission through
+    ``non_smtpd_milters`` as 127.0.0.1 with HELO ``localhost``), ``helo`` the
     HELO/EHLO name, ``mail_from`` the envelope sender without angle brackets
     ("" = null sender), ``recipients`` in RCPT order (before Postfix's virtual
     alias expansion), ``macros`` Postfix's milter macros by name (``i``, ``j``,

@@ -133,7 +133,7 @@ def endpoint_specs(config: Config) -> list[tuple[EndpointSpec, str]]:
             lambda d: MilterFactory(
                 d.mailauth,
                 "milter",
-                on_error=d.config.dkim.on_error,
+                on_error=lambda: d.config.dkim.on_error,  # follows SIGHUP reloads
                 timeout=d.config.dkim.budget + GRACE + 5,
                 max_connections=d.config.limits.max_connections,
                 idle_timeout=d.config.limits.idle_timeout,

@@ -191,7 +191,9 @@ class SPFChecker:
             )
             return result
 
-        def crashed(failure: Any) -> SPFResult:
+        def crashed(failure: Any) -> Any:
+            if failure.check(defer.CancelledError):
+                return failure  # the caller cancelled (its client went away): not a crash
             log.failure("SPF check {ip} {sender!r} crashed", failure, ip=ip, sender=sender)
             return SPFResult("temperror", "SPF check failed", identity)
 

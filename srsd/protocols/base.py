@@ -1,4 +1,5 @@
-"""What every lookup protocol shares: ordered replies, limits, error containment.
+"""What every wire adapter shares (client limit, idle timeout, TCP_NODELAY), and
+what every lookup protocol adds: ordered replies and error containment.
 
 A lookup returns an :class:`~srsd.rewrite.Answer` at once or a Deferred firing
 with one (slow decisions such as SPF-aware rewriting). Postfix may pipeline
@@ -22,7 +23,7 @@ from zope.interface import implementer
 
 from srsd.rewrite import TEMP, Answer
 
-__all__ = ["Lookup", "LookupFactory", "LookupProtocol", "LineBuffer"]
+__all__ = ["EndpointFactory", "EndpointProtocol", "Lookup", "LookupFactory", "LookupProtocol", "LineBuffer"]
 
 #: (map name, key) -> Answer | Deferred[Answer]
 Lookup = Callable[[str, str], "Answer | Deferred[Answer]"]
@@ -59,36 +60,23 @@ class LineBuffer:
         return lines, overflow
 
 
-class LookupFactory(protocol.Factory):
-    """Shared state of one listening endpoint.
+class EndpointFactory(protocol.Factory):
+    """What every listening endpoint has: a name, a client limit, an idle sweeper.
 
-    :param lookup: the decision function, called as ``lookup(map_name, key)``; it
-        reads the current configuration itself, so a reload needs no new factory.
-    :param name: the endpoint's name for logs (``tcp_forward``, ``socketmap``).
-    :param max_request_bytes: longest request accepted (bytes).
-    :param max_connections: concurrent clients served; beyond it every request is
-        answered with a temporary failure and the connection closed.
+    :param name: the endpoint's name for logs (``tcp_forward``, ``socketmap``, ``milter``).
+    :param max_connections: concurrent clients served; beyond it a new client gets
+        the protocol's temporary failure and is closed.
     :param idle_timeout: seconds of silence before a client is closed (0 = never).
     """
 
-    protocol: type[LookupProtocol]
+    protocol: type[EndpointProtocol]
     noisy = False  # no "Starting factory" lines
 
-    def __init__(
-        self,
-        lookup: Lookup,
-        name: str,
-        *,
-        max_request_bytes: int = 4096,
-        max_connections: int = 1000,
-        idle_timeout: float = 1800,
-    ) -> None:
-        self.lookup = lookup
+    def __init__(self, name: str, *, max_connections: int = 1000, idle_timeout: float = 1800) -> None:
         self.name = name
-        self.max_request_bytes = max_request_bytes
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
-        self.connections: set[LookupProtocol] = set()
+        self.connections: set[EndpointProtocol] = set()
         self._sweeper: LoopingCall | None = None
 
     def startFactory(self) -> None:  # noqa: N802 (Twisted's name)
@@ -107,22 +95,16 @@ class LookupFactory(protocol.Factory):
             conn.transport.loseConnection()
 
 
-@implementer(IHalfCloseableProtocol)
-class LookupProtocol(protocol.Protocol):
-    """Base of the wire adapters: subclasses parse requests, answer each with
-    :meth:`run_lookup` and write the answers with :meth:`send`.
+class EndpointProtocol(protocol.Protocol):
+    """One client of an :class:`EndpointFactory`: counted against its limit
+    (``overloaded`` is set on the one too many), TCP_NODELAY on TCP, and
+    ``last_active`` for the idle sweeper (subclasses update it on traffic)."""
 
-    A client that half-closes (``nc -N``, ``socat``) still gets every answer;
-    the connection closes once they are written.
-    """
-
-    factory: LookupFactory
+    factory: EndpointFactory
     overloaded = False
-    _read_closed = False
 
     def __init__(self) -> None:
         self.last_active = time.monotonic()
-        self._queue: deque[list[Any]] = deque()  # pending [bytes | None] slots
 
     def connectionMade(self) -> None:  # noqa: N802
         factory = self.factory
@@ -140,6 +122,51 @@ class LookupProtocol(protocol.Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         self.factory.connections.discard(self)
+
+
+class LookupFactory(EndpointFactory):
+    """Shared state of one lookup endpoint (tcp_table, socketmap, policy).
+
+    :param lookup: the decision function, called as ``lookup(map_name, key)``; it
+        reads the current configuration itself, so a reload needs no new factory.
+    :param name: the endpoint's name for logs (``tcp_forward``, ``socketmap``).
+    :param max_request_bytes: longest request accepted (bytes).
+    :param max_connections: concurrent clients served; beyond it every request is
+        answered with a temporary failure and the connection closed.
+    :param idle_timeout: seconds of silence before a client is closed (0 = never).
+    """
+
+    protocol: type[LookupProtocol]
+
+    def __init__(
+        self,
+        lookup: Lookup,
+        name: str,
+        *,
+        max_request_bytes: int = 4096,
+        max_connections: int = 1000,
+        idle_timeout: float = 1800,
+    ) -> None:
+        super().__init__(name, max_connections=max_connections, idle_timeout=idle_timeout)
+        self.lookup = lookup
+        self.max_request_bytes = max_request_bytes
+
+
+@implementer(IHalfCloseableProtocol)
+class LookupProtocol(EndpointProtocol):
+    """Base of the lookup adapters: subclasses parse requests, answer each with
+    :meth:`run_lookup` and write the answers with :meth:`send`.
+
+    A client that half-closes (``nc -N``, ``socat``) still gets every answer;
+    the connection closes once they are written.
+    """
+
+    factory: LookupFactory
+    _read_closed = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: deque[list[Any]] = deque()  # pending [bytes | None] slots
 
     def readConnectionLost(self) -> None:  # noqa: N802 (IHalfCloseableProtocol)
         self._read_closed = True
