@@ -1,1 +1,2 @@
-"""srsd: Sender Rewriting Scheme daemon for Postfix (tcp_table and socketmap)."""
+"""srsd: mail forwarding for Postfix: SRS (tcp_table, socketmap), SPF (policy service,
+SPF-aware rewriting), DKIM signing and ARC sealing (milter)."""

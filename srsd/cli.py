@@ -31,7 +31,7 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="srsd", description="SRS daemon for Postfix: tcp_table and socketmap lookups."
+        prog="srsd", description="Mail forwarding for Postfix: SRS lookups, SPF policy, DKIM/ARC milter."
     )
     parser.add_argument("--version", action="version", version=f"srsd {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
