@@ -143,7 +143,10 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
     algorithm = "rsa-sha256" if args.algorithm == "rsa" else "ed25519-sha256"
     path = os.path.join(args.out, f"{args.selector}.private")
     try:
+        os.makedirs(args.out, mode=0o700, exist_ok=True)
         key = generate_key(path, algorithm, args.bits)
+    except OSError as exc:
+        return _fail(f"dkim-keygen: cannot create {args.out}: {exc.strerror}")
     except DKIMKeyError as exc:
         return _fail(f"dkim-keygen: {exc}")
     size = f", {key.bits} bits" if key.key_type == "rsa" else ""

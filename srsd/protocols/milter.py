@@ -107,6 +107,7 @@ class MilterProtocol(EndpointProtocol):
         self._closed = False
         self._quit = False
         self._pending: Deferred | None = None  # the handler's answer at end-of-message
+        self._pending_queue_id = ""
         self._serial = 0  # end-of-message count: a late answer must not be written twice
         self._reset_connection()
 
@@ -151,7 +152,7 @@ class MilterProtocol(EndpointProtocol):
             log.info(
                 "{endpoint}: connection closed while the message {queue_id} was being handled",
                 endpoint=self.factory.name,
-                queue_id=self._queue_id(),
+                queue_id=self._pending_queue_id,
             )
             pending.cancel()
         self._reset_connection()
@@ -385,6 +386,7 @@ class MilterProtocol(EndpointProtocol):
             return now[0]
         now.append(b"")  # from here on the callback writes
         self._pending = result
+        self._pending_queue_id = self._queue_id()  # the message state is reset meanwhile
         return None
 
     def _deliver(self, reply: bytes, serial: int) -> None:
