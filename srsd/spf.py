@@ -35,7 +35,16 @@ _thread = threading.local()
 
 
 def _dns_lookup(name: str, qtype: str, strict: Any = True, timeout: float | None = None) -> list:
-    return _thread.resolver.spf_lookup(name, qtype, strict, timeout)
+    records = _thread.resolver.spf_lookup(name, qtype, strict, timeout)
+    if qtype in ("TXT", "SPF") and not _thread.sender_specific:
+        # %{s}/%{l} make the result depend on the local part, not only the domain.
+        for (_name, rtype), strings in records:
+            if rtype not in ("TXT", "SPF"):
+                continue  # the CNAMEs on the way
+            text = b"".join(strings).lower()
+            if b"%{l" in text or b"%{s" in text:
+                _thread.sender_specific = True
+    return records
 
 
 pyspf.DNSLookup = _dns_lookup
@@ -48,7 +57,9 @@ class SPFResult:
     ``result`` is an RFC 7208 2.6 keyword; ``explanation`` pyspf's text (for a
     fail, the domain's exp= text when it has one); ``identity`` is "mailfrom" or
     "helo"; ``header`` the Received-SPF field value (RFC 7208 9.1), without the
-    field name; ``ttl`` how long (seconds) the DNS data it rests on stays valid.
+    field name; ``ttl`` how long (seconds) the DNS data it rests on stays valid;
+    ``sender_specific`` whether a record it used has a local-part macro (%{s},
+    %{l}), so the result holds for this sender only, not for the whole domain.
     """
 
     result: str
@@ -56,6 +67,7 @@ class SPFResult:
     identity: str = "mailfrom"
     header: str = ""
     ttl: float | None = None
+    sender_specific: bool = False
 
 
 def check_host(
@@ -79,6 +91,7 @@ def check_host(
         temperror.
     """
     _thread.resolver = resolver
+    _thread.sender_specific = False
     resolver.start_ttl_tracking()
     identity = "mailfrom" if sender else "helo"
     try:
@@ -103,7 +116,7 @@ def check_host(
         result, explanation, header = "temperror", f"SPF check failed: {type(exc).__name__}: {exc}", ""
     if result not in RESULTS:
         result = "temperror"
-    return SPFResult(result, explanation, identity, header, resolver.tracked_ttl())
+    return SPFResult(result, explanation, identity, header, resolver.tracked_ttl(), _thread.sender_specific)
 
 
 class SPFChecker:
@@ -216,7 +229,8 @@ class SPFAwareForward:
     sender is kept (not-found), so the message keeps its SPF alignment for DMARC.
     Anything else, including a check that overruns *budget* seconds, rewrites:
     SRS is always safe, a wrongly kept sender is not. Results are cached per
-    (domain, ip) for the TTL of the DNS data they rest on (at most *max_ttl*).
+    (domain, ip) for the TTL of the DNS data they rest on (at most *max_ttl*);
+    a result that depends on the local part (%{s}, %{l}) per (sender, ip).
     """
 
     def __init__(
@@ -249,30 +263,32 @@ class SPFAwareForward:
             return None
         return entry[1]
 
-    def _store(self, key: tuple[str, str], result: SPFResult) -> SPFResult:
-        self._inflight.pop(key, None)
+    def _store(self, check: tuple[str, str], domain: str, result: SPFResult) -> SPFResult:
+        self._inflight.pop(check, None)
         if result.result != "temperror" and result.ttl:
             if len(self._cache) >= self.max_entries:
                 self._cache.clear()  # crude but bounded; refills at DNS-cache speed
+            key = check if result.sender_specific else (domain, check[1])
             self._cache[key] = (time.monotonic() + min(result.ttl, self.max_ttl), result)
         return result
 
     def results(self, sender: str) -> list[SPFResult] | defer.Deferred:
         """SPF results of *sender* for every egress IP: a list when all are cached,
         else a Deferred firing with the list within the budget."""
-        domain = sender.rpartition("@")[2].lower()
+        lowered = sender.lower()
+        domain = lowered.rpartition("@")[2]
         now = time.monotonic()
         out: list[Any] = []
         pending = False
         for ip in self.egress_ips:
-            key = (domain, ip)
-            result = self._cached(key, now)
+            result = self._cached((domain, ip), now) or self._cached((lowered, ip), now)
             if result is None:
                 pending = True
-                inflight = self._inflight.get(key)
+                check = (lowered, ip)
+                inflight = self._inflight.get(check)
                 if inflight is None:
-                    inflight = self._inflight[key] = self.checker.check(ip, sender, self.helo, self.budget)
-                    inflight.addCallback(lambda r, k=key: self._store(k, r))
+                    inflight = self._inflight[check] = self.checker.check(ip, sender, self.helo, self.budget)
+                    inflight.addCallback(lambda r, c=check, d=domain: self._store(c, d, r))
                 # Each waiter gets its own copy of the shared result.
                 result = defer.Deferred()
                 inflight.addCallback(lambda r, d=result: (d.callback(r), r)[1])
