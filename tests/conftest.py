@@ -26,3 +26,21 @@ def dns_server(dns_server_session):
     dns_server_session.reset()
     yield dns_server_session
     dns_server_session.reset()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report gets the diagnostics() of every fixture value that has
+    them (srsd, Postfix, the SMTP sink, ...)."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for name, value in getattr(item, "funcargs", {}).items():
+        diagnostics = getattr(value, "diagnostics", None)
+        if callable(diagnostics):
+            try:
+                text = str(diagnostics())
+            except Exception as exc:  # diagnostics must never hide the failure
+                text = f"(could not collect diagnostics: {exc!r})"
+            report.sections.append((f"diagnostics of {name}", text))

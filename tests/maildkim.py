@@ -57,6 +57,17 @@ def available() -> bool:
     return probe.returncode == 0
 
 
+def require() -> None:
+    """Mail::DKIM is a required test tool (.ci/install): a missing one fails, never skips."""
+    assert available(), "Mail::DKIM not installed (apt-get install libmail-dkim-perl libnet-dns-perl)"
+
+
+def needs_mail_dkim(test):
+    """Decorator of a test that runs Mail::DKIM: see :func:`require`."""
+    require()
+    return test
+
+
 def mail_dkim(message: bytes, dns_port: int, mode: str = "dkim") -> MailDKIMResult:
     """Verify *message* with Mail::DKIM; *mode* ``"dkim"`` or ``"arc"``."""
     done = subprocess.run(

@@ -1,12 +1,12 @@
 """Fixtures: ``srsd serve`` as a real subprocess on free loopback ports.
 
-* ``srsd`` — one daemon (default config, all three endpoints on TCP) shared by the
-  tests of a module that only read from it;
+* ``srsd`` — one daemon (default config, all three lookup endpoints on TCP) shared by
+  the tests of a module that only read from it;
 * ``srsd_factory`` — ``srsd_factory(**options)`` starts a private daemon (see
-  :class:`helpers.SrsdDaemon` for the options); ``start=False`` only prepares it.
+  :class:`tests.srsd_daemon.SrsdDaemon` for the options); ``start=False`` only prepares it.
 
 Every daemon is stopped by its PID at teardown; a failing test gets the daemon's
-stderr (and config) appended to its report.
+output (and config) appended to its report (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import SrsdDaemon
+from tests.srsd_daemon import SrsdDaemon, serving
 
 
 class DaemonFactory:
@@ -35,24 +35,8 @@ class DaemonFactory:
         for daemon in self.daemons:
             daemon.stop()
 
-
-def _daemons_of(item: pytest.Item) -> list[SrsdDaemon]:
-    found = []
-    for value in getattr(item, "funcargs", {}).values():
-        if isinstance(value, SrsdDaemon):
-            found.append(value)
-        elif isinstance(value, DaemonFactory):
-            found += value.daemons
-    return found
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed and call.when in ("setup", "call", "teardown"):
-        for daemon in _daemons_of(item):
-            report.sections.append((f"srsd stderr ({daemon.workdir.name})", daemon.diagnostics()))
+    def diagnostics(self) -> str:
+        return "\n".join(f"=== {daemon.workdir.name} ===\n{daemon.diagnostics()}" for daemon in self.daemons)
 
 
 @pytest.fixture
@@ -64,10 +48,8 @@ def srsd_factory(tmp_path):
 
 @pytest.fixture(scope="module")
 def srsd(tmp_path_factory):
-    daemon = SrsdDaemon(tmp_path_factory.mktemp("srsd")).start()
-    yield daemon
-    code = daemon.stop()
-    assert code == 0, f"srsd exited {code} on SIGTERM\n{daemon.diagnostics()}"
+    with serving(SrsdDaemon(tmp_path_factory.mktemp("srsd"))) as daemon:
+        yield daemon
 
 
 @pytest.fixture

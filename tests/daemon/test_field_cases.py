@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .helpers import REPO_ROOT, SRS_DOMAIN, render_config, run_cli, srs0_pattern
+from tests.srsd_daemon import REPO_ROOT, SRS_DOMAIN, render_config, run_cli, srs0_pattern
 
 COPY = REPO_ROOT / "tests" / "data" / "field_cases.json"
 SHARED = REPO_ROOT.parent / "shared" / "testdata" / "field" / "cases.json"
@@ -71,8 +71,7 @@ def _srs_domain_not_a_domain(srsd_factory, protocol):
     assert protocol == "config"
     for domain in ("$myhostname", "net"):
         daemon = srsd_factory(start=False, srs={"domain": domain})
-        daemon._choose_endpoints()
-        daemon.write_config()
+        daemon.prepare()
         cfg = str(daemon.config_path)
 
         checked = run_cli("check-config", "-c", cfg)

@@ -32,8 +32,7 @@ from srsd.config import parse_config
 from srsd.protocols.socketmap import SocketmapFactory
 from srsd.protocols.tcp_table import TcpTableFactory
 from srsd.service import Daemon, endpoint_specs
-
-from .helpers import netstring, tcp_quote
+from tests.lookup_clients import netstring, tcp_quote
 
 # -- settings -----------------------------------------------------------------------
 

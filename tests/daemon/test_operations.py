@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import SRS_DOMAIN, srs0_pattern
+from tests.srsd_daemon import SRS_DOMAIN, srs0_pattern
 
 SENDER = "user@remote.example"
 
@@ -47,8 +47,7 @@ def test_sighup_rotates_secrets(srsd_factory):
     assert old == _signed_with("old-secret-1")
 
     daemon.write_secrets(["new-secret-2", "old-secret-1"])
-    daemon.signal(signal.SIGHUP)
-    assert daemon.wait_for_log("reloaded"), "no 'reloaded' log line after SIGHUP"
+    daemon.reload()  # SIGHUP, and a 'reloaded' log line
 
     for protocol in ("tcp_table", "socketmap"):
         new = _forward(daemon, protocol)
@@ -58,8 +57,7 @@ def test_sighup_rotates_secrets(srsd_factory):
 
     # Retire the old secret: its addresses stop reversing.
     daemon.write_secrets(["new-secret-2"])
-    daemon.signal(signal.SIGHUP)
-    assert daemon.wait_for_log("reloaded", count=2)
+    daemon.reload()
     assert _reverse(daemon, old)[0] == "notfound"
     assert daemon.running()
     _no_tracebacks(daemon)
@@ -69,9 +67,7 @@ def test_sighup_applies_new_local_domains(srsd_factory):
     daemon = srsd_factory()
     _forward(daemon, sender="someone@soon-local.example")
     daemon.srs["local_domains"] = ["local.example", "soon-local.example"]
-    daemon.write_config()
-    daemon.signal(signal.SIGHUP)
-    assert daemon.wait_for_log("reloaded")
+    daemon.reload()
     assert daemon.lookup("tcp_table", "forward", "someone@soon-local.example")[0] == "notfound"
 
 
@@ -114,8 +110,7 @@ def test_port_taken_exits_1_naming_the_endpoint(srsd_factory, taken):
         squatter.listen()
         port = squatter.getsockname()[1]
         daemon = srsd_factory(start=False, listen={taken: f"tcp:{port}:interface=127.0.0.1"})
-        daemon._choose_endpoints()
-        daemon.write_config()
+        daemon.prepare()
         daemon.spawn()
         code = daemon.wait_exit(timeout=3)
         assert code is not None, f"srsd serve still running 3 s after failing to bind listen.{taken}"
@@ -127,8 +122,7 @@ def test_port_taken_exits_1_naming_the_endpoint(srsd_factory, taken):
 
 def test_unix_socket_in_missing_directory_exits_1(srsd_factory, short_tmp):
     daemon = srsd_factory(start=False, listen={"socketmap": f"unix:{short_tmp}/no/such/dir/sm.sock"})
-    daemon._choose_endpoints()
-    daemon.write_config()
+    daemon.prepare()
     daemon.spawn()
     code = daemon.wait_exit(timeout=3)
     assert code == 1, f"exit status {code} (None = still running)"
@@ -302,7 +296,7 @@ def test_workers_on_unix_sockets_stop_cleanly(srsd_factory, short_tmp):
 
 @pytest.mark.parametrize("protocol", ["tcp_table", "socketmap"])
 def test_max_connections(srsd_factory, protocol):
-    daemon = srsd_factory(limits={"max_connections": 2})
+    daemon = srsd_factory(sections={"limits": {"max_connections": 2}})
 
     def client():
         return daemon.tcp_table("forward") if protocol == "tcp_table" else daemon.socketmap()
@@ -331,7 +325,7 @@ def test_max_connections(srsd_factory, protocol):
 
 
 def test_idle_timeout_closes_silent_clients(srsd_factory):
-    daemon = srsd_factory(limits={"idle_timeout": 1})
+    daemon = srsd_factory(sections={"limits": {"idle_timeout": 1}})
     with daemon.tcp_table("forward") as silent, daemon.tcp_table("forward") as busy:
         deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:

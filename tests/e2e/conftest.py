@@ -3,7 +3,7 @@
 One srsd and one sink serve the whole module; Postfix is started once per
 protocol (`postfix` is parametrized over the snippet files). On any failure
 the report gets srsd's output, the Postfix maillog and queue, and what the
-sink received. SRSD_E2E_KEEP=1 keeps the Postfix temp dirs.
+sink received (tests/conftest.py). SRSD_E2E_KEEP=1 keeps the Postfix temp dirs.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import os
 
 import pytest
 
+from tests.srsd_daemon import SrsdDaemon, serving
+
 from .postfix_instance import PostfixInstance, render_snippet
 from .smtp_sink import SmtpSink
-from .srsd_process import SrsdProcess
 
 SRS_DOMAIN = "fwd.example"
 LOCAL_DOMAINS = ["fwd.example", "local.example"]
@@ -31,13 +32,18 @@ def sink():
     smtp_sink.stop()
 
 
+def e2e_srsd(tmp_path_factory, name: str, **options) -> SrsdDaemon:
+    """srsd for the end-to-end tests (see SrsdDaemon for *options*): SRS_DOMAIN with
+    LOCAL_DOMAINS, and every endpoint must accept a connection once it is ready."""
+    return SrsdDaemon(
+        tmp_path_factory.mktemp(name), srs={"domain": SRS_DOMAIN, "local_domains": LOCAL_DOMAINS}, probe=True, **options
+    )
+
+
 @pytest.fixture(scope="module")
 def srsd(tmp_path_factory):
-    process = SrsdProcess(tmp_path_factory.mktemp("srsd"), domain=SRS_DOMAIN, local_domains=LOCAL_DOMAINS)
-    process.start()
-    yield process
-    returncode = process.stop()
-    assert returncode == 0, f"srsd exited {returncode} on SIGTERM\n{process.diagnostics()}"
+    with serving(e2e_srsd(tmp_path_factory, "srsd")) as process:
+        yield process
 
 
 @pytest.fixture(scope="module", params=sorted(SNIPPETS))
@@ -56,19 +62,3 @@ def postfix(request, sink, srsd):
         yield instance
     finally:
         instance.stop(remove=not os.environ.get("SRSD_E2E_KEEP"))
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if not report.failed:
-        return
-    for name, value in getattr(item, "funcargs", {}).items():
-        diagnostics = getattr(value, "diagnostics", None)
-        if callable(diagnostics):
-            try:
-                text = diagnostics()
-            except Exception as exc:  # diagnostics must never hide the failure
-                text = f"(could not collect diagnostics: {exc!r})"
-            report.sections.append((f"e2e {name}", text))

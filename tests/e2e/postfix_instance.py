@@ -16,13 +16,13 @@ import re
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.srsd_daemon import REPO_ROOT, free_port, wait_for_port
+
 SNIPPETS_DIR = REPO_ROOT / "postfix-snippets"
 
 # The ports the snippets are written for, by role.
@@ -40,24 +40,6 @@ def find_tool(name: str) -> str:
             f"{name!r} not found: the e2e tests need Postfix (apt-get install postfix) and coreutils' timeout"
         )
     return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 def render_snippet(name: str, ports: dict[str, int], *, required: tuple[str, ...] = CANONICAL_PARAMETERS) -> str:

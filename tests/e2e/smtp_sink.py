@@ -34,6 +34,23 @@ class ReceivedMessage:
         return f"MAIL FROM:<{self.mail_from}> RCPT TO:{list(self.rcpt_tos)} Subject: {self.headers.get('Subject')!r}"
 
 
+def header_fields(data: bytes) -> list[tuple[str, str]]:
+    """The header fields of message *data* as they arrived: (name, value) in order,
+    values unfolded and stripped."""
+    head = data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    fields = []
+    for line in re.sub(r"\r\n(?=[ \t])", "", head).split("\r\n"):
+        name, colon, value = line.partition(":")
+        assert colon, f"not a header line: {line!r}"
+        fields.append((name, value.strip()))
+    return fields
+
+
+def header_values(data: bytes, name: str) -> list[str]:
+    """The values of every *name* field (case-insensitive), in order."""
+    return [value for field, value in header_fields(data) if field.lower() == name.lower()]
+
+
 class _SessionHandler(socketserver.StreamRequestHandler):
     timeout = 30
     server: _SinkServer

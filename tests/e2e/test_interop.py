@@ -35,6 +35,7 @@ import pytest
 from srsd.config import ConfigError, load_config
 from srsd.rewrite import FOUND, Rewriter, rewriter_from_config
 from srsd.srs import SRS
+from tests.srsd_daemon import free_port
 
 DOMAIN = "fwd.example"
 NEW_SECRET = "n3w-s3cr3t-Qm9vYmFy"
@@ -77,12 +78,6 @@ def _require_tools() -> None:
         missing.append("srs CLI (Debian package libmail-srs-perl, /usr/bin/srs)")
     if missing:
         pytest.fail("interop tools missing: " + "; ".join(missing), pytrace=False)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TcpTable:
@@ -149,7 +144,7 @@ def start_postsrsd(secrets_file: Path, workdir: Path, name: str, flags: list[str
     """Start PostSRSd in the foreground on two free loopback ports."""
     log = workdir / f"postsrsd-{name}.log"
     for _attempt in range(3):  # a free port may be taken between probe and bind
-        fwd, rev = _free_port(), _free_port()
+        fwd, rev = free_port(), free_port()
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [POSTSRSD, "-s", str(secrets_file), "-d", DOMAIN, "-f", str(fwd), "-r", str(rev),

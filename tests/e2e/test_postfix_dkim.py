@@ -25,11 +25,9 @@ while local submission and 127.0.0.1 stay local, as on a real host.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import signal
 import smtplib
 import socket
 import struct
@@ -50,11 +48,11 @@ from cryptography.hazmat.primitives import serialization
 from srsd.milter_codec import MAX_HEADER_PACKET, MAX_PACKET
 from tests import maildkim
 from tests.protocols import milter_wire as w
+from tests.srsd_daemon import SrsdDaemon, free_port, run_cli, srs0_pattern, tcp_endpoint
 
-from .conftest import FORWARD_TARGET, FORWARDING_ALIAS, LOCAL_DOMAINS, SRS_DOMAIN
-from .postfix_instance import SNIPPETS_DIR, PostfixInstance, free_port, render_snippet
-from .smtp_sink import ReceivedMessage, SmtpSink
-from .srsd_process import SrsdError, SrsdProcess, _environment, srsd_command
+from .conftest import FORWARD_TARGET, FORWARDING_ALIAS, LOCAL_DOMAINS, SRS_DOMAIN, e2e_srsd
+from .postfix_instance import SNIPPETS_DIR, PostfixInstance, render_snippet
+from .smtp_sink import ReceivedMessage, SmtpSink, header_fields, header_values
 
 AUTHSERV_ID = "mx.fwd.example"
 FWD_SELECTOR = "s1"
@@ -66,7 +64,7 @@ TRUSTED_IP = "127.0.0.1"  # in it (and Postfix's own address)
 # A domain whose SPF authorizes 127.0.0.1 but not the client's 127.0.0.2.
 ELSEWHERE_DOMAIN = "elsewhere.example"
 
-ALICE_SRS0 = re.compile(r"SRS0=[A-Za-z0-9+/_-]{4}=[A-Z2-7]{2}=orig\.example=alice@fwd\.example")
+ALICE_SRS0 = srs0_pattern(SENDER, SRS_DOMAIN)
 SIGNED_BY_ORIG = [b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type"]
 # Top of a forwarded message as it leaves (docs/dkim.md, "The header edits").
 FORWARDED_TOP = [
@@ -83,19 +81,6 @@ _QUEUED = re.compile(r"queued as ([0-9A-Za-z]+)")
 
 
 # -- keys and DNS ------------------------------------------------------------------------
-
-
-def run_srsd(*args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [*srsd_command(), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_environment(),
-        stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 0, f"srsd {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
-    return done
 
 
 _TXT_LINE = re.compile(r"^(\S+)\.\s+IN\s+TXT\s+(\".*\")\s*$")
@@ -126,14 +111,18 @@ class Keys:
     orig_record: dict[str, list[str]]
 
 
+def dkim_keygen(domain: str, selector: str, out: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli("dkim-keygen", "--domain", domain, "--selector", selector, "--out", str(out), timeout=60, check=True)
+
+
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory) -> Keys:
     directory = tmp_path_factory.mktemp("dkim-keys")
     (directory / "fwd").mkdir()  # dkim-keygen does not create --out
-    run_srsd("dkim-keygen", "--domain", SRS_DOMAIN, "--selector", FWD_SELECTOR, "--out", str(directory / "fwd"))
+    dkim_keygen(SRS_DOMAIN, FWD_SELECTOR, directory / "fwd")
     orig_dir = directory / "orig"
     orig_dir.mkdir()
-    done = run_srsd("dkim-keygen", "--domain", ORIG_DOMAIN, "--selector", ORIG_SELECTOR, "--out", str(orig_dir))
+    done = dkim_keygen(ORIG_DOMAIN, ORIG_SELECTOR, orig_dir)
     orig_record = zone_records(done.stdout)
     assert list(orig_record) == [f"{ORIG_SELECTOR}._domainkey.{ORIG_DOMAIN}"], done.stdout
     pkcs8 = (orig_dir / f"{ORIG_SELECTOR}.private").read_bytes()
@@ -155,82 +144,32 @@ def base_zone(keys: Keys) -> dict:
 # -- srsd ------------------------------------------------------------------------------------
 
 
-class MilterSrsd(SrsdProcess):
-    """`srsd serve` with the tcp_table endpoints on loopback TCP and ``[listen] milter`` on
-    a unix socket; a restart keeps the ports, which Postfix's main.cf names."""
-
-    milter_socket: Path | None = None
-
-    def _write_config(self) -> None:
-        if not self.ports:
-            self.ports = {name: free_port() for name in self.endpoints}
-        self._render_config()
-
-    def _render_config(self) -> None:
-        super()._render_config()
-        assert self.milter_socket is not None
-        text = self.config_path.read_text()
-        assert "\n[listen]\n" in text and "\nmilter =" not in text, text
-        line = f"milter = {json.dumps(f'unix:{self.milter_socket}:mode=660')}\n"
-        self.config_path.write_text(text.replace("\n[listen]\n", "\n[listen]\n" + line, 1))
-
-    def start(self, timeout: float = 20.0, attempts: int = 1) -> MilterSrsd:
-        super().start(timeout, attempts)
-        deadline = time.monotonic() + 5
-        while not milter_accepts(self.milter_socket):
-            if time.monotonic() > deadline:
-                raise SrsdError(f"srsd is ready but {self.milter_socket} accepts nothing\n{self.diagnostics()}")
-            time.sleep(0.05)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL our own process (by PID): a crash, no goodbye to anyone."""
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)  # reaped: its stale unix-socket lock is seen as stale
-        self.stop()
-
-
-def milter_accepts(path: Path | None) -> bool:
-    if path is None or not path.exists():
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
-def srsd_extra_config(dns_address: str, key_file: Path) -> str:
-    return f"""
-[dns]
-nameservers = {json.dumps([dns_address])}
-timeout = 1.0
-
-[spf]
-# every address forwarded mail leaves from: dns-records prints the SPF of the SRS domain
-egress_ips = ["{TRUSTED_IP}"]
-
-[dkim]
-domain = "{SRS_DOMAIN}"
-selector = "{FWD_SELECTOR}"
-key_file = {json.dumps(str(key_file))}
-arc = true
-authserv_id = "{AUTHSERV_ID}"
-# Loopback is trusted by default, so every test client would be "local" (signed only).
-# Only 127.0.0.1 is (local submission, Postfix itself); the test client connects from
-# 127.0.0.2 and counts as incoming from outside: verified, ARC-sealed and signed.
-trusted_networks = ["{TRUSTED_IP}/32"]
-budget = 5.0
-"""
+def srsd_sections(dns_address: str, key_file: Path) -> dict[str, dict]:
+    return {
+        "dns": {"nameservers": [dns_address], "timeout": 1.0},
+        # every address forwarded mail leaves from: dns-records prints the SPF of the SRS domain
+        "spf": {"egress_ips": [TRUSTED_IP]},
+        "dkim": {
+            "domain": SRS_DOMAIN,
+            "selector": FWD_SELECTOR,
+            "key_file": str(key_file),
+            "arc": True,
+            "authserv_id": AUTHSERV_ID,
+            # Loopback is trusted by default, so every test client would be "local" (signed
+            # only). Only 127.0.0.1 is (local submission, Postfix itself); the test client
+            # connects from 127.0.0.2 and counts as incoming from outside: verified,
+            # ARC-sealed and signed.
+            "trusted_networks": [f"{TRUSTED_IP}/32"],
+            "budget": 5.0,
+        },
+    }
 
 
 # -- the stack --------------------------------------------------------------------------------
 
 
 class Stack:
-    def __init__(self, postfix: PostfixInstance, srsd: MilterSrsd, sink: SmtpSink, dns_server) -> None:
+    def __init__(self, postfix: PostfixInstance, srsd: SrsdDaemon, sink: SmtpSink, dns_server) -> None:
         self.postfix = postfix
         self.srsd = srsd
         self.sink = sink
@@ -238,8 +177,7 @@ class Stack:
 
     @property
     def socket_path(self) -> Path:
-        assert self.srsd.milter_socket is not None
-        return self.srsd.milter_socket
+        return Path(self.srsd.unix_paths["milter"])
 
     def diagnostics(self) -> str:
         zone = "\n".join(f"  {q}" for q in self.dns.queries[-40:])
@@ -250,20 +188,13 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, sink, keys, dns_server_session):
-    assert maildkim.available(), "Mail::DKIM not installed (apt-get install libmail-dkim-perl libnet-dns-perl)"
+    maildkim.require()
     dns_server = dns_server_session
     dns_server.reset()
     dns_server.set_zone(base_zone(keys))
 
-    srsd = MilterSrsd(
-        tmp_path_factory.mktemp("srsd-dkim"),
-        domain=SRS_DOMAIN,
-        local_domains=LOCAL_DOMAINS,
-        endpoints=("tcp_forward", "tcp_reverse"),
-        extra_config=srsd_extra_config(dns_server.address, keys.fwd_key_file),
-    )
-    srsd.ports = {name: free_port() for name in srsd.endpoints}
-
+    # Fixed ports (Postfix's main.cf names them): a restart comes up on the same ones.
+    ports = {name: free_port() for name in ("tcp_forward", "tcp_reverse")}
     milter_snippet = render_snippet(
         MILTER_SNIPPET, {}, required=("smtpd_milters", "non_smtpd_milters", "milter_default_action")
     )
@@ -279,7 +210,7 @@ def stack(tmp_path_factory, sink, keys, dns_server_session):
         relay_port=sink.port,
         local_domains=LOCAL_DOMAINS,
         virtual_aliases={FORWARDING_ALIAS: FORWARD_TARGET},
-        extra_main_cf=render_snippet("main.cf.tcp_table", srsd.ports) + "\n" + milter_snippet,
+        extra_main_cf=render_snippet("main.cf.tcp_table", ports) + "\n" + milter_snippet,
         label="dkim",
     )
     # The snippet's layout: <queue>/srsd owned by srsd's user (root here) and group
@@ -289,8 +220,15 @@ def stack(tmp_path_factory, sink, keys, dns_server_session):
     socket_dir.mkdir()
     shutil.chown(socket_dir, user="root", group="postfix")
     socket_dir.chmod(0o2750)
-    srsd.milter_socket = socket_dir / "milter.sock"
-    srsd._render_config()
+    srsd = e2e_srsd(
+        tmp_path_factory,
+        "srsd-dkim",
+        endpoints=(),
+        listen={name: tcp_endpoint(port) for name, port in ports.items()}
+        | {"milter": f"unix:{socket_dir / 'milter.sock'}:mode=660"},
+        sections=srsd_sections(dns_server.address, keys.fwd_key_file),
+    )
+    srsd.prepare()
 
     # Publish what `srsd dns-records` says to publish.
     printed = srsd.cli("dns-records")
@@ -385,21 +323,6 @@ def delivered(stack: Stack, marker: str) -> ReceivedMessage:
     return received
 
 
-def header_fields(data: bytes) -> list[tuple[str, str]]:
-    """(name, value) in order, values unfolded and stripped."""
-    head = data.split(b"\r\n\r\n", 1)[0].decode("ascii")
-    fields = []
-    for line in re.sub(r"\r\n(?=[ \t])", "", head).split("\r\n"):
-        name, colon, value = line.partition(":")
-        assert colon, f"not a header line: {line!r}"
-        fields.append((name, value.strip()))
-    return fields
-
-
-def values(data: bytes, name: str) -> list[str]:
-    return [value for field, value in header_fields(data) if field.lower() == name.lower()]
-
-
 def tags(value: str) -> dict[str, str]:
     """Tag=value pairs of a DKIM-Signature / ARC-* field (whitespace removed)."""
     out = {}
@@ -428,7 +351,9 @@ def summary(header: authres.AuthenticationResultsHeader) -> list[tuple[str, str,
 
 def our_value(data: bytes) -> str:
     """The value of the one Authentication-Results field carrying our authserv-id."""
-    ours = [v for v in values(data, "Authentication-Results") if v.split(";", 1)[0].strip().lower() == AUTHSERV_ID]
+    ours = [
+        v for v in header_values(data, "Authentication-Results") if v.split(";", 1)[0].strip().lower() == AUTHSERV_ID
+    ]
     assert len(ours) == 1, header_fields(data)
     return ours[0]
 
@@ -460,7 +385,7 @@ def dnsfunc(dns_server):
 
 def dkimpy_signatures(data: bytes, dns_server) -> list[tuple[str, bool]]:
     """(d=, verifies) of every DKIM-Signature, top first, each verified by index."""
-    domains = [tags(v)["d"] for v in values(data, "DKIM-Signature")]
+    domains = [tags(v)["d"] for v in header_values(data, "DKIM-Signature")]
     verifier = dkim.DKIM(data)
     results = []
     for i, domain in enumerate(domains):
@@ -501,18 +426,18 @@ def test_forwarded_message_keeps_its_signature_and_gets_ours_and_an_arc_set(stac
     # what srsd added, in the documented order, above Postfix's Received and the original
     names = [name for name, _ in header_fields(data)]
     assert names[: len(FORWARDED_TOP) + 1] == [*FORWARDED_TOP, "DKIM-Signature"], names
-    ours = tags(values(data, "DKIM-Signature")[0])
+    ours = tags(header_values(data, "DKIM-Signature")[0])
     assert (ours["d"], ours["s"], ours["a"], ours["c"]) == (SRS_DOMAIN, FWD_SELECTOR, "rsa-sha256", "relaxed/relaxed")
-    seal = tags(values(data, "ARC-Seal")[0])
+    seal = tags(header_values(data, "ARC-Seal")[0])
     assert (seal["i"], seal["cv"], seal["d"], seal["s"]) == ("1", "none", SRS_DOMAIN, FWD_SELECTOR), seal
-    assert tags(values(data, "ARC-Message-Signature")[0])["i"] == "1"
-    assert len(values(data, "ARC-Seal")) == 1 and len(values(data, "ARC-Authentication-Results")) == 1
+    assert tags(header_values(data, "ARC-Message-Signature")[0])["i"] == "1"
+    assert len(header_values(data, "ARC-Seal")) == 1 and len(header_values(data, "ARC-Authentication-Results")) == 1
 
     # (a) original signature, (b) ours, (c) the ARC chain: dkimpy and Mail::DKIM
     assert_forwarded_verifies(data, stack.dns, orig="pass")
 
     # the results the ARC set vouches for: the original signature passed on arrival
-    aar = values(data, "ARC-Authentication-Results")[0]
+    aar = header_values(data, "ARC-Authentication-Results")[0]
     instance, _, rest = aar.partition(";")
     assert instance.strip() == "i=1", aar
     sealed = auth_results(rest)
@@ -524,7 +449,7 @@ def test_forwarded_message_keeps_its_signature_and_gets_ours_and_an_arc_set(stac
 
     # DMARC (p=reject) at the next hop: SPF is not aligned any more (envelope at
     # fwd.example), the preserved original signature is, so the message still passes.
-    from_domain = values(data, "From")[0].rpartition("@")[2].rstrip(">")
+    from_domain = header_values(data, "From")[0].rpartition("@")[2].rstrip(">")
     assert dnsfunc(stack.dns)(f"_dmarc.{from_domain}") == b"v=DMARC1; p=reject"
     assert received.mail_from.endswith(f"@{SRS_DOMAIN}") and from_domain == ORIG_DOMAIN
     assert (from_domain, True) in dkimpy_signatures(data, stack.dns)
@@ -550,7 +475,7 @@ def test_authentication_results_pass_fail_none(stack, keys):
 
     got = {kind: delivered(stack, marker).data for kind, marker in markers.items()}
 
-    sig_b = {kind: tags(values(got[kind], "DKIM-Signature")[1])["b"] for kind in ("pass", "fail")}
+    sig_b = {kind: tags(header_values(got[kind], "DKIM-Signature")[1])["b"] for kind in ("pass", "fail")}
     for kind in ("pass", "fail"):
         results = our_results(got[kind])
         assert results.authserv_id == AUTHSERV_ID
@@ -581,7 +506,7 @@ def test_trusted_client_is_signed_not_verified(stack, keys):
     data = delivered(stack, marker).data
     names = [name for name, _ in header_fields(data)]
     assert names[:2] == ["DKIM-Signature", "Received"], names
-    assert not values(data, "Authentication-Results") and not values(data, "ARC-Seal"), names
+    assert not header_values(data, "Authentication-Results") and not header_values(data, "ARC-Seal"), names
     assert dkimpy_signatures(data, stack.dns) == [(SRS_DOMAIN, True)]
 
 
@@ -599,7 +524,7 @@ def test_forged_authentication_results_are_removed(stack, keys):
          sender=f"bob@{ELSEWHERE_DOMAIN}")  # fmt: skip
     data = delivered(stack, marker).data
 
-    found = values(data, "Authentication-Results")
+    found = header_values(data, "Authentication-Results")
     assert len(found) == 2, header_fields(data)
     assert found[1] == "other.example; dkim=pass header.d=orig.example"  # not ours: kept
     ours = our_results(data)  # exactly one with our authserv-id: srsd's own

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from .postfix_instance import REPO_ROOT, SNIPPETS_DIR, PostfixInstance, find_tool, free_port
+from tests.srsd_daemon import REPO_ROOT, environment, free_port
+
+from .postfix_instance import SNIPPETS_DIR, PostfixInstance, find_tool
 from .smtp_sink import SmtpSink
 
 SNIPPET = "main.cf.milter"
@@ -57,13 +59,11 @@ class MilterProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 15.0) -> MilterProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         with open(self.log_path, "a") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tests.e2e.milter_server", self.endpoint],
                 cwd=REPO_ROOT,
-                env=env,
+                env=environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -14,7 +14,6 @@ rewriting).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -24,10 +23,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from .conftest import FORWARD_TARGET, FORWARDING_ALIAS, LOCAL_DOMAINS, SNIPPETS, SRS_DOMAIN
+from tests.srsd_daemon import serving
+
+from .conftest import FORWARD_TARGET, FORWARDING_ALIAS, LOCAL_DOMAINS, SNIPPETS, e2e_srsd
 from .postfix_instance import SNIPPETS_DIR, PostfixInstance, render_snippet
-from .smtp_sink import ReceivedMessage
-from .srsd_process import ENDPOINTS, SrsdProcess
+from .smtp_sink import ReceivedMessage, header_fields, header_values
 
 # -- DNS ---------------------------------------------------------------------------
 
@@ -104,22 +104,6 @@ def submit(postfix: PostfixInstance, sent: Sent, recipients: list[str]) -> None:
         assert reply[0] == 250, f"DATA -> {reply}"
 
 
-def header_fields(received: ReceivedMessage) -> list[tuple[str, str]]:
-    """The header fields as they arrived, in order, unfolded: [(name, value), ...]."""
-    head = received.data.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode("utf-8", "replace")
-    head = re.sub(r"\n(?=[ \t])", "", head)
-    fields = []
-    for line in head.split("\n"):
-        name, colon, value = line.partition(":")
-        assert colon, f"not a header line: {line!r}"
-        fields.append((name, value.strip()))
-    return fields
-
-
-def values(received: ReceivedMessage, name: str) -> list[str]:
-    return [value for field, value in header_fields(received) if field.lower() == name.lower()]
-
-
 def fresh_domain(dns, spf: str | None) -> str:
     """A domain never looked up before (nothing of it is cached in srsd), with *spf*
     as its TXT record (None: not in the zone)."""
@@ -129,15 +113,11 @@ def fresh_domain(dns, spf: str | None) -> str:
     return domain
 
 
-def toml_value(value: object) -> str:
-    return json.dumps(value)  # strings, numbers, booleans and lists of them are the same in TOML
+def dns_config(dns) -> dict[str, dict]:
+    return {"dns": {"nameservers": [dns.address], "timeout": DNS_TIMEOUT}}
 
 
-def dns_config(dns) -> str:
-    return f"[dns]\nnameservers = {toml_value([dns.address])}\ntimeout = {DNS_TIMEOUT}\n"
-
-
-def policy_config(dns, **policy: object) -> str:
+def policy_config(dns, **policy: object) -> dict[str, dict]:
     """srsd's sections for the policy service: the test DNS server, [policy] *policy*.
 
     The default skip_networks (loopback, also v4-mapped) answers DUNNO, with no check
@@ -146,9 +126,8 @@ def policy_config(dns, **policy: object) -> str:
     (``skip_networks=None`` = the default), the list is emptied, which makes 127.0.0.1
     an ordinary outside client.
     """
-    policy = {"skip_networks": [], **policy}
-    keys = "".join(f"{key} = {toml_value(value)}\n" for key, value in policy.items() if value is not None)
-    return dns_config(dns) + f"\n[spf]\ncheck_budget = {CHECK_BUDGET}\n\n[policy]\n{keys}"
+    policy = {key: value for key, value in {"skip_networks": [], **policy}.items() if value is not None}
+    return dns_config(dns) | {"spf": {"check_budget": CHECK_BUDGET}, "policy": policy}
 
 
 # -- fixtures ----------------------------------------------------------------------
@@ -166,17 +145,10 @@ def dns(dns_server_session):
 @pytest.fixture(scope="module")
 def policy_srsd(tmp_path_factory, dns):
     """srsd with only the policy endpoint; tests reload the [policy] they need."""
-    process = SrsdProcess(
-        tmp_path_factory.mktemp("srsd-policy"),
-        domain=SRS_DOMAIN,
-        local_domains=LOCAL_DOMAINS,
-        endpoints=("policy",),
-        extra_config=policy_config(dns),
-    )
-    process.start()
-    yield process
-    returncode = process.stop()
-    assert returncode == 0, f"srsd exited {returncode} on SIGTERM\n{process.diagnostics()}"
+    with serving(
+        e2e_srsd(tmp_path_factory, "srsd-policy", endpoints=("policy",), sections=policy_config(dns))
+    ) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
@@ -204,18 +176,9 @@ def policy_postfix(sink, policy_srsd):
 @pytest.fixture(scope="module")
 def aware_srsd(tmp_path_factory, dns):
     """srsd with the lookup endpoints and SPF-aware rewriting for egress 127.0.0.1."""
-    process = SrsdProcess(
-        tmp_path_factory.mktemp("srsd-aware"),
-        domain=SRS_DOMAIN,
-        local_domains=LOCAL_DOMAINS,
-        endpoints=ENDPOINTS,
-        extra_config=dns_config(dns)
-        + f'\n[spf]\naware = true\negress_ips = ["127.0.0.1"]\ndecision_budget = {DECISION_BUDGET}\n',
-    )
-    process.start()
-    yield process
-    returncode = process.stop()
-    assert returncode == 0, f"srsd exited {returncode} on SIGTERM\n{process.diagnostics()}"
+    spf = {"aware": True, "egress_ips": ["127.0.0.1"], "decision_budget": DECISION_BUDGET}
+    with serving(e2e_srsd(tmp_path_factory, "srsd-aware", sections=dns_config(dns) | {"spf": spf})) as process:
+        yield process
 
 
 @pytest.fixture(scope="module", params=sorted(SNIPPETS))
@@ -246,14 +209,14 @@ def test_pass_gets_one_received_spf_header_for_two_recipients(policy_postfix, po
 
     received = sink.wait_for(sent.marker)
     assert (received.mail_from, sorted(received.rcpt_tos)) == (sent.sender, sorted([TARGET_1, TARGET_2]))
-    spf = values(received, "Received-SPF")
-    assert len(spf) == 1, header_fields(received)
+    spf = header_values(received.data, "Received-SPF")
+    assert len(spf) == 1, header_fields(received.data)
     assert spf[0].startswith("Pass "), spf
     assert "client-ip=127.0.0.1;" in spf[0] and f'envelope-from="{sent.sender}";' in spf[0], spf
     assert "receiver=fwd.example;" in spf[0] and "helo=client.test;" in spf[0], spf
     # Postfix puts the prepended header above its own Received: (docs/policy.md).
-    assert [name for name, _ in header_fields(received)][:2] == ["Received-SPF", "Received"]
-    assert not values(received, "Authentication-Results")
+    assert [name for name, _ in header_fields(received.data)][:2] == ["Received-SPF", "Received"]
+    assert not header_values(received.data, "Authentication-Results")
     # One log line per message, not per recipient (docs/policy.md, "Logging").
     decided = [line for line in policy_srsd.log_text().splitlines() if f"from=<{sent.sender}>" in line]
     assert len(decided) == 1 and "mailfrom=pass -> PREPEND Received-SPF" in decided[0], decided
@@ -268,7 +231,9 @@ def test_loopback_client_is_not_checked_by_default(policy_postfix, policy_srsd, 
     submit(policy_postfix, sent, [RCPT_1])
 
     received = sink.wait_for(sent.marker)
-    assert not values(received, "Received-SPF") and not values(received, "X-Comment"), header_fields(received)
+    assert not header_values(received.data, "Received-SPF") and not header_values(received.data, "X-Comment"), (
+        header_fields(received.data)
+    )
     assert dns.count(sent.sender.rpartition("@")[2]) == 0, dns.queries
     assert f"from=<{sent.sender}>" not in policy_srsd.log_text()  # logged at debug only
 
@@ -280,8 +245,8 @@ def test_fail_is_only_marked_by_default(policy_postfix, policy_srsd, sink, dns):
     submit(policy_postfix, sent, [RCPT_1])
 
     received = sink.wait_for(sent.marker)
-    spf = values(received, "Received-SPF")
-    assert len(spf) == 1 and spf[0].startswith("Fail "), header_fields(received)
+    spf = header_values(received.data, "Received-SPF")
+    assert len(spf) == 1 and spf[0].startswith("Fail "), header_fields(received.data)
     assert f'envelope-from="{sent.sender}";' in spf[0], spf
 
 
@@ -317,7 +282,7 @@ def test_fail_is_rejected_at_rcpt_with_mail_from_reject(policy_postfix, policy_s
     # A passing sender is still accepted under the same configuration.
     accepted = unique_sender("pass.example")
     submit(policy_postfix, accepted, [RCPT_1])
-    spf = values(sink.wait_for(accepted.marker), "Received-SPF")
+    spf = header_values(sink.wait_for(accepted.marker).data, "Received-SPF")
     assert len(spf) == 1 and spf[0].startswith("Pass "), spf
     assert not sink.matching(refused.marker) and not sink.matching(with_exp.marker)
 
@@ -330,8 +295,8 @@ def test_whitelisted_forwarder_is_accepted_with_a_failing_sender(policy_postfix,
     submit(policy_postfix, sent, [RCPT_1, RCPT_2])
 
     received = sink.wait_for(sent.marker)
-    assert not values(received, "Received-SPF"), header_fields(received)
-    comments = values(received, "X-Comment")
+    assert not header_values(received.data, "Received-SPF"), header_fields(received.data)
+    comments = header_values(received.data, "X-Comment")
     assert comments == [
         "SPF skipped for whitelisted relay - client-ip=127.0.0.1; "
         f'envelope-from="{sent.sender}"; helo=client.test; receiver=fwd.example'
@@ -349,10 +314,14 @@ def test_authentication_results_header(policy_postfix, policy_srsd, sink, dns):
     submit(policy_postfix, failing, [RCPT_1])
 
     received = sink.wait_for(passing.marker)
-    assert values(received, "Authentication-Results") == ["mx.fwd.example; spf=pass smtp.mailfrom=pass.example"]
-    assert not values(received, "Received-SPF")
+    assert header_values(received.data, "Authentication-Results") == [
+        "mx.fwd.example; spf=pass smtp.mailfrom=pass.example"
+    ]
+    assert not header_values(received.data, "Received-SPF")
     received = sink.wait_for(failing.marker)
-    assert values(received, "Authentication-Results") == ["mx.fwd.example; spf=fail smtp.mailfrom=fail.example"]
+    assert header_values(received.data, "Authentication-Results") == [
+        "mx.fwd.example; spf=fail smtp.mailfrom=fail.example"
+    ]
 
 
 def test_dead_dns_gives_temperror(policy_postfix, policy_srsd, sink, dns):
@@ -378,8 +347,8 @@ def test_dead_dns_gives_temperror(policy_postfix, policy_srsd, sink, dns):
         f"4.7.24 <{RCPT_1}>: Recipient address rejected: SPF temperror for sender domain {domain}: "
     ), text
     received = sink.wait_for(marked.marker)
-    spf = values(received, "Received-SPF")
-    assert len(spf) == 1 and spf[0].startswith("TempError "), header_fields(received)
+    spf = header_values(received.data, "Received-SPF")
+    assert len(spf) == 1 and spf[0].startswith("TempError "), header_fields(received.data)
     assert elapsed < CHECK_BUDGET, elapsed
     print(f"policy check with dead DNS: message accepted in {elapsed:.2f} s; 450 reply {text.decode()!r}; {spf[0]}")
 

@@ -19,10 +19,27 @@ def test_found_and_not_found(factory, lookups):
     assert lookups.calls == [("forward", "a@b.example"), ("forward", "local")]
 
 
-def test_temp_is_400(factory):
+@pytest.mark.parametrize(
+    ("received", "reply"),
+    [
+        pytest.param(b"get temp@x\n", b"400 dns%20down\n", id="temp_is_400"),
+        pytest.param(b"get a@b.example\r\n", b"200 FORWARD(a@b.example)\n", id="crlf_tolerated"),
+        pytest.param(
+            b"get " + b"x" * 300 + b"\nget a@b.example\n",
+            b"500 request%20longer%20than%20256%20bytes\n200 FORWARD(a@b.example)\n",
+            id="oversize_complete_line",
+        ),
+        pytest.param(
+            b"get boom\nget a@b.example\n",
+            b"400 internal%20error\n200 FORWARD(a@b.example)\n",
+            id="lookup_exception_is_temporary",
+        ),
+    ],
+)
+def test_reply(factory, received, reply):
     proto, t = connect(factory)
-    proto.dataReceived(b"get temp@x\n")
-    assert t.value() == b"400 dns%20down\n"
+    proto.dataReceived(received)
+    assert t.value() == reply
 
 
 def test_key_and_value_are_percent_coded(factory, lookups):
@@ -37,12 +54,6 @@ def test_request_split_across_reads(factory):
     for chunk in (b"ge", b"t a@", b"b.example", b"\nget c@d.e", b"xample\n"):
         proto.dataReceived(chunk)
     assert t.value() == b"200 FORWARD(a@b.example)\n200 FORWARD(c@d.example)\n"
-
-
-def test_crlf_tolerated(factory):
-    proto, t = connect(factory)
-    proto.dataReceived(b"get a@b.example\r\n")
-    assert t.value() == b"200 FORWARD(a@b.example)\n"
 
 
 @pytest.mark.parametrize(
@@ -72,18 +83,6 @@ def test_oversize_line_answered_once_then_resync(factory, lookups):
     proto.dataReceived(b"z\nget a@b.example\n")
     assert t.value() == b"500 request%20longer%20than%20256%20bytes\n200 FORWARD(a@b.example)\n"
     assert lookups.calls == [("forward", "a@b.example")]
-
-
-def test_oversize_complete_line(factory):
-    proto, t = connect(factory)
-    proto.dataReceived(b"get " + b"x" * 300 + b"\nget a@b.example\n")
-    assert t.value() == b"500 request%20longer%20than%20256%20bytes\n200 FORWARD(a@b.example)\n"
-
-
-def test_lookup_exception_is_temporary(factory):
-    proto, t = connect(factory)
-    proto.dataReceived(b"get boom\nget a@b.example\n")
-    assert t.value() == b"400 internal%20error\n200 FORWARD(a@b.example)\n"
 
 
 def test_deferred_answers_keep_request_order(factory, lookups):

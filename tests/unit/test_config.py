@@ -108,8 +108,16 @@ def test_default_config_generates_a_private_secret(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("name", "ok"),
-    [("fwd.example", True), ("a-b.c", True), ("xn--bcher-kva.example", True), ("net", False), ("-a.example", False),
-     ("a..example", False), ("$myhostname", False), ("a" * 64 + ".example", False)],
+    [
+        ("fwd.example", True),
+        ("a-b.c", True),
+        ("xn--bcher-kva.example", True),
+        ("net", False),
+        ("-a.example", False),
+        ("a..example", False),
+        ("$myhostname", False),
+        ("a" * 64 + ".example", False),
+    ],
 )
 def test_is_domain(name, ok):
     assert is_domain(name) is ok

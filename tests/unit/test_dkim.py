@@ -26,12 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from srsd import dkim as sd
 from srsd.dns import Resolver
 from tests import maildkim
-
-
-def needs_mail_dkim(test):
-    """Mail::DKIM is a required test tool (.ci/install): a missing one fails, never skips."""
-    assert maildkim.available(), "Mail::DKIM not installed (apt-get install libmail-dkim-perl)"
-    return test
+from tests.maildkim import needs_mail_dkim
 
 HEADERS = [
     ("From", " Alice Example <alice@example.org>"),

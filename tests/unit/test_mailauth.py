@@ -19,13 +19,8 @@ from srsd.mailauth import FORWARDED, GRACE, LOCAL, OTHER, MailAuth, auth_setting
 from srsd.message import DeleteHeader, Envelope, InsertHeader, Message, TempFail
 from srsd.spf import SPFChecker
 from tests import maildkim
+from tests.maildkim import needs_mail_dkim
 from tests.unit.test_dns import ThreadedClockReactor
-
-
-def needs_mail_dkim(test):
-    """Mail::DKIM is a required test tool (.ci/install): a missing one fails, never skips."""
-    assert maildkim.available(), "Mail::DKIM not installed (apt-get install libmail-dkim-perl)"
-    return test
 
 ORIGIN_HEADERS = [
     ("From", " Alice <alice@example.org>"),
