@@ -39,6 +39,9 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+# bench/ also holds other benchmarks whose names (dkim.py) shadow packages:
+# keep it off sys.path (srsd_variant.py is loaded by file, see variant_names).
+sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != BENCH]
 POSTSRSD = "/usr/sbin/postsrsd"
 SRS_DOMAIN = "fwd.example"
 LOCAL_DOMAIN = "local.example"
@@ -487,7 +490,12 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=1, help="unmeasured seconds before each run (default 1)")
     p.add_argument("--connections", type=int_list, default=[1, 8], help="comma list (default 1,8)")
     p.add_argument("--workers", type=int_list, default=[1, 2], help="srsd --workers values (default 1,2)")
-    p.add_argument("--maps", type=lambda s: s.split(","), default=["forward", "reverse"])
+    p.add_argument(
+        "--maps",
+        type=lambda s: s.split(","),
+        default=["forward", "reverse"],
+        help="comma list (default forward,reverse)",
+    )
     p.add_argument("--rounds", type=int, default=1, help="repeat every run, report the median (default 1)")
     p.add_argument("--keys", type=int, default=10000, help="distinct keys per map (default 10000)")
     p.add_argument(
@@ -633,12 +641,12 @@ def cpu_model() -> str:
 
 
 def variant_names() -> list[str]:
-    sys.path.insert(0, str(BENCH))
-    try:
-        from srsd_variant import VARIANTS
-    finally:
-        sys.path.pop(0)
-    return sorted(VARIANTS)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("srsd_variant", BENCH / "srsd_variant.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return sorted(module.VARIANTS)
 
 
 if __name__ == "__main__":

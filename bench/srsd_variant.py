@@ -11,7 +11,7 @@ srsd; the patches are prototypes, not reviewed code (every reply of a variant
 is still checked by the load generator). Variants:
 
 * ``nodelay-off``: leave Nagle on (srsd sets TCP_NODELAY on every connection).
-* ``poll`` / ``select``: Twisted's poll or select reactor instead of epoll.
+* ``poll`` / ``select`` / ``asyncio``: that Twisted reactor instead of epoll.
 * ``directwrite``: send a reply with one ``send()`` from ``dataReceived`` when
   the transport has nothing buffered, instead of ``transport.write()``, which
   only buffers and arms EPOLLOUT: that costs ``epoll_ctl`` twice and one more
@@ -61,6 +61,12 @@ def select_reactor() -> None:
     from twisted.internet import selectreactor
 
     selectreactor.install()
+
+
+def asyncio_reactor() -> None:
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install()
 
 
 def write_now(transport, data: bytes) -> None:
@@ -258,6 +264,7 @@ VARIANTS = {
     "nodelay-off": nodelay_off,
     "poll": poll_reactor,
     "select": select_reactor,
+    "asyncio": asyncio_reactor,
     "directwrite": direct_write,
     "fastproto": fast_proto,
     "fasthmac": fast_hmac,
@@ -274,7 +281,7 @@ def apply(names: list[str]) -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant {unknown[0]!r}; known: {', '.join(sorted(VARIANTS))}")
-    for name in sorted(names, key=lambda n: n not in ("poll", "select")):
+    for name in sorted(names, key=lambda n: n not in ("poll", "select", "asyncio")):
         VARIANTS[name]()
 
 

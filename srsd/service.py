@@ -168,6 +168,7 @@ class Daemon:
         self.reactor = reactor
         self.config_path = config_path
         self.ports: dict[str, Any] = {}
+        self.reuseport: set[str] = set()  # endpoints bound with SO_REUSEPORT
         self.checker: SPFChecker | None = None
         self.spf_aware: SPFAwareForward | None = None
         self.policy: PolicyService | None = None
@@ -253,24 +254,37 @@ class Daemon:
 
     # -- life cycle -------------------------------------------------------------
 
-    def listen(self, reactor: Any, inherited: dict[str, int] | None = None) -> defer.Deferred:
-        """Listen on every enabled endpoint (or adopt *inherited* fds by name).
+    def listen(
+        self, reactor: Any, inherited: dict[str, tuple[str, int]] | None = None, reuseport: bool = False
+    ) -> defer.Deferred:
+        """Listen on every enabled endpoint.
 
+        :param inherited: (a worker) per endpoint name, ("fd", N) a listening socket
+            to adopt or ("port", N) a TCP port to bind with SO_REUSEPORT.
+        :param reuseport: bind TCP endpoints with SO_REUSEPORT (workers to come).
         :returns: a Deferred firing with the list of ports, or failing with
             :class:`ListenError` naming the first endpoint that could not be bound.
         """
-        from srsd.workers import adopt
+        from srsd.workers import adopt, listen_reuseport, reuseport_endpoint
 
         results = []
         for spec, description in endpoint_specs(self.config):
             factory = spec.make_factory(self)
-            if inherited is not None:
-                d = defer.succeed(adopt(reactor, inherited[spec.name], description, factory))
-            else:
-                try:
+            try:
+                if inherited is not None:
+                    kind, number = inherited[spec.name]
+                    if kind == "fd":
+                        d = defer.succeed(adopt(reactor, number, description, factory))
+                    else:
+                        endpoint = reuseport_endpoint(reactor, description)
+                        d = defer.succeed(listen_reuseport(reactor, endpoint, factory, number))
+                elif reuseport and (endpoint := reuseport_endpoint(reactor, description)) is not None:
+                    d = defer.succeed(listen_reuseport(reactor, endpoint, factory))
+                    self.reuseport.add(spec.name)
+                else:
                     d = endpoints.serverFromString(reactor, description).listen(factory)
-                except Exception as exc:  # bad endpoint syntax
-                    d = defer.fail(exc)
+            except Exception as exc:  # bad endpoint syntax, a bind error
+                d = defer.fail(exc)
             d.addCallback(self._listening, spec.name, description)
             d.addErrback(self._listen_failed, spec.name, description)
             results.append(d)
@@ -329,7 +343,8 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
 
     :param config_path: TOML file, or None for the embedded default.
     :param workers: processes in all, sharing the listening sockets.
-    :param inherit: (workers only) ``name=fd,...`` listening sockets to adopt.
+    :param inherit: (workers only) ``name=fd:N,name=port:N``: sockets to adopt,
+        TCP ports to bind with SO_REUSEPORT.
     :returns: exit status: 0 after a clean stop, 1 when the configuration is
         invalid or an endpoint cannot be bound (the log line names it).
     """
@@ -353,6 +368,11 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
             domain=config.srs.domain,
             n=len(config.secrets),
         )
+        if config_path is None and config.srs.domain == "localhost.localdomain":
+            log.warn(
+                "this host has no fully qualified name: SRS addresses are minted at "
+                "localhost.localdomain, which no other host can reach; set srs.domain in a config file"
+            )
     daemon = Daemon(config, config_path)
     status = {"code": 0}
     pool: list[WorkerPool] = []
@@ -363,7 +383,7 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
             return
         if workers > 1:
             argv = ["-c", config_path] if config_path else []
-            pool.append(WorkerPool(reactor, workers, argv, daemon.ports))
+            pool.append(WorkerPool(reactor, workers, argv, daemon.ports, frozenset(daemon.reuseport)))
             pool[0].start()
         log.info("srsd ready: {n} endpoint(s), {w} process(es)", n=len(daemon.ports), w=workers)
         reactor.addSystemEventTrigger("before", "shutdown", lambda: log.info("srsd stopping"))
@@ -380,7 +400,7 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
             pool[0].signal_all(signal.SIGHUP)
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
-    d = daemon.listen(reactor, parse_inherit(inherit) if inherit else None)
+    d = daemon.listen(reactor, parse_inherit(inherit) if inherit else None, reuseport=workers > 1)
     d.addCallbacks(started, failed)
     reactor.run()
     return status["code"]

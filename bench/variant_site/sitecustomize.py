@@ -2,12 +2,13 @@
 directory on PYTHONPATH and SRSD_BENCH_VARIANT set (srsd and its workers):
 see bench/lookups.py --variants. Benchmark use only."""
 
+import importlib.util
 import os
-import sys
 
 if os.environ.get("SRSD_BENCH_VARIANT"):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import srsd_variant
-
-    sys.path.pop(0)
-    srsd_variant.apply(os.environ["SRSD_BENCH_VARIANT"].split("+"))
+    # Loaded by file: bench/ itself stays off sys.path (other scripts there shadow packages).
+    _path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "srsd_variant.py")
+    _spec = importlib.util.spec_from_file_location("srsd_variant", _path)
+    _module = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_module)
+    _module.apply(os.environ["SRSD_BENCH_VARIANT"].split("+"))

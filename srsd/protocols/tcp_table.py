@@ -51,6 +51,19 @@ class TcpTableProtocol(LookupProtocol):
         return _CODES.get(status, b"400 ") + quote(text.encode("utf-8", "surrogateescape")) + b"\n"
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        # The usual read: one whole plain request (Postfix waits for each answer).
+        if (
+            data[-1:] == b"\n"
+            and data.startswith(b"get ")
+            and not self._lines.partial
+            and not self._lines.discarding
+            and data.count(b"\n") == 1
+            and b"%" not in data
+            and b"\r" not in data
+            and len(data) <= self.factory.max_request_bytes + 1
+        ):
+            self.send([self.run_lookup(self.factory.map_name, data[4:-1].decode("utf-8", "surrogateescape"))])
+            return
         limit = self.factory.max_request_bytes
         # +1: an unfinished line may still end in the "\r" of a CRLF.
         lines, overflow = self._lines.feed(data, limit + 1)

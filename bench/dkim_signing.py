@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """DKIM signing and ARC sealing speed: dkimpy's pure-Python RSA vs srsd's OpenSSL step.
 
-    python bench/dkim.py [--seconds 2] [--size 10240]
-    python bench/dkim.py --postfix [--messages 500]      # needs root, postfix (+ opendkim)
+    python bench/dkim_signing.py [--seconds 2] [--size 10240]
+    python bench/dkim_signing.py --postfix [--messages 500]      # needs root, postfix (+ opendkim)
 
 In-process (one thread, no DNS): operations per second for a message of --size
 bytes with dkimpy 1.1.8 as shipped (pure-Python RSA) and with srsd's adapter
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# This file is bench/dkim.py: keep bench/ off the path, or it would shadow dkimpy's `dkim`.
+# Import srsd from this checkout, not bench/ (a bench/dkim.py once shadowed dkimpy).
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
 
