@@ -33,9 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Import srsd from this checkout, not bench/ (a bench/dkim.py once shadowed dkimpy).
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # srsd from this checkout
 
 from srsd import dkim as sd  # noqa: E402
 

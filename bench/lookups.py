@@ -39,9 +39,6 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-# bench/ also holds other benchmarks whose names (dkim.py) shadow packages:
-# keep it off sys.path (srsd_variant.py is loaded by file, see variant_names).
-sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != BENCH]
 POSTSRSD = "/usr/sbin/postsrsd"
 SRS_DOMAIN = "fwd.example"
 LOCAL_DOMAIN = "local.example"

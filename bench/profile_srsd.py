@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import os
 import pstats
@@ -38,22 +37,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 
-# bench/ also holds other benchmarks whose names (dkim.py) shadow packages that
-# srsd imports: keep it off sys.path and load the sibling modules by file.
-sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != BENCH]
-
-
-def load_sibling(name: str):
-    """Import bench/NAME.py without putting bench/ on sys.path."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-lookups = load_sibling("lookups")
+import lookups  # noqa: E402  (a sibling script in bench/)
 
 C_CALLS = {
     "<method 'poll' of 'select.epoll' objects>": "epoll_wait() (includes waiting)",
