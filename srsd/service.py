@@ -329,6 +329,28 @@ class Daemon:
         return True
 
 
+def sd_notify(state: str) -> bool:
+    """Tell systemd (``Type=notify``, sd_notify(3)) *state*, e.g. ``READY=1``.
+
+    :returns: False when not started by systemd (no ``$NOTIFY_SOCKET``) or the
+        message could not be sent (logged); srsd runs on either way.
+    """
+    import socket
+
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:
+        log.warn("cannot notify systemd ({state}): {error}", state=state, error=exc)
+        return False
+    return True
+
+
 def _auth(config: Config) -> AuthSettings | None:
     """The milter's settings when the milter is enabled (reads the DKIM key)."""
     return auth_settings(config) if config.listen.milter else None
@@ -386,6 +408,7 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
             pool.append(WorkerPool(reactor, workers, argv, daemon.ports, frozenset(daemon.reuseport)))
             pool[0].start()
         log.info("srsd ready: {n} endpoint(s), {w} process(es)", n=len(daemon.ports), w=workers)
+        sd_notify("READY=1")
         reactor.addSystemEventTrigger("before", "shutdown", lambda: log.info("srsd stopping"))
 
     def failed(failure: Any) -> None:
@@ -395,7 +418,9 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
         reactor.callWhenRunning(reactor.stop)
 
     def on_sighup() -> None:
+        sd_notify("RELOADING=1")
         daemon.reload()
+        sd_notify("READY=1")
         if pool:
             pool[0].signal_all(signal.SIGHUP)
 
