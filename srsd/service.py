@@ -223,7 +223,7 @@ class Daemon:
         if map_name == "forward":
             answer = self.rewriter.forward(key)
             if answer.status == FOUND and self.spf_aware is not None:
-                return self._spf_aware(key, answer)
+                return self._spf_aware(self.spf_aware, key, answer)
         else:
             answer = self.rewriter.reverse(key)
         if self.debug:
@@ -234,16 +234,15 @@ class Daemon:
             log.info("reverse {key!r} refused: {reason}", key=key, reason=answer.text)
         return answer
 
-    def _spf_aware(self, sender: str, rewritten: Answer) -> Answer | defer.Deferred:
-        assert self.spf_aware is not None
-        results = self.spf_aware.results(sender)
+    def _spf_aware(self, aware: SPFAwareForward, sender: str, rewritten: Answer) -> Answer | defer.Deferred:
+        # *aware* is passed along: a reload while the check runs must not change it.
+        results = aware.results(sender)
         if isinstance(results, defer.Deferred):
-            return results.addCallback(self._spf_decided, sender, rewritten)
-        return self._spf_decided(results, sender, rewritten)
+            return results.addCallback(self._spf_decided, aware, sender, rewritten)
+        return self._spf_decided(results, aware, sender, rewritten)
 
-    def _spf_decided(self, results: list, sender: str, rewritten: Answer) -> Answer:
-        assert self.spf_aware is not None
-        keep, summary = self.spf_aware.keep_sender(results)
+    def _spf_decided(self, results: list, aware: SPFAwareForward, sender: str, rewritten: Answer) -> Answer:
+        keep, summary = aware.keep_sender(results)
         if keep:
             log.info(
                 "forward {sender}: kept, its SPF authorizes our egress ({summary})", sender=sender, summary=summary
