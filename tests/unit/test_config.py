@@ -140,3 +140,22 @@ def test_documented_example_is_the_defaults(tmp_path):
     loaded = parse_config(data)
     minimal = parse_config({"srs": {"domain": "fwd.example.org", "secrets_file": str(tmp_path / "s")}})
     assert dataclasses.astuple(loaded) == dataclasses.astuple(minimal)
+
+
+def test_migration_guide_config_is_valid(tmp_path):
+    """The whole-host example in docs/migration.md loads, with its files made here."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from srsd.dkim import generate_key
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "migration.md").read_text()
+    (block,) = re.findall(r"```toml\n(.*?)```", text, re.S)
+    data = tomllib.loads(block)
+    (tmp_path / "secret").write_text("x\n")
+    generate_key(str(tmp_path / "s.private"), "rsa-sha256", 2048)
+    data["srs"]["secrets_file"] = str(tmp_path / "secret")
+    data["dkim"]["key_file"] = str(tmp_path / "s.private")
+    config = parse_config(data)
+    assert config.spf.aware and config.listen.milter and config.policy.mail_from_reject == "fail"
