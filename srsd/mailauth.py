@@ -38,10 +38,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from srsd.config import Config
 from srsd.dkim import (
@@ -62,6 +61,7 @@ from srsd.dkim import (
 from srsd.dns import Resolver
 from srsd.message import Action, DeleteHeader, Envelope, InsertHeader, Message, TempFail
 from srsd.rewrite import LocalDomains
+from srsd.workpool import BoundedPool, PoolOverloaded
 
 __all__ = ["LOCAL", "FORWARDED", "OTHER", "AuthSettings", "auth_settings", "classify", "MailAuth"]
 
@@ -199,10 +199,6 @@ def _sign_job(
     return added
 
 
-class _Overloaded(Exception):
-    pass
-
-
 class _ARCUnverifiable(Exception):
     """A DNS failure kept us from validating an ARC chain (with on_error = tempfail)."""
 
@@ -221,14 +217,11 @@ class MailAuth:
         self.spf_checker = spf_checker
         self.reactor = reactor
         self.settings = settings if isinstance(settings, AuthSettings) else auth_settings(settings)
-        self.pending = 0
-        self.pool = ThreadPool(minthreads=0, maxthreads=self.settings.threads, name="srsd-dkim")
-        self.pool.start()
-        self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
+        self.pool = BoundedPool(reactor, self.settings.threads, "srsd-dkim")
 
     @property
-    def max_pending(self) -> int:
-        return 4 * self.settings.threads
+    def pending(self) -> int:
+        return self.pool.pending
 
     def reconfigure(self, settings: Config | AuthSettings) -> None:
         """Swap in a new configuration (SIGHUP); messages under way finish with the old.
@@ -238,42 +231,12 @@ class MailAuth:
         """
         new = settings if isinstance(settings, AuthSettings) else auth_settings(settings)
         if new.threads != self.settings.threads:
-            self.pool.adjustPoolsize(minthreads=0, maxthreads=new.threads)
+            self.pool.resize(new.threads)
         self.settings = new
 
     def stop(self) -> None:
         """Stop the thread pool (waits for running jobs)."""
-        self.reactor.removeSystemEventTrigger(self._trigger)
         self.pool.stop()
-
-    # -- the pool ---------------------------------------------------------------------------
-
-    def _run(self, abandoned: list[bool], f: Any, *args: Any) -> Any:
-        try:
-            if abandoned[0]:
-                return None
-            return f(*args)
-        finally:
-            self.reactor.callFromThread(self._finished)
-
-    def _finished(self) -> None:
-        self.pending -= 1
-
-    def _defer(self, deadline: float, f: Any, *args: Any) -> defer.Deferred:
-        """*f(*args)* on the pool: a Deferred that fails on overload or at *deadline*
-        (``time.monotonic()``; the job itself is abandoned if it has not started)."""
-        if self.pending >= self.max_pending:
-            return defer.fail(_Overloaded(f"{self.pending} messages in progress"))
-        self.pending += 1
-        abandoned = [False]
-        d = threads.deferToThreadPool(self.reactor, self.pool, self._run, abandoned, f, *args)
-
-        def timed_out(_value: Any, timeout: float) -> None:
-            abandoned[0] = True
-            raise defer.TimeoutError(f"took more than {timeout:g} s")
-
-        d.addTimeout(max(0.0, deadline - time.monotonic()), self.reactor, onTimeoutCancel=timed_out)
-        return d
 
     # -- one message --------------------------------------------------------------------------
 
@@ -325,7 +288,7 @@ class MailAuth:
     def _local(self, settings: AuthSettings, kept: list[HeaderField], body: bytes, deadline: float) -> defer.Deferred:
         if not (settings.signs and settings.sign_local):
             return defer.succeed(([], "not signed (sign_local off or no key)"))
-        d = self._defer(deadline, _sign_job, settings, kept, body)
+        d = self.pool.run_until(deadline, _sign_job, settings, kept, body)
         return d.addCallback(lambda added: (added, f"signed d={settings.domain} s={settings.selector}"))
 
     def _forwarded(
@@ -336,11 +299,11 @@ class MailAuth:
         if not (settings.verify or seal):
             if not sign:
                 return defer.succeed(([], "nothing to do (verify, arc and signing off)"))
-            d = self._defer(deadline, _sign_job, settings, kept, body)
+            d = self.pool.run_until(deadline, _sign_job, settings, kept, body)
             return d.addCallback(lambda added: (added, f"signed d={settings.domain}"))
 
         spf = self.spf_checker.check(envelope.client_address, envelope.mail_from, envelope.helo, budget=settings.budget)
-        verified = self._defer(deadline, _verify_job, self.resolver, kept, body, settings.budget)
+        verified = self.pool.run_until(deadline, _verify_job, self.resolver, kept, body, settings.budget)
         both = defer.gatherResults([spf, verified], consumeErrors=True)
         both.addErrback(lambda failure: failure.value.subFailure)
 
@@ -363,7 +326,7 @@ class MailAuth:
             summary = _summary(header)
             if not (seal_now or sign):
                 return ([header] if settings.verify else [], summary)
-            d = self._defer(deadline, _sign_job, settings, kept, body, header, seal_now, sign)
+            d = self.pool.run_until(deadline, _sign_job, settings, kept, body, header, seal_now, sign)
 
             def signed(added: list[HeaderField]) -> tuple[list[HeaderField], str]:
                 text = summary
@@ -386,7 +349,7 @@ class MailAuth:
             log.warn("{qid}: deferred: cannot validate its ARC chain now ({why})", qid=envelope.queue_id or "-",
                      why=failure.getErrorMessage())  # fmt: skip
             return [TempFail("temporary DNS failure validating the ARC chain, try again later", enhanced="4.4.3")]
-        if failure.check(_Overloaded):
+        if failure.check(PoolOverloaded):
             log.warn("{qid}: mail authentication overloaded ({why})", qid=envelope.queue_id or "-",
                      why=failure.getErrorMessage())  # fmt: skip
         elif failure.check(defer.TimeoutError):

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import spf as pyspf
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from srsd.dns import Resolver
+from srsd.workpool import BoundedPool, PoolOverloaded
 
 __all__ = ["SPFResult", "SPFChecker", "SPFAwareForward", "RESULTS", "check_host"]
 
@@ -142,55 +142,41 @@ class SPFChecker:
         self.resolver = resolver
         self.budget = budget
         self.receiver = receiver
-        self.max_pending = 4 * threads
-        self.pending = 0
-        self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="srsd-spf")
-        self.pool.start()
-        self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
+        self.pool = BoundedPool(reactor, threads, "srsd-spf")
+
+    @property
+    def pending(self) -> int:
+        return self.pool.pending
+
+    @property
+    def max_pending(self) -> int:
+        return self.pool.max_pending
 
     def stop(self) -> None:
         """Stop the thread pool (waits for running checks; call from a thread, or at exit)."""
-        self.reactor.removeSystemEventTrigger(self._trigger)
         self.pool.stop()
-
-    def _run(self, abandoned: list[bool], *args: Any, **kwargs: Any) -> SPFResult | None:
-        """Worker-thread side: skip work whose caller gave up; count it done when done."""
-        try:
-            if abandoned[0]:
-                return None
-            return check_host(*args, **kwargs)
-        finally:
-            self.reactor.callFromThread(self._finished)
-
-    def _finished(self) -> None:
-        self.pending -= 1
 
     def check(self, ip: str, sender: str, helo: str, budget: float | None = None) -> defer.Deferred:
         """check_host() off the reactor: a Deferred firing with an :class:`SPFResult`
-        within *budget* seconds (temperror on overrun or overload); never fails."""
+        within *budget* seconds (temperror on overrun or overload); never fails
+        unless the caller cancels it."""
         budget = self.budget if budget is None else budget
         identity = "mailfrom" if sender else "helo"
-        if self.pending >= self.max_pending:
-            return defer.succeed(SPFResult("temperror", "SPF checker overloaded", identity))
-        self.pending += 1  # until the worker is done, not until the caller stops waiting
         started = time.monotonic()
-        abandoned = [False]
-        d = threads.deferToThreadPool(
-            self.reactor,
-            self.pool,
-            self._run,
-            abandoned,
-            self.resolver,
-            ip,
-            sender,
-            helo,
-            budget=budget,
-            receiver=self.receiver,
+        # A small grace over the budget: pyspf enforces it between queries only.
+        d = self.pool.run(
+            budget + 0.25, check_host, self.resolver, ip, sender, helo, budget=budget, receiver=self.receiver
         )
 
-        def timed_out(_value: Any, _timeout: float) -> SPFResult:
-            abandoned[0] = True
-            return SPFResult("temperror", f"SPF check exceeded its {budget:g} s budget", identity)
+        def failed(failure: Any) -> Any:
+            if failure.check(defer.CancelledError):
+                return failure  # the caller cancelled (its client went away): not a crash
+            if failure.check(PoolOverloaded):
+                return SPFResult("temperror", "SPF checker overloaded", identity)
+            if failure.check(defer.TimeoutError):
+                return SPFResult("temperror", f"SPF check exceeded its {budget:g} s budget", identity)
+            log.failure("SPF check {ip} {sender!r} crashed", failure, ip=ip, sender=sender)
+            return SPFResult("temperror", "SPF check failed", identity)
 
         def done(result: Any) -> Any:
             log.debug(
@@ -204,17 +190,7 @@ class SPFChecker:
             )
             return result
 
-        def crashed(failure: Any) -> Any:
-            if failure.check(defer.CancelledError):
-                return failure  # the caller cancelled (its client went away): not a crash
-            log.failure("SPF check {ip} {sender!r} crashed", failure, ip=ip, sender=sender)
-            return SPFResult("temperror", "SPF check failed", identity)
-
-        # A small grace over the budget: pyspf enforces it between queries.
-        d.addTimeout(budget + 0.25, self.reactor, onTimeoutCancel=timed_out)
-        d.addErrback(crashed)
-        d.addBoth(done)
-        return d
+        return d.addErrback(failed).addBoth(done)
 
     def check_all(self, ips: Iterable[str], sender: str, helo: str, budget: float | None = None) -> defer.Deferred:
         """Check *sender* from each of *ips* concurrently: Deferred[list[SPFResult]]."""

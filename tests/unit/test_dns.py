@@ -316,5 +316,5 @@ def test_spf_checker_backlog_stays_bounded_when_checks_time_out(fake_reactor, bl
         ds = [checker.check(f"192.0.2.{i}", "a@example.org", "h") for i in range(checker.max_pending)]
         fake_reactor.advance(1.3)
         assert all(fake_reactor.wait(d).result == "temperror" for d in ds)
-    stats = checker.pool._team.statistics()
+    stats = checker.pool.threadpool._team.statistics()
     assert stats.backloggedWorkCount + stats.busyWorkerCount <= checker.max_pending

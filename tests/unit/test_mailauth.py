@@ -412,10 +412,10 @@ def test_overrunning_the_time_limit(make_auth, reactor, keys, zone, on_error, ex
 
 def test_overload_answers_on_error(make_auth, reactor, keys, zone):
     auth = make_auth(threads=1)
-    waiting = [auth.end_of_message(envelope(), origin_message(keys)) for _ in range(auth.max_pending)]
+    waiting = [auth.end_of_message(envelope(), origin_message(keys)) for _ in range(auth.pool.max_pending)]
     refused = reactor.wait(auth.end_of_message(envelope(), origin_message(keys)))
     assert len(refused) == 1 and isinstance(refused[0], TempFail)
-    assert [len(reactor.wait(d, timeout=30)) for d in waiting] == [5] * auth.max_pending
+    assert [len(reactor.wait(d, timeout=30)) for d in waiting] == [5] * auth.pool.max_pending
     drain(reactor, auth)
 
 
