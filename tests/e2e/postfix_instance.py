@@ -276,6 +276,29 @@ class PostfixInstance:
         except FileNotFoundError:
             return "(no maillog yet)"
 
+    def wait_for_maillog(self, text: str, timeout: float = 15.0) -> str:
+        """The maillog once it contains `text`; AssertionError at the deadline.
+
+        Postfix writes its log through the postlog service, after it has answered the
+        SMTP client: a test that reads the log right after a reply races that write.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.maillog_text()
+            if text in log:
+                return log
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the maillog after {timeout} s\n{self.diagnostics()}")
+            time.sleep(0.05)
+
+    def wait_for_empty_queue(self, timeout: float = 15.0) -> None:
+        """Return once `postqueue -p` shows an empty queue; AssertionError at the deadline."""
+        deadline = time.monotonic() + timeout
+        while not self.queue_listing().endswith("Mail queue is empty"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"queue not empty after {timeout} s\n{self.diagnostics()}")
+            time.sleep(0.1)
+
     def diagnostics(self, lines: int = 80) -> str:
         log = self.maillog_text().splitlines()[-lines:]
         return (
