@@ -6,7 +6,7 @@
 
 In-process (one thread, no DNS): operations per second for a message of --size
 bytes with dkimpy 1.1.8 as shipped (pure-Python RSA) and with srsd's adapter
-(:mod:`srsd.dkim`: the same dkimpy code, the RSA step done by ``cryptography``),
+(:mod:`srsd.mailauth.dkimpy_setup`: the same dkimpy code, the RSA step done by ``cryptography``),
 for RSA-2048 DKIM signatures, ARC sets, ed25519 signatures (PyNaCl, unchanged)
 and DKIM verification (key in hand). Also the whole per-message work of a
 forwarded message: verify its signature and ARC chain, seal, sign.
@@ -35,7 +35,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # srsd from this checkout
 
-from srsd import dkim as sd  # noqa: E402
+from srsd.mailauth.dkimpy_setup import pure_python_rsa  # noqa: E402
+from srsd.mailauth.key_lookup import txt_lookup  # noqa: E402
+from srsd.mailauth.keys import SigningKey, generate_key  # noqa: E402
+from srsd.mailauth.message import message_bytes  # noqa: E402
+from srsd.mailauth.results import authentication_results  # noqa: E402
+from srsd.mailauth.sign import seal_message, sign_message  # noqa: E402
+from srsd.mailauth.verify import ARCResult, verify_arc, verify_signatures  # noqa: E402
 
 SIGNED = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type")
 
@@ -74,48 +80,48 @@ def rate(fn: Callable[[], object], seconds: float) -> float:
 
 def in_process(seconds: float, size: int) -> list[tuple[str, str, float]]:
     directory = tempfile.mkdtemp(prefix="srsd-bench-dkim-")
-    rsa_key = sd.generate_key(os.path.join(directory, "rsa.private"))
-    ed_key = sd.generate_key(os.path.join(directory, "ed.private"), "ed25519-sha256")
+    rsa_key = generate_key(os.path.join(directory, "rsa.private"))
+    ed_key = generate_key(os.path.join(directory, "ed.private"), "ed25519-sha256")
     headers, body = sample_message(size)
-    results = sd.authentication_results("fwd.example", spf=("pass", "smtp.mailfrom", "example.org"),
-                                        dkim_results=[], arc=sd.ARCResult("none"))  # fmt: skip
+    results = authentication_results("fwd.example", spf=("pass", "smtp.mailfrom", "example.org"),
+                                        dkim_results=[], arc=ARCResult("none"))  # fmt: skip
     sealed_headers = [results, *headers]
 
     def sign() -> object:
-        return sd.sign_message(headers, body, rsa_key, "fwd.example", "sel", SIGNED)
+        return sign_message(headers, body, rsa_key, "fwd.example", "sel", SIGNED)
 
     def seal() -> object:
-        return sd.seal_message(sealed_headers, body, rsa_key, "fwd.example", "sel", "fwd.example", SIGNED)
+        return seal_message(sealed_headers, body, rsa_key, "fwd.example", "sel", "fwd.example", SIGNED)
 
     def sign_ed() -> object:
-        return sd.sign_message(headers, body, ed_key, "fwd.example", "ed", SIGNED)
+        return sign_message(headers, body, ed_key, "fwd.example", "ed", SIGNED)
 
     records = {b"sel._domainkey.fwd.example.": rsa_key.txt_record().encode()}
     signature = sign()
     arc_set = seal()
-    signed_message = sd.message_bytes([signature, *headers], body)
-    forwarded = sd.message_bytes([*arc_set, results, signature, *headers], body)
+    signed_message = message_bytes([signature, *headers], body)
+    forwarded = message_bytes([*arc_set, results, signature, *headers], body)
 
     def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
         return records.get(name)
 
     def verify() -> object:
-        return sd.verify_signatures(signed_message, dnsfunc)
+        return verify_signatures(signed_message, dnsfunc)
 
     def whole_forward() -> object:
         # what MailAuth does for a forwarded message with one signature and one ARC set
-        sd.verify_signatures(forwarded, dnsfunc)
-        sd.verify_arc(forwarded, dnsfunc)
+        verify_signatures(forwarded, dnsfunc)
+        verify_arc(forwarded, dnsfunc)
         incoming = [*arc_set, results, signature, *headers]
-        ours = sd.authentication_results("fwd.example", spf=("pass", "smtp.mailfrom", "example.org"),
-                                         dkim_results=[], arc=sd.ARCResult("pass"))  # fmt: skip
-        new_set = sd.seal_message([ours, *incoming], body, rsa_key, "fwd.example", "sel", "fwd.example", SIGNED)
-        return sd.sign_message([*new_set, ours, *incoming], body, rsa_key, "fwd.example", "sel", SIGNED)
+        ours = authentication_results("fwd.example", spf=("pass", "smtp.mailfrom", "example.org"),
+                                         dkim_results=[], arc=ARCResult("pass"))  # fmt: skip
+        new_set = seal_message([ours, *incoming], body, rsa_key, "fwd.example", "sel", "fwd.example", SIGNED)
+        return sign_message([*new_set, ours, *incoming], body, rsa_key, "fwd.example", "sel", SIGNED)
 
     rows = []
     for label, fn in (("DKIM sign RSA-2048", sign), ("ARC seal RSA-2048", seal),
                       ("forwarded: verify+seal+sign", whole_forward)):  # fmt: skip
-        with sd.pure_python_rsa():
+        with pure_python_rsa():
             rows.append((label, "dkimpy (pure Python RSA)", rate(fn, seconds)))
         rows.append((label, "srsd (RSA via OpenSSL)", rate(fn, seconds)))
     rows.append(("DKIM sign ed25519", "dkimpy + PyNaCl (as is)", rate(sign_ed, seconds)))
@@ -130,7 +136,7 @@ def _message(i: int, size: int) -> bytes:
     headers, body = sample_message(size)
     headers = [(n, f" <bench-{i}@example.org>" if n == "Message-ID" else v) for n, v in headers]
     headers = [(n, f" benchmark message {i}" if n == "Subject" else v) for n, v in headers]
-    return sd.message_bytes(headers, body)
+    return message_bytes(headers, body)
 
 
 def _send(port: int, messages: list[bytes], clients: int = 4) -> None:
@@ -187,7 +193,7 @@ def _run_postfix(label, sink, milter_cf, messages, size) -> float:
         instance.stop()
 
 
-def _opendkim(directory: Path, key: sd.SigningKey) -> tuple[object, str] | None:
+def _opendkim(directory: Path, key: SigningKey) -> tuple[object, str] | None:
     import shutil
     import subprocess
 
@@ -216,7 +222,7 @@ def through_postfix(messages: int, size: int) -> list[tuple[str, str, float]]:
 
     from srsd.config import parse_config
     from srsd.dns import Resolver
-    from srsd.mailauth import MailAuth
+    from srsd.mailauth.handler import MailAuth
     from srsd.protocols.milter import MilterFactory
     from srsd.spf import SPFChecker
     from tests import maildkim
@@ -225,8 +231,8 @@ def through_postfix(messages: int, size: int) -> list[tuple[str, str, float]]:
 
     directory = Path(tempfile.mkdtemp(prefix="srsd-bench-postfix-"))
     directory.chmod(0o755)
-    origin = sd.generate_key(str(directory / "origin.private"))
-    fwd = sd.generate_key(str(directory / "fwd.private"))
+    origin = generate_key(str(directory / "origin.private"))
+    fwd = generate_key(str(directory / "fwd.private"))
     os.chmod(fwd.path, 0o644)  # OpenDKIM runs as its own user
     dns = DNSServer().start()
     dns.set_zone(
@@ -261,8 +267,8 @@ def through_postfix(messages: int, size: int) -> list[tuple[str, str, float]]:
     def signed(i: int) -> bytes:
         headers, body = sample_message(size)
         headers = [(n, f" <bench-{i}@example.org>" if n == "Message-ID" else v) for n, v in headers]
-        signature = sd.sign_message(headers, body, origin, "example.org", "s1", SIGNED)
-        return sd.message_bytes([signature, *headers], body)
+        signature = sign_message(headers, body, origin, "example.org", "s1", SIGNED)
+        return message_bytes([signature, *headers], body)
 
     global _message
     _message = lambda i, size: signed(i)  # noqa: E731
@@ -275,11 +281,11 @@ def through_postfix(messages: int, size: int) -> list[tuple[str, str, float]]:
         rate_srsd = _run_postfix("srsd", sink, f"smtpd_milters = unix:{milter_path}\n{common}", messages, size)
         rows.append(("Postfix + srsd milter", "verify, A-R, ARC seal, DKIM sign", rate_srsd))
         delivered = list(sink.messages)
-        lookup = sd.txt_lookup(resolver)
+        lookup = txt_lookup(resolver)
         bad = 0
         for m in delivered:
-            sigs = sd.verify_signatures(m.data, lookup)
-            arc = sd.verify_arc(m.data, lookup)
+            sigs = verify_signatures(m.data, lookup)
+            arc = verify_arc(m.data, lookup)
             if [s.result for s in sigs] != ["pass", "pass"] or arc.cv != "pass":
                 bad += 1
         print(f"srsd: {len(delivered) - bad}/{len(delivered)} delivered messages verify (2 DKIM + ARC) in dkimpy")

@@ -69,7 +69,7 @@ def main() -> int:
     fkeys = [k for k, _ in forward]
     rkeys = [k for k, _ in reverse]
     rewritten = [k for k, v in forward if v != "500"]
-    srs, rewriter = daemon.rewriter.srs, daemon.rewriter
+    srs, rewriter = daemon.maps.rewriter.srs, daemon.maps.rewriter
     # The answers must be right before their speed matters.
     for key, expected in forward[:500] + reverse[:500]:
         got = daemon.lookup("forward" if key in fkeys[:500] else "reverse", key)

@@ -133,7 +133,7 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
     import os
 
     from srsd.config import is_domain
-    from srsd.dkim import DKIMKeyError, dns_record_name, generate_key, zone_file_txt
+    from srsd.mailauth.keys import DKIMKeyError, dns_record_name, generate_key, zone_file_txt
 
     domain = args.domain.rstrip(".").lower()
     if not is_domain(domain):
@@ -164,7 +164,7 @@ def dns_records(config: Any) -> list[str]:
     """Zone-file lines (with ``;`` comments) for every record *config* needs published."""
     import ipaddress
 
-    from srsd.dkim import DKIMKeyError, dns_record_name, load_signing_key, zone_file_txt
+    from srsd.mailauth.keys import dns_record_name, zone_file_txt
 
     domain = config.srs.domain
     lines = [f"; DNS records for srsd ({config.source})", ""]
@@ -184,11 +184,7 @@ def dns_records(config: Any) -> list[str]:
         lines.append("; DKIM/ARC: no dkim.selector configured, nothing signed, no key to publish")
         return lines
     signing_domain = d.domain or domain
-    try:
-        key = load_signing_key(d.key_file, d.algorithm)
-    except DKIMKeyError as exc:
-        lines.append(f"; DKIM key: cannot read it: {exc}")
-        return lines
+    key = config.dkim_key
     what = "DKIM signatures and ARC sets" if d.arc else "DKIM signatures"
     lines.append(f"; {what} d={signing_domain} s={d.selector} ({d.algorithm}, {key.bits} bits, {d.key_file})")
     lines.append(f"{dns_record_name(d.selector, signing_domain)}. IN TXT {zone_file_txt(key.txt_record())}")

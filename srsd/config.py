@@ -3,7 +3,7 @@
 Every error names the offending key (``srs.hash_length: ...``). The files the
 config points at (secrets, local domains) are read here too, so a loaded Config
 is a complete snapshot: SIGHUP builds a new one and swaps it in only if it loads.
-See ``docs/configuration.md`` for every key.
+Every key, with its default and meaning: ``docs/srsd.example.toml``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srsd.srs import SEPARATORS
+from srsd.header_text import TOKEN
+from srsd.srs import InvalidParameter, check_parameters
 
 __all__ = [
     "Config",
@@ -159,6 +160,8 @@ class Config:
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
     #: srs.local_domains plus the entries of srs.local_domains_file
     local_domains: tuple[str, ...] = ()
+    #: the key read from dkim.key_file (a srsd.mailauth.keys.SigningKey), None without dkim.selector
+    dkim_key: Any = field(default=None, repr=False)
     #: where this config came from ("<default>" for the embedded one)
     source: str = "<default>"
 
@@ -279,17 +282,10 @@ def _validate(cfg: Config) -> Config:
             f"srs.domain: {s.domain!r} is not a fully qualified domain name "
             "(letters, digits, hyphens; at least two labels)"
         )
-    if not 1 <= s.hash_length <= 27:
-        raise ConfigError("srs.hash_length: must be 1..27")
-    if not 1 <= s.hash_minimum <= s.hash_length:
-        raise ConfigError("srs.hash_minimum: must be 1..hash_length")
-    if s.hash_minimum < 4:
-        # Case-insensitive base64: ~5.2 bits a character; fewer than 4 is forgeable.
-        raise ConfigError("srs.hash_minimum: below 4 lets forged addresses through")
-    if not 1 <= s.max_age_days <= 1000:
-        raise ConfigError("srs.max_age_days: must be 1..1000")
-    if len(s.separator) != 1 or s.separator not in SEPARATORS:
-        raise ConfigError("srs.separator: must be one of '=', '+', '-'")
+    try:
+        check_parameters(s.hash_length, s.hash_minimum, s.max_age_days, s.separator)
+    except InvalidParameter as exc:
+        raise ConfigError(f"srs.{exc.name}: {exc.text}") from None
     if s.alphabet not in ("standard", "urlsafe"):
         raise ConfigError("srs.alphabet: must be 'standard' or 'urlsafe'")
     if not s.secrets_file:
@@ -303,7 +299,7 @@ def _validate(cfg: Config) -> Config:
         lines = _read_lines(s.local_domains_file, "srs.local_domains_file")
         domains += _check_domain_entries(lines, "srs.local_domains_file")
     _validate_spf(cfg)
-    _validate_dkim(cfg)
+    dkim_key = _validate_dkim(cfg)
     lim = cfg.limits
     if not 256 <= lim.max_request_bytes <= 1 << 20:
         raise ConfigError("limits.max_request_bytes: must be 256..1048576")
@@ -315,7 +311,7 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("log.level: must be debug, info, warn or error")
     if not any(dataclasses.astuple(cfg.listen)):
         raise ConfigError("listen: every endpoint is disabled")
-    return dataclasses.replace(cfg, secrets=secrets, local_domains=tuple(domains))
+    return dataclasses.replace(cfg, secrets=secrets, local_domains=tuple(domains), dkim_key=dkim_key)
 
 
 def _networks(values: tuple[str, ...], key: str) -> None:
@@ -374,7 +370,8 @@ def _validate_spf(cfg: Config) -> None:
         raise ConfigError("policy.authserv_id: required when policy.header = 'authentication-results'")
 
 
-def _validate_dkim(cfg: Config) -> None:
+def _validate_dkim(cfg: Config) -> Any:
+    """Check [dkim]; the signing key it names, loaded (None without dkim.selector)."""
     d = cfg.dkim
     # never signed: changed in transit, or added by srsd and later hops
     never_signed = {"return-path", "received", "dkim-signature", "authentication-results", "arc-seal",
@@ -396,20 +393,21 @@ def _validate_dkim(cfg: Config) -> None:
             raise ConfigError(f"dkim.signed_headers: {name!r} is not a header field name")
         if name.lower() in never_signed:
             raise ConfigError(f"dkim.signed_headers: {name} must not be signed (it changes in transit or is ours)")
-    if d.authserv_id and not re.match(r"^[!#-'*+\-.0-9A-Z^_`a-z{|}~]+$", d.authserv_id):
+    if d.authserv_id and not TOKEN.match(d.authserv_id):
         raise ConfigError(f"dkim.authserv_id: {d.authserv_id!r} must be a single token, e.g. a host name")
     _networks(d.trusted_networks, "dkim.trusted_networks")
     if not 1 <= d.threads <= 64:
         raise ConfigError("dkim.threads: must be 1..64")
     if not 0 < d.budget <= 60:
         raise ConfigError("dkim.budget: must be more than 0 and at most 60 seconds")
+    key = None
     if d.selector:
-        from srsd.dkim import DKIMKeyError, load_signing_key
+        from srsd.mailauth.keys import DKIMKeyError, load_signing_key
 
         if d.arc and d.algorithm != "rsa-sha256":
             raise ConfigError("dkim.arc: ARC sets are rsa-sha256 only (RFC 8617); use an RSA key or set arc = false")
         try:
-            load_signing_key(d.key_file, d.algorithm)
+            key = load_signing_key(d.key_file, d.algorithm)
         except DKIMKeyError as exc:
             raise ConfigError(f"dkim.key_file: {exc}") from None
     authserv = (d.authserv_id or cfg.srs.domain).lower()
@@ -425,6 +423,7 @@ def _validate_dkim(cfg: Config) -> None:
             f"authserv-id ({authserv}) from incoming mail, the policy service's too; use another "
             "authserv-id or policy.header = 'received-spf'"
         )
+    return key
 
 
 def parse_config(data: dict[str, Any], source: str = "<string>") -> Config:

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from srsd.config import Config
+from srsd.domains import DomainSet
 from srsd.srs import SRS, MalformedAddress, SRSError, srs_tag
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "NOTFOUND",
     "TEMP",
     "REVERSE_NOT_OURS",
-    "LocalDomains",
     "Rewriter",
     "rewriter_from_config",
 ]
@@ -50,40 +50,6 @@ class Answer(NamedTuple):
     text: str
 
 
-class LocalDomains:
-    """A set of domains matched case-insensitively.
-
-    ``example.com`` matches that domain only; ``.example.com`` matches its
-    subdomains only (Postfix's parent-domain notation). Write both for both.
-    """
-
-    def __init__(self, entries: Iterable[str]) -> None:
-        exact: set[str] = set()
-        parents: set[str] = set()
-        for entry in entries:
-            entry = entry.strip().lower().rstrip(".")
-            if entry.startswith("."):
-                parents.add(entry)
-            elif entry:
-                exact.add(entry)
-        self.exact, self.parents = frozenset(exact), frozenset(parents)
-
-    def __contains__(self, domain: str) -> bool:
-        domain = domain.lower()
-        if domain in self.exact:
-            return True
-        if self.parents:
-            dot = domain.find(".")
-            while dot >= 0:
-                if domain[dot:] in self.parents:
-                    return True
-                dot = domain.find(".", dot + 1)
-        return False
-
-    def __len__(self) -> int:
-        return len(self.exact) + len(self.parents)
-
-
 class Rewriter:
     """The SRS decisions for one configuration (immutable; swapped on reload).
 
@@ -98,7 +64,7 @@ class Rewriter:
     def __init__(
         self,
         srs: SRS,
-        local_domains: LocalDomains,
+        local_domains: DomainSet,
         always_rewrite: bool = False,
         reverse_domains: Iterable[str] = (),
     ) -> None:
@@ -178,4 +144,4 @@ def rewriter_from_config(cfg: Config) -> Rewriter:
         separator=s.separator,
         urlsafe_hash=s.alphabet == "urlsafe",
     )
-    return Rewriter(srs, LocalDomains(cfg.local_domains), s.always_rewrite, s.reverse_domains)
+    return Rewriter(srs, DomainSet(cfg.local_domains), s.always_rewrite, s.reverse_domains)

@@ -1,8 +1,10 @@
 """The running daemon: endpoints, the current configuration, reload, logging.
 
-One :class:`Daemon` owns the configuration snapshot and the :class:`Rewriter`
-built from it. Protocol factories call :meth:`Daemon.lookup`, which always reads
-the current snapshot, so SIGHUP swaps the configuration without touching a
+One :class:`Daemon` owns the configuration snapshot and wires the parts built
+from it side by side: the DNS resolver, the SPF checker over it, the SRS maps
+(:mod:`srsd.srs_maps`), the policy service and the milter's handler. It decides
+nothing itself. Protocol factories call :meth:`Daemon.lookup`, which always reads
+the current maps, so SIGHUP swaps the configuration without touching a
 connection. Worker processes (``srsd serve --workers N``) inherit the listening
 sockets and accept from the same queues: see :mod:`srsd.workers`.
 """
@@ -30,15 +32,17 @@ from zope.interface import provider
 
 from srsd.config import Config, ConfigError, default_config, load_config
 from srsd.dns import Resolver
-from srsd.mailauth import GRACE, AuthSettings, MailAuth, auth_settings
-from srsd.policy import PolicyService
+from srsd.mailauth.handler import GRACE, AuthSettings, MailAuth, auth_settings
+from srsd.policy_service import PolicyService
 from srsd.protocols.base import EndpointFactory
 from srsd.protocols.milter import MilterFactory
 from srsd.protocols.policy import PolicyFactory
 from srsd.protocols.socketmap import SocketmapFactory
 from srsd.protocols.tcp_table import TcpTableFactory
-from srsd.rewrite import FOUND, NOTFOUND, REVERSE_NOT_OURS, Answer, Rewriter, rewriter_from_config
-from srsd.spf import SPFAwareForward, SPFChecker
+from srsd.rewrite import Answer, Rewriter, rewriter_from_config
+from srsd.spf import SPFChecker
+from srsd.spf_aware import SPFAwareForward
+from srsd.srs_maps import SRSMaps
 
 __all__ = ["Daemon", "EndpointSpec", "ListenError", "endpoint_specs", "setup_logging", "load", "serve"]
 
@@ -92,10 +96,9 @@ def load(path: str | None) -> Config:
 
 @dataclass(frozen=True)
 class EndpointSpec:
-    """One configured listener: its config key, endpoint string and factory maker."""
+    """One listener srsd can have: its ``[listen]`` key and how its factory is made."""
 
     name: str
-    description: str
     make_factory: Callable[[Daemon], EndpointFactory]
 
 
@@ -113,22 +116,18 @@ def endpoint_specs(config: Config) -> list[tuple[EndpointSpec, str]]:
     specs = [
         EndpointSpec(
             "tcp_forward",
-            "tcp_table forward map (sender_canonical_maps)",
             lambda d: TcpTableFactory(d.lookup, "tcp_forward", "forward", **_limits(d)),
         ),
         EndpointSpec(
             "tcp_reverse",
-            "tcp_table reverse map (recipient_canonical_maps)",
             lambda d: TcpTableFactory(d.lookup, "tcp_reverse", "reverse", **_limits(d)),
         ),
         EndpointSpec(
             "socketmap",
-            "socketmap maps forward/reverse",
             lambda d: SocketmapFactory(d.lookup, "socketmap", **_limits(d)),
         ),
         EndpointSpec(
             "milter",
-            "milter (smtpd_milters): Authentication-Results, DKIM signing, ARC sealing",
             # The handler answers within dkim.budget + GRACE; the milter waits a bit longer.
             lambda d: MilterFactory(
                 d.mailauth,
@@ -141,7 +140,6 @@ def endpoint_specs(config: Config) -> list[tuple[EndpointSpec, str]]:
         ),
         EndpointSpec(
             "policy",
-            "Postfix policy service (check_policy_service): SPF of incoming mail",
             # Policy requests are larger than lookups (~1-8 KB): the factory's own
             # request limit applies, not limits.max_request_bytes.
             lambda d: PolicyFactory(
@@ -156,7 +154,7 @@ def endpoint_specs(config: Config) -> list[tuple[EndpointSpec, str]]:
 
 
 class Daemon:
-    """The lookup service for one configuration source.
+    """srsd's parts for one configuration source, wired together.
 
     :param config: the loaded configuration.
     :param config_path: where SIGHUP re-reads it from (None = embedded default).
@@ -169,26 +167,25 @@ class Daemon:
         self.config_path = config_path
         self.ports: dict[str, Any] = {}
         self.reuseport: set[str] = set()  # endpoints bound with SO_REUSEPORT
+        self.resolver: Resolver | None = None
         self.checker: SPFChecker | None = None
-        self.spf_aware: SPFAwareForward | None = None
         self.policy: PolicyService | None = None
         self.mailauth: MailAuth | None = None
         self._apply(config, rewriter_from_config(config), _auth(config))
 
     def _apply(self, config: Config, rewriter: Rewriter, auth: AuthSettings | None = None) -> None:
         self.config = config
-        self.rewriter = rewriter
-        self.debug = config.log.level == "debug"
         set_log_level(config.log.level)
-        self.spf_aware = None
+        spf_aware = None
         if config.spf.aware:
-            self.spf_aware = SPFAwareForward(
+            spf_aware = SPFAwareForward(
                 self.spf_checker(),
                 config.spf.egress_ips,
                 config.spf.skip_results,
                 budget=config.spf.decision_budget,
                 helo=config.spf.receiver or config.srs.domain,
             )
+        self.maps = SRSMaps(rewriter, spf_aware, debug=config.log.level == "debug")
         if config.listen.policy:
             receiver = config.spf.receiver or config.srs.domain
             if self.policy is None:
@@ -197,19 +194,24 @@ class Daemon:
                 self.policy.reconfigure(config.policy, receiver=receiver)
         if auth is not None:
             if self.mailauth is None:
-                checker = self.spf_checker()
-                self.mailauth = MailAuth(auth, checker.resolver, checker, self.reactor)
+                self.mailauth = MailAuth(auth, self.dns_resolver(), self.spf_checker(), self.reactor)
             else:  # messages under way finish with the old settings
                 self.mailauth.reconfigure(auth)
 
+    def dns_resolver(self) -> Resolver:
+        """The one resolver (SPF, DKIM keys), built on first use from [dns]."""
+        if self.resolver is None:
+            c = self.config.dns
+            self.resolver = Resolver(c.nameservers, c.timeout, c.cache_size)
+        return self.resolver
+
     def spf_checker(self) -> SPFChecker:
-        """The SPF checker (resolver + thread pool), built on first use from [dns]/[spf]."""
+        """The SPF checker (its thread pool over :meth:`dns_resolver`), built on first use from [spf]."""
         if self.checker is None:
             c = self.config
-            resolver = Resolver(c.dns.nameservers, c.dns.timeout, c.dns.cache_size)
             self.checker = SPFChecker(
                 self.reactor,
-                resolver,
+                self.dns_resolver(),
                 threads=c.spf.threads,
                 budget=c.spf.check_budget,
                 receiver=c.spf.receiver or c.srs.domain,
@@ -219,37 +221,9 @@ class Daemon:
     # -- the hot path -----------------------------------------------------------
 
     def lookup(self, map_name: str, key: str) -> Answer | defer.Deferred:
-        """Answer one lookup of map ``forward`` or ``reverse`` (see :mod:`srsd.rewrite`)."""
-        if map_name == "forward":
-            answer = self.rewriter.forward(key)
-            if answer.status == FOUND and self.spf_aware is not None:
-                return self._spf_aware(self.spf_aware, key, answer)
-        else:
-            answer = self.rewriter.reverse(key)
-        if self.debug:
-            log.debug("{map} {key!r}: {status} {text}", map=map_name, key=key, status=answer.status, text=answer.text)
-        elif answer.status == NOTFOUND and map_name == "reverse" and answer.text not in REVERSE_NOT_OURS:
-            # An SRS address at our domain that does not verify: forged, stale or
-            # mangled. Worth an admin's eye; it is answered not-found.
-            log.info("reverse {key!r} refused: {reason}", key=key, reason=answer.text)
-        return answer
-
-    def _spf_aware(self, aware: SPFAwareForward, sender: str, rewritten: Answer) -> Answer | defer.Deferred:
-        # *aware* is passed along: a reload while the check runs must not change it.
-        results = aware.results(sender)
-        if isinstance(results, defer.Deferred):
-            return results.addCallback(self._spf_decided, aware, sender, rewritten)
-        return self._spf_decided(results, aware, sender, rewritten)
-
-    def _spf_decided(self, results: list, aware: SPFAwareForward, sender: str, rewritten: Answer) -> Answer:
-        keep, summary = aware.keep_sender(results)
-        if keep:
-            log.info(
-                "forward {sender}: kept, its SPF authorizes our egress ({summary})", sender=sender, summary=summary
-            )
-            return Answer(NOTFOUND, "SPF of the sender authorizes our egress IPs")
-        log.info("forward {sender} -> {srs}: rewritten ({summary})", sender=sender, srs=rewritten.text, summary=summary)
-        return rewritten
+        """Answer one lookup of map ``forward`` or ``reverse`` with the current
+        configuration's :class:`~srsd.srs_maps.SRSMaps`."""
+        return self.maps.lookup(map_name, key)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -314,9 +288,8 @@ class Daemon:
             return False
         if config.listen != self.config.listen or config.limits != self.config.limits:
             log.warn("reload: [listen] and [limits] changes take effect on restart only")
-        if self.checker is not None and (
-            config.dns != self.config.dns or config.spf.threads != self.config.spf.threads
-        ):
+        threads_changed = self.checker is not None and config.spf.threads != self.config.spf.threads
+        if self.resolver is not None and (config.dns != self.config.dns or threads_changed):
             log.warn("reload: [dns] and spf.threads changes take effect on restart only")
         self._apply(config, rewriter, auth)
         log.info(
@@ -351,7 +324,7 @@ def sd_notify(state: str) -> bool:
 
 
 def _auth(config: Config) -> AuthSettings | None:
-    """The milter's settings when the milter is enabled (reads the DKIM key)."""
+    """The milter's settings when the milter is enabled."""
     return auth_settings(config) if config.listen.milter else None
 
 

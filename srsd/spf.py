@@ -22,15 +22,16 @@ from twisted.logger import Logger
 from srsd.dns import Resolver
 from srsd.workpool import BoundedPool, PoolOverloaded
 
-__all__ = ["SPFResult", "SPFChecker", "SPFAwareForward", "RESULTS", "check_host"]
+__all__ = ["SPFResult", "SPFChecker", "RESULTS", "check_host", "install_dns_hook"]
 
 log = Logger(namespace="srsd.spf")
 
 #: RFC 7208 section 2.6 result keywords
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 
-# pyspf has one module-global DNS hook; route it to the resolver of the check
-# running on the calling thread, so checkers with different resolvers coexist.
+# pyspf has one module-global DNS hook (spf.DNSLookup); srsd routes it to the
+# resolver of the check running on the calling thread, so checkers with different
+# resolvers coexist.
 _thread = threading.local()
 
 
@@ -47,7 +48,12 @@ def _dns_lookup(name: str, qtype: str, strict: Any = True, timeout: float | None
     return records
 
 
-pyspf.DNSLookup = _dns_lookup
+def install_dns_hook() -> None:
+    """Point pyspf's DNS at srsd's resolvers (idempotent). Not done at import:
+    :func:`check_host`, srsd's only way into pyspf, makes sure of it; pyspf's own
+    resolver calls the deprecated ``dns.resolver.query`` and knows no srsd settings."""
+    if pyspf.DNSLookup is not _dns_lookup:
+        pyspf.DNSLookup = _dns_lookup
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ def check_host(
         exception (e.g. dnspython errors on impossible names) become permerror or
         temperror.
     """
+    install_dns_hook()
     _thread.resolver = resolver
     _thread.sender_specific = False
     resolver.start_ttl_tracking()
@@ -195,85 +202,3 @@ class SPFChecker:
     def check_all(self, ips: Iterable[str], sender: str, helo: str, budget: float | None = None) -> defer.Deferred:
         """Check *sender* from each of *ips* concurrently: Deferred[list[SPFResult]]."""
         return defer.gatherResults([self.check(ip, sender, helo, budget) for ip in ips])
-
-
-class SPFAwareForward:
-    """SPF-aware rewriting: keep a sender whose SPF already authorizes us.
-
-    For a forward lookup of ``user@D`` that would be rewritten, check_host(ip, D,
-    sender) runs for every egress IP; when each result is in *skip_results* the
-    sender is kept (not-found), so the message keeps its SPF alignment for DMARC.
-    Anything else, including a check that overruns *budget* seconds, rewrites:
-    SRS is always safe, a wrongly kept sender is not. Results are cached per
-    (domain, ip) for the TTL of the DNS data they rest on (at most *max_ttl*);
-    a result that depends on the local part (%{s}, %{l}) per (sender, ip).
-    """
-
-    def __init__(
-        self,
-        checker: SPFChecker,
-        egress_ips: Iterable[str],
-        skip_results: Iterable[str] = ("pass",),
-        *,
-        budget: float = 2.0,
-        helo: str = "",
-        max_ttl: float = 3600.0,
-        max_entries: int = 50000,
-    ) -> None:
-        self.checker = checker
-        self.egress_ips = tuple(egress_ips)
-        self.skip_results = frozenset(skip_results)
-        self.budget = budget
-        self.helo = helo
-        self.max_ttl = max_ttl
-        self.max_entries = max_entries
-        self._cache: dict[tuple[str, str], tuple[float, SPFResult]] = {}
-        self._inflight: dict[tuple[str, str], defer.Deferred] = {}
-
-    def _cached(self, key: tuple[str, str], now: float) -> SPFResult | None:
-        entry = self._cache.get(key)
-        if entry is None:
-            return None
-        if entry[0] <= now:
-            del self._cache[key]
-            return None
-        return entry[1]
-
-    def _store(self, check: tuple[str, str], domain: str, result: SPFResult) -> SPFResult:
-        self._inflight.pop(check, None)
-        if result.result != "temperror" and result.ttl:
-            if len(self._cache) >= self.max_entries:
-                self._cache.clear()  # crude but bounded; refills at DNS-cache speed
-            key = check if result.sender_specific else (domain, check[1])
-            self._cache[key] = (time.monotonic() + min(result.ttl, self.max_ttl), result)
-        return result
-
-    def results(self, sender: str) -> list[SPFResult] | defer.Deferred:
-        """SPF results of *sender* for every egress IP: a list when all are cached,
-        else a Deferred firing with the list within the budget."""
-        lowered = sender.lower()
-        domain = lowered.rpartition("@")[2]
-        now = time.monotonic()
-        out: list[Any] = []
-        pending = False
-        for ip in self.egress_ips:
-            result = self._cached((domain, ip), now) or self._cached((lowered, ip), now)
-            if result is None:
-                pending = True
-                check = (lowered, ip)
-                inflight = self._inflight.get(check)
-                if inflight is None:
-                    inflight = self._inflight[check] = self.checker.check(ip, sender, self.helo, self.budget)
-                    inflight.addCallback(lambda r, c=check, d=domain: self._store(c, d, r))
-                # Each waiter gets its own copy of the shared result.
-                result = defer.Deferred()
-                inflight.addCallback(lambda r, d=result: (d.callback(r), r)[1])
-            out.append(result)
-        if not pending:
-            return out
-        return defer.gatherResults([r if isinstance(r, defer.Deferred) else defer.succeed(r) for r in out])
-
-    def keep_sender(self, results: list[SPFResult]) -> tuple[bool, str]:
-        """(True, reason) when every result is one that skips rewriting."""
-        summary = ", ".join(f"{ip}: {r.result}" for ip, r in zip(self.egress_ips, results, strict=True))
-        return all(r.result in self.skip_results for r in results), summary

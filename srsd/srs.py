@@ -30,6 +30,8 @@ __all__ = [
     "BadTimestamp",
     "TooLong",
     "SEPARATORS",
+    "InvalidParameter",
+    "check_parameters",
     "srs_tag",
 ]
 
@@ -80,6 +82,36 @@ class TooLong(SRSError):
     kind = "too-long"
 
 
+class InvalidParameter(ValueError):
+    """A scheme parameter out of range; ``name`` is the parameter (``hash_length``, ...)."""
+
+    def __init__(self, name: str, text: str) -> None:
+        super().__init__(f"{name}: {text}")
+        self.name = name
+        self.text = text
+
+
+#: fewest hash characters ever accepted: base64 compared case-insensitively carries
+#: ~5.2 bits a character, so 3 would let a forger through in ~2^15.6 tries
+MIN_HASH_MINIMUM = 4
+MAX_AGE_DAYS = 1000  # below the 1024-day timestamp cycle, so no stamp is ambiguous
+
+
+def check_parameters(hash_length: int, hash_minimum: int, max_age_days: int, separator: str) -> None:
+    """The one range check of the scheme's parameters (the config and :class:`SRS` use it).
+
+    :raises InvalidParameter: naming the first parameter out of range.
+    """
+    if not MIN_HASH_MINIMUM <= hash_minimum:
+        raise InvalidParameter("hash_minimum", f"below {MIN_HASH_MINIMUM} lets forged addresses through")
+    if not hash_minimum <= hash_length <= _FULL_HASH:
+        raise InvalidParameter("hash_length", f"must be hash_minimum..{_FULL_HASH}")
+    if not 1 <= max_age_days <= MAX_AGE_DAYS:
+        raise InvalidParameter("max_age_days", f"must be 1..{MAX_AGE_DAYS}")
+    if len(separator) != 1 or separator not in SEPARATORS:
+        raise InvalidParameter("separator", "must be one of '=', '+', '-'")
+
+
 def srs_tag(local: str) -> str | None:
     """Return "SRS0"/"SRS1" when *local* starts with that tag and a separator."""
     if len(local) > 4 and local[4] in SEPARATORS:
@@ -95,15 +127,15 @@ class SRS:
     :param secrets: non-empty sequence of secrets (``str`` is UTF-8 encoded); the
         first signs, every one verifies (key rotation).
     :param domain: the SRS domain, the part after ``@`` of every address minted.
-    :param hash_length: characters of hash emitted (1..27, libsrs2 default 4).
-    :param hash_minimum: fewest hash characters accepted on reverse (default 4).
-    :param max_age_days: days a timestamp stays valid (default 21: 22 day values).
+    :param hash_length: characters of hash emitted (hash_minimum..27, libsrs2 default 4).
+    :param hash_minimum: fewest hash characters accepted on reverse (4.., default 4).
+    :param max_age_days: days a timestamp stays valid (1..1000, default 21: 22 day values).
     :param separator: character after the SRS0/SRS1 tag, one of ``= + -``.
     :param urlsafe_hash: emit the base64url alphabet (``-_``) instead of ``+/``.
         Reverse always accepts both.
     :param max_length: longest address (octets of UTF-8) that forward mints;
         longer ones raise :class:`TooLong` (RFC 5321 4.5.3.1.3: a path is <= 256).
-    :raises ValueError: on an invalid parameter.
+    :raises ValueError: on an invalid parameter (:class:`InvalidParameter` for a range).
     """
 
     def __init__(
@@ -125,14 +157,7 @@ class SRS:
             raise ValueError("secrets must not be empty")
         # HMAC states keyed once; each hash copies one (~0.5 µs less than hmac.digest).
         self._macs = [hmac.new(key, digestmod="sha1") for key in keys]
-        if not 1 <= hash_length <= _FULL_HASH:
-            raise ValueError(f"hash_length must be 1..{_FULL_HASH}")
-        if not 1 <= hash_minimum <= hash_length:
-            raise ValueError("hash_minimum must be 1..hash_length")
-        if not 0 <= max_age_days < _CYCLE - 1:
-            raise ValueError("max_age_days out of range")
-        if separator not in SEPARATORS or len(separator) != 1:
-            raise ValueError("separator must be one of = + -")
+        check_parameters(hash_length, hash_minimum, max_age_days, separator)
         self.domain = domain
         self.hash_length = hash_length
         self.hash_minimum = hash_minimum

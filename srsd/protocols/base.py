@@ -1,10 +1,12 @@
 """What every wire adapter shares (client limit, idle timeout, TCP_NODELAY), and
-what every lookup protocol adds: ordered replies and error containment.
+what every request/reply protocol adds (tcp_table, socketmap, policy): ordered
+replies and error containment.
 
-A lookup returns an :class:`~srsd.rewrite.Answer` at once or a Deferred firing
-with one (slow decisions such as SPF-aware rewriting). Postfix may pipeline
-requests on one connection, so replies are written strictly in request order:
-a fast answer queues behind a slow one.
+A request is answered at once or through a Deferred (slow decisions such as
+SPF-aware rewriting, SPF checks). Postfix may pipeline requests on one connection,
+so replies are written strictly in request order: a fast answer queues behind a
+slow one (:class:`RequestProtocol`). A decision that raises or fails is answered
+with the protocol's temporary failure and logged; the connection goes on.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from srsd.rewrite import TEMP, Answer
 __all__ = [
     "EndpointFactory",
     "EndpointProtocol",
+    "RequestFactory",
+    "RequestProtocol",
     "Lookup",
     "LookupFactory",
     "LookupProtocol",
@@ -157,44 +161,35 @@ class EndpointProtocol(protocol.Protocol):
         self.factory.connections.discard(self)
 
 
-class LookupFactory(EndpointFactory):
-    """Shared state of one lookup endpoint (tcp_table, socketmap, policy).
+class RequestFactory(EndpointFactory):
+    """Shared state of one request/reply endpoint (tcp_table, socketmap, policy).
 
-    :param lookup: the decision function, called as ``lookup(map_name, key)``; it
-        reads the current configuration itself, so a reload needs no new factory.
-    :param name: the endpoint's name for logs (``tcp_forward``, ``socketmap``).
+    :param name: the endpoint's name for logs (``tcp_forward``, ``socketmap``, ``policy``).
     :param max_request_bytes: longest request accepted (bytes).
     :param max_connections: concurrent clients served; beyond it every request is
         answered with a temporary failure and the connection closed.
     :param idle_timeout: seconds of silence before a client is closed (0 = never).
     """
 
-    protocol: type[LookupProtocol]
+    protocol: type[RequestProtocol]
 
     def __init__(
-        self,
-        lookup: Lookup,
-        name: str,
-        *,
-        max_request_bytes: int = 4096,
-        max_connections: int = 1000,
-        idle_timeout: float = 1800,
+        self, name: str, *, max_request_bytes: int = 4096, max_connections: int = 1000, idle_timeout: float = 1800
     ) -> None:
         super().__init__(name, max_connections=max_connections, idle_timeout=idle_timeout)
-        self.lookup = lookup
         self.max_request_bytes = max_request_bytes
 
 
 @implementer(IHalfCloseableProtocol)
-class LookupProtocol(EndpointProtocol):
-    """Base of the lookup adapters: subclasses parse requests, answer each with
-    :meth:`run_lookup` and write the answers with :meth:`send`.
+class RequestProtocol(EndpointProtocol):
+    """Base of the request/reply adapters: subclasses parse requests, answer each
+    with :meth:`answer` and write the answers with :meth:`send`.
 
     A client that half-closes (``nc -N``, ``socat``) still gets every answer;
     the connection closes once they are written.
     """
 
-    factory: LookupFactory
+    factory: RequestFactory
     _read_closed = False
 
     def __init__(self) -> None:
@@ -209,34 +204,36 @@ class LookupProtocol(EndpointProtocol):
     def writeConnectionLost(self) -> None:  # noqa: N802
         self.transport.loseConnection()
 
-    #: subclasses: Answer -> one complete reply on their wire
-    encode: Callable[[Answer], bytes]
-
     # -- answering --------------------------------------------------------------
 
-    def run_lookup(self, map_name: str, key: str) -> bytes | Deferred:
-        """Run one lookup; never raises: a failure inside becomes TEMP."""
-        if self.overloaded:
-            return self.encode(Answer(TEMP, "server busy, try again"))
-        try:
-            result = self.factory.lookup(map_name, key)
-        except Exception:
-            log.failure("{endpoint}: lookup {map} {key!r} failed", endpoint=self.factory.name, map=map_name, key=key)
-            return self.encode(Answer(TEMP, "internal error"))
-        if isinstance(result, Deferred):
-            return result.addCallbacks(self.encode, self._failed, errbackArgs=(map_name, key))
-        return self.encode(result)
+    def describe(self, args: tuple) -> str:
+        """What a request was, for the log line of a failed decision."""
+        return "request"
 
-    def _failed(self, failure: Any, map_name: str, key: str) -> bytes:
-        log.failure(
-            "{endpoint}: lookup {map} {key!r} failed", failure, endpoint=self.factory.name, map=map_name, key=key
-        )
-        return self.encode(Answer(TEMP, "internal error"))
+    #: subclasses: the reply when srsd cannot decide (an error inside, overload)
+    temporary_failure: Callable[[], bytes]
+
+    def answer(self, decide: Callable[..., Any], args: tuple, encode: Callable[[Any], bytes]) -> bytes | Deferred:
+        """``encode(decide(*args))``, now or when its Deferred fires; never raises:
+        a decision that raises or fails is logged and answered with
+        :meth:`temporary_failure`."""
+        try:
+            result = decide(*args)
+        except Exception:
+            log.failure("{endpoint}: {what} failed", endpoint=self.factory.name, what=self.describe(args))
+            return self.temporary_failure()
+        # type() first: isinstance(x, Deferred) is slow (Deferred's metaclass is ABCMeta).
+        if type(result) is Deferred or isinstance(result, Deferred):
+            return result.addCallbacks(encode, self._failed, errbackArgs=(args,))
+        return encode(result)
+
+    def _failed(self, failure: Any, args: tuple) -> bytes:
+        log.failure("{endpoint}: {what} failed", failure, endpoint=self.factory.name, what=self.describe(args))
+        return self.temporary_failure()
 
     def send(self, replies: list[bytes | Deferred]) -> None:
         """Write *replies* in order; Deferred ones hold back those after them."""
         self.last_active = time.monotonic()
-        # type() is: isinstance(x, Deferred) is slow (Deferred's metaclass is ABCMeta).
         if not self._queue and all(type(r) is bytes for r in replies):
             write_now(self.transport, b"".join(replies))  # the common, synchronous case
         else:
@@ -262,3 +259,41 @@ class LookupProtocol(EndpointProtocol):
             write_now(self.transport, b"".join(out))
         if self._read_closed and not self._queue:
             self.transport.loseConnection()
+
+
+class LookupFactory(RequestFactory):
+    """A lookup endpoint (tcp_table, socketmap): a :data:`Lookup` and the limits.
+
+    :param lookup: the decision function, called as ``lookup(map_name, key)``; it
+        reads the current configuration itself, so a reload needs no new factory.
+    :param limits: see :class:`RequestFactory`.
+    """
+
+    protocol: type[LookupProtocol]
+
+    def __init__(self, lookup: Lookup, name: str, **limits: Any) -> None:
+        super().__init__(name, **limits)
+        self.lookup = lookup
+
+
+class LookupProtocol(RequestProtocol):
+    """A lookup adapter: :meth:`run_lookup` asks the factory's lookup, subclasses
+    define :meth:`encode` (an Answer as one complete reply on their wire)."""
+
+    factory: LookupFactory
+
+    #: subclasses: Answer -> one complete reply on their wire
+    encode: Callable[[Answer], bytes]
+
+    def describe(self, args: tuple) -> str:
+        map_name, key = args
+        return f"lookup {map_name} {key!r}"
+
+    def temporary_failure(self) -> bytes:
+        return self.encode(Answer(TEMP, "internal error"))
+
+    def run_lookup(self, map_name: str, key: str) -> bytes | Deferred:
+        """Run one lookup; never raises: a failure inside becomes TEMP."""
+        if self.overloaded:
+            return self.encode(Answer(TEMP, "server busy, try again"))
+        return self.answer(self.factory.lookup, (map_name, key), self.encode)

@@ -10,7 +10,7 @@ MTA streams the events and waits only for the verdict. An MTA that cannot skip
 replies gets CONTINUE, one write per read.
 
 At end-of-message the factory's handler is called with an
-:class:`~srsd.message.Envelope` and a :class:`~srsd.message.Message`; its actions
+:class:`~srsd.mailauth.message.Envelope` and a :class:`~srsd.mailauth.message.Message`; its actions
 become replies, all in one write: header deletions (SMFIR_CHGHEADER with an empty
 value) first, highest occurrence of each name first, so each counts fields of the
 message as received even though Postfix applies each at once; then insertions
@@ -36,8 +36,8 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.logger import Logger
 
-from srsd import milter_codec as mc
-from srsd.message import DeleteHeader, Envelope, InsertHeader, Message, Reject, TempFail
+from srsd.mailauth.message import DeleteHeader, Envelope, InsertHeader, Message, Reject, TempFail
+from srsd.protocols import milter_codec as mc
 from srsd.protocols.base import EndpointFactory, EndpointProtocol
 
 __all__ = ["MilterFactory", "MilterProtocol", "DEFAULT_MACROS"]
@@ -475,7 +475,7 @@ class MilterFactory(EndpointFactory):
     """A milter endpoint.
 
     :param handler: has ``end_of_message(envelope, message)`` returning a list of
-        :data:`srsd.message.Action` or a Deferred firing with one; it reads the
+        :data:`srsd.mailauth.message.Action` or a Deferred firing with one; it reads the
         current configuration itself, so a reload needs no new factory.
     :param name: the endpoint's name for logs.
     :param on_error: ``"tempfail"`` (Postfix answers 4xx, the client retries) or

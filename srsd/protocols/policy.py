@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from srsd.protocols.base import LineBuffer, LookupFactory, LookupProtocol
+from srsd.protocols.base import LineBuffer, RequestFactory, RequestProtocol
 
 __all__ = ["PolicyProtocol", "PolicyFactory", "encode_action"]
 
@@ -34,7 +34,7 @@ def encode_action(action: str) -> bytes:
     return b"action=" + safe.encode("utf-8", "replace") + b"\n\n"
 
 
-class PolicyProtocol(LookupProtocol):
+class PolicyProtocol(RequestProtocol):
     factory: PolicyFactory
 
     def __init__(self) -> None:
@@ -73,7 +73,7 @@ class PolicyProtocol(LookupProtocol):
             self._new_request()
             if error:
                 return self.malformed(error, attrs)
-            return self.answer(attrs)
+            return self.respond(attrs)
         factory = self.factory
         self._size += len(line) + 1
         if self._error:
@@ -107,23 +107,17 @@ class PolicyProtocol(LookupProtocol):
         )
         return encode_action(action)
 
-    def answer(self, attrs: dict[str, str]) -> bytes | Deferred:
-        """Ask the service; never raises: a failure inside becomes the error action."""
-        service = self.factory.service
-        if self.overloaded:
-            return encode_action(service.error_action())
-        try:
-            result = service.handle(attrs)
-        except Exception:
-            log.failure("{endpoint}: policy request failed", endpoint=self.factory.name)
-            return encode_action(service.error_action())
-        if isinstance(result, Deferred):
-            return result.addCallbacks(encode_action, self._failed)
-        return encode_action(result)
-
-    def _failed(self, failure: Any) -> bytes:
-        log.failure("{endpoint}: policy request failed", failure, endpoint=self.factory.name)
+    def temporary_failure(self) -> bytes:
         return encode_action(self.factory.service.error_action())
+
+    def describe(self, args: tuple) -> str:
+        return "policy request"
+
+    def respond(self, attrs: dict[str, str]) -> bytes | Deferred:
+        """Ask the service; never raises: a failure inside becomes the error action."""
+        if self.overloaded:
+            return self.temporary_failure()
+        return self.answer(self.factory.service.handle, (attrs,), encode_action)
 
     def _peer(self) -> str:
         try:
@@ -134,17 +128,17 @@ class PolicyProtocol(LookupProtocol):
         return f"{host}:{peer.port}" if host is not None else str(peer)
 
 
-class PolicyFactory(LookupFactory):
+class PolicyFactory(RequestFactory):
     """A policy delegation endpoint.
 
-    :param service: a :class:`~srsd.policy.PolicyService` (anything with
+    :param service: a :class:`~srsd.policy_service.PolicyService` (anything with
         ``handle(attrs) -> Deferred[str] | str`` and ``error_action() -> str``).
     :param name: the endpoint's name for logs.
     :param max_request_bytes: longest request (all lines); Postfix's run ~0.5-1 KB,
         at most ~8 KB with its default 2048-byte SMTP line limit.
     :param max_line_bytes: longest ``name=value`` line.
     :param max_attributes: distinct attributes per request (Postfix 3.7 sends ~30).
-    :param limits: ``max_connections``, ``idle_timeout`` (see :class:`LookupFactory`).
+    :param limits: ``max_connections``, ``idle_timeout`` (see :class:`RequestFactory`).
     """
 
     protocol = PolicyProtocol
@@ -159,7 +153,7 @@ class PolicyFactory(LookupFactory):
         max_attributes: int = 100,
         **limits: Any,
     ) -> None:
-        super().__init__(service.handle, name, max_request_bytes=max_request_bytes, **limits)
+        super().__init__(name, max_request_bytes=max_request_bytes, **limits)
         self.service = service
         self.max_line_bytes = max_line_bytes
         self.max_attributes = max_attributes

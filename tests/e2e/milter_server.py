@@ -15,7 +15,7 @@ import sys
 
 from twisted.internet import defer, endpoints, reactor
 
-from srsd.message import DeleteHeader, InsertHeader
+from srsd.mailauth.message import DeleteHeader, InsertHeader
 from srsd.protocols.milter import MilterFactory
 
 READY = "milter ready"

@@ -45,7 +45,7 @@ import dns.resolver
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from srsd.milter_codec import MAX_HEADER_PACKET, MAX_PACKET
+from srsd.protocols.milter_codec import MAX_HEADER_PACKET, MAX_PACKET
 from tests import maildkim
 from tests.protocols import milter_wire as w
 from tests.srsd_daemon import SrsdDaemon, free_port, run_cli, srs0_pattern, tcp_endpoint

@@ -12,8 +12,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from zope.interface import implementer
 
-from srsd import milter_codec as mc
-from srsd.message import DeleteHeader, Envelope, InsertHeader, Message, Reject, TempFail
+from srsd.mailauth.message import DeleteHeader, Envelope, InsertHeader, Message, Reject, TempFail
+from srsd.protocols import milter_codec as mc
 from srsd.protocols.milter import DEFAULT_MACROS, WANTED_PROTOCOL, MilterFactory
 from tests.protocols import milter_wire as w
 from tests.protocols.conftest import connect

@@ -4,7 +4,7 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 
 from srsd.config import PolicySettings
-from srsd.policy import PolicyService
+from srsd.policy_service import PolicyService
 from srsd.protocols.policy import PolicyFactory, encode_action
 from srsd.spf import SPFResult
 from tests.protocols.conftest import connect

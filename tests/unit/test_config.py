@@ -148,7 +148,7 @@ def test_migration_guide_config_is_valid(tmp_path):
     import tomllib
     from pathlib import Path
 
-    from srsd.dkim import generate_key
+    from srsd.mailauth.keys import generate_key
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "migration.md").read_text()
     (block,) = re.findall(r"```toml\n(.*?)```", text, re.S)

@@ -1,4 +1,4 @@
-"""srsd.dkim: keys, the OpenSSL RSA adapter, signing, sealing and verification.
+"""srsd.mailauth: keys, the OpenSSL RSA adapter, signing, sealing and verification.
 
 Real crypto throughout; keys are looked up in a real DNS server on loopback
 (tests/dnsserver.py) through srsd's resolver, and checked by two verifiers:
@@ -14,6 +14,7 @@ import random
 import re
 import stat
 import subprocess
+import sys
 import time
 
 import authres
@@ -23,10 +24,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from srsd import dkim as sd
 from srsd.dns import Resolver
+from srsd.mailauth.dkimpy_setup import install, openssl_rsa_sign, pure_python_rsa
+from srsd.mailauth.key_lookup import DKIMTemporaryError, txt_lookup
+from srsd.mailauth.keys import DKIMKeyError, dns_record_name, generate_key, load_signing_key, zone_file_txt
+from srsd.mailauth.message import message_bytes
+from srsd.mailauth.results import authentication_results, authserv_id_of, forged_results
+from srsd.mailauth.sign import seal_message, sign_message
+from srsd.mailauth.verify import ARCResult, SignatureResult, verify_arc, verify_signatures
 from tests import maildkim
 from tests.maildkim import needs_mail_dkim
+from tests.srsd_daemon import REPO_ROOT, environment
 
 HEADERS = [
     ("From", " Alice Example <alice@example.org>"),
@@ -49,43 +57,43 @@ def _write_key(path, private, fmt=serialization.PrivateFormat.PKCS8):
 
 @pytest.fixture(scope="module")
 def rsa_key(tmp_path_factory):
-    return sd.generate_key(str(tmp_path_factory.mktemp("keys") / "rsa.private"))
+    return generate_key(str(tmp_path_factory.mktemp("keys") / "rsa.private"))
 
 
 @pytest.fixture(scope="module")
 def rsa_key2(tmp_path_factory):
-    return sd.generate_key(str(tmp_path_factory.mktemp("keys") / "rsa2.private"))
+    return generate_key(str(tmp_path_factory.mktemp("keys") / "rsa2.private"))
 
 
 @pytest.fixture(scope="module")
 def ed_key(tmp_path_factory):
-    return sd.generate_key(str(tmp_path_factory.mktemp("keys") / "ed.private"), "ed25519-sha256")
+    return generate_key(str(tmp_path_factory.mktemp("keys") / "ed.private"), "ed25519-sha256")
 
 
 def publish(dns_server, selector, domain, key):
-    dns_server.add(sd.dns_record_name(selector, domain), {"TXT": key.txt_record()})
+    dns_server.add(dns_record_name(selector, domain), {"TXT": key.txt_record()})
 
 
 def lookup(dns_server, timeout=2.0):
-    return sd.txt_lookup(Resolver([dns_server.address], timeout=timeout))
+    return txt_lookup(Resolver([dns_server.address], timeout=timeout))
 
 
 # -- keys -------------------------------------------------------------------------------------------
 
 
 def test_generated_rsa_key_is_private_and_2048_bits(tmp_path):
-    key = sd.generate_key(str(tmp_path / "sel.private"))
+    key = generate_key(str(tmp_path / "sel.private"))
     assert (key.algorithm, key.key_type, key.bits, key.warnings) == ("rsa-sha256", "rsa", 2048, ())
     assert stat.S_IMODE(os.stat(tmp_path / "sel.private").st_mode) == 0o600
     assert (tmp_path / "sel.private").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
-    with pytest.raises(sd.DKIMKeyError, match="exists; not overwriting"):
-        sd.generate_key(str(tmp_path / "sel.private"))
+    with pytest.raises(DKIMKeyError, match="exists; not overwriting"):
+        generate_key(str(tmp_path / "sel.private"))
 
 
 def test_generated_key_with_a_lax_umask_is_still_0600(tmp_path):
     old = os.umask(0)
     try:
-        sd.generate_key(str(tmp_path / "k"), "ed25519-sha256")
+        generate_key(str(tmp_path / "k"), "ed25519-sha256")
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "k").st_mode) == 0o600
@@ -103,21 +111,21 @@ def test_txt_records_parse_in_dkimpy(rsa_key, ed_key):
 
 def test_zone_file_txt_splits_at_255():
     text = "v=DKIM1; k=rsa; p=" + "A" * 400
-    rendered = sd.zone_file_txt(text)
+    rendered = zone_file_txt(text)
     pieces = rendered.split('" "')
     assert len(pieces) == 2 and len(pieces[0]) == 256  # the opening quote + 255
     assert rendered.replace('" "', "").strip('"') == text
-    assert sd.dns_record_name("s1", "fwd.example.") == "s1._domainkey.fwd.example"
+    assert dns_record_name("s1", "fwd.example.") == "s1._domainkey.fwd.example"
 
 
 def test_pkcs1_pkcs8_and_dknewkey_formats_load(tmp_path):
     private = rsa.generate_private_key(65537, 2048)
-    pkcs1 = sd.load_signing_key(_write_key(tmp_path / "a", private, serialization.PrivateFormat.TraditionalOpenSSL))
-    pkcs8 = sd.load_signing_key(_write_key(tmp_path / "b", private))
+    pkcs1 = load_signing_key(_write_key(tmp_path / "a", private, serialization.PrivateFormat.TraditionalOpenSSL))
+    pkcs8 = load_signing_key(_write_key(tmp_path / "b", private))
     assert pkcs1.txt_record() == pkcs8.txt_record() and pkcs1.dkimpy_key == pkcs8.dkimpy_key
     seed = os.urandom(32)
     (tmp_path / "ed").write_text(base64.b64encode(seed).decode() + "\n")  # dkimpy's dknewkey writes this
-    key = sd.load_signing_key(str(tmp_path / "ed"), "ed25519-sha256")
+    key = load_signing_key(str(tmp_path / "ed"), "ed25519-sha256")
     assert (
         key.public_key_base64()
         == base64.b64encode(
@@ -130,14 +138,14 @@ def test_pkcs1_pkcs8_and_dknewkey_formats_load(tmp_path):
 
 def test_key_errors_name_the_file(tmp_path):
     missing = str(tmp_path / "missing")
-    with pytest.raises(sd.DKIMKeyError, match=f"^{missing}: cannot read"):
-        sd.load_signing_key(missing)
+    with pytest.raises(DKIMKeyError, match=f"^{missing}: cannot read"):
+        load_signing_key(missing)
     (tmp_path / "junk").write_text("hello\n")
-    with pytest.raises(sd.DKIMKeyError, match="junk: not a PEM private key"):
-        sd.load_signing_key(str(tmp_path / "junk"))
+    with pytest.raises(DKIMKeyError, match="junk: not a PEM private key"):
+        load_signing_key(str(tmp_path / "junk"))
     (tmp_path / "bad.pem").write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
-    with pytest.raises(sd.DKIMKeyError, match="bad.pem: not a usable PEM private key"):
-        sd.load_signing_key(str(tmp_path / "bad.pem"))
+    with pytest.raises(DKIMKeyError, match="bad.pem: not a usable PEM private key"):
+        load_signing_key(str(tmp_path / "bad.pem"))
     private = rsa.generate_private_key(65537, 2048)
     (tmp_path / "enc").write_bytes(
         private.private_bytes(
@@ -146,18 +154,18 @@ def test_key_errors_name_the_file(tmp_path):
             serialization.BestAvailableEncryption(b"pw"),
         )
     )
-    with pytest.raises(sd.DKIMKeyError, match="enc: the key is encrypted"):
-        sd.load_signing_key(str(tmp_path / "enc"))
+    with pytest.raises(DKIMKeyError, match="enc: the key is encrypted"):
+        load_signing_key(str(tmp_path / "enc"))
 
 
 def test_key_type_must_match_the_algorithm(tmp_path, rsa_key, ed_key):
-    with pytest.raises(sd.DKIMKeyError, match="an rsa key, but the algorithm is ed25519-sha256"):
-        sd.load_signing_key(rsa_key.path, "ed25519-sha256")
-    with pytest.raises(sd.DKIMKeyError, match="an ed25519 key, but the algorithm is rsa-sha256"):
-        sd.load_signing_key(ed_key.path, "rsa-sha256")
+    with pytest.raises(DKIMKeyError, match="an rsa key, but the algorithm is ed25519-sha256"):
+        load_signing_key(rsa_key.path, "ed25519-sha256")
+    with pytest.raises(DKIMKeyError, match="an ed25519 key, but the algorithm is rsa-sha256"):
+        load_signing_key(ed_key.path, "rsa-sha256")
     path = _write_key(tmp_path / "ec", ec.generate_private_key(ec.SECP256R1()))
-    with pytest.raises(sd.DKIMKeyError, match="DKIM keys are RSA or ed25519"):
-        sd.load_signing_key(path)
+    with pytest.raises(DKIMKeyError, match="DKIM keys are RSA or ed25519"):
+        load_signing_key(path)
 
 
 def test_rsa_key_sizes(tmp_path):
@@ -165,9 +173,9 @@ def test_rsa_key_sizes(tmp_path):
     small = str(tmp_path / "512")
     subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:512", "-out", small],
                    check=True, capture_output=True)  # fmt: skip
-    with pytest.raises(sd.DKIMKeyError, match="a 512-bit RSA key; verifiers reject keys below 1024"):
-        sd.load_signing_key(small)
-    weak = sd.load_signing_key(_write_key(tmp_path / "1024", rsa.generate_private_key(65537, 1024)))
+    with pytest.raises(DKIMKeyError, match="a 512-bit RSA key; verifiers reject keys below 1024"):
+        load_signing_key(small)
+    weak = load_signing_key(_write_key(tmp_path / "1024", rsa.generate_private_key(65537, 1024)))
     assert weak.bits == 1024 and "use 2048 bits" in weak.warnings[0]
 
 
@@ -175,10 +183,22 @@ def test_rsa_key_sizes(tmp_path):
 
 
 def test_the_adapter_is_installed():
-    assert dkim.RSASSA_PKCS1_v1_5_sign is sd.openssl_rsa_sign
-    with sd.pure_python_rsa():
+    install()
+    assert dkim.RSASSA_PKCS1_v1_5_sign is openssl_rsa_sign
+    with pure_python_rsa():
         assert dkim.RSASSA_PKCS1_v1_5_sign is dkim.crypto.RSASSA_PKCS1_v1_5_sign
-    assert dkim.RSASSA_PKCS1_v1_5_sign is sd.openssl_rsa_sign
+    assert dkim.RSASSA_PKCS1_v1_5_sign is openssl_rsa_sign
+
+
+def test_importing_srsd_patches_no_library():
+    """dkimpy's RSA step and pyspf's DNS hook are installed by the parts that use them
+    (MailAuth, check_host), never as a side effect of an import."""
+    code = (
+        "import dkim, dkim.crypto, spf, srsd.service, srsd.cli, srsd.mailauth.sign, srsd.spf\n"
+        "assert dkim.RSASSA_PKCS1_v1_5_sign is dkim.crypto.RSASSA_PKCS1_v1_5_sign, 'dkimpy patched'\n"
+        "assert spf.DNSLookup.__module__ == 'spf', 'pyspf patched'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, env=environment())
 
 
 @pytest.mark.parametrize("bits", [1024, 2048, 3072])
@@ -192,7 +212,7 @@ def test_adapter_signatures_are_byte_identical_to_dkimpy(tmp_path, bits, digest)
     rng = random.Random(bits)
     for _ in range(5):
         data = rng.randbytes(rng.randrange(0, 3000))
-        ours = sd.openssl_rsa_sign(hashlib.new(digest, data), parsed)
+        ours = openssl_rsa_sign(hashlib.new(digest, data), parsed)
         theirs = dkim.crypto.RSASSA_PKCS1_v1_5_sign(hashlib.new(digest, data), parsed)
         assert bytes(ours) == bytes(theirs)
 
@@ -204,19 +224,19 @@ def frozen_clock(monkeypatch):
 
 
 def test_whole_dkim_signature_is_byte_identical(rsa_key, frozen_clock):
-    fast = sd.sign_message(HEADERS, BODY, rsa_key, "fwd.example", "sel", SIGNED)
-    with sd.pure_python_rsa():
-        slow = sd.sign_message(HEADERS, BODY, rsa_key, "fwd.example", "sel", SIGNED)
+    fast = sign_message(HEADERS, BODY, rsa_key, "fwd.example", "sel", SIGNED)
+    with pure_python_rsa():
+        slow = sign_message(HEADERS, BODY, rsa_key, "fwd.example", "sel", SIGNED)
     assert fast == slow
     assert "t=1795521600" in fast[1]
 
 
 def test_whole_arc_set_is_byte_identical(rsa_key):
-    results = sd.authentication_results("fwd.example", spf=("pass", "smtp.mailfrom", "example.org"),
-                                        dkim_results=[], arc=sd.ARCResult("none"))  # fmt: skip
-    fast = sd.seal_message([results, *HEADERS], BODY, rsa_key, "fwd.example", "sel", "fwd.example", SIGNED, 1795521600)
-    with sd.pure_python_rsa():
-        slow = sd.seal_message(
+    results = authentication_results("fwd.example", spf=("pass", "smtp.mailfrom", "example.org"),
+                                        dkim_results=[], arc=ARCResult("none"))  # fmt: skip
+    fast = seal_message([results, *HEADERS], BODY, rsa_key, "fwd.example", "sel", "fwd.example", SIGNED, 1795521600)
+    with pure_python_rsa():
+        slow = seal_message(
             [results, *HEADERS], BODY, rsa_key, "fwd.example", "sel", "fwd.example", SIGNED, 1795521600
         )
     assert fast == slow and [name for name, _ in fast] == [
@@ -230,11 +250,11 @@ def test_adapter_is_faster(rsa_key):
     def per_sign() -> float:
         started = time.perf_counter()
         for _ in range(5):
-            sd.sign_message(HEADERS, BODY, rsa_key, "fwd.example", "sel", SIGNED)
+            sign_message(HEADERS, BODY, rsa_key, "fwd.example", "sel", SIGNED)
         return (time.perf_counter() - started) / 5
 
     fast = per_sign()
-    with sd.pure_python_rsa():
+    with pure_python_rsa():
         slow = per_sign()
     assert fast < slow / 2
 
@@ -245,9 +265,9 @@ def test_keys_dkimpy_parses_itself_are_signed_too(tmp_path):
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
     )
-    message = sd.message_bytes(HEADERS, BODY)
+    message = message_bytes(HEADERS, BODY)
     fast = dkim.sign(message, b"s", b"example.org", pem)
-    with sd.pure_python_rsa():
+    with pure_python_rsa():
         slow = dkim.sign(message, b"s", b"example.org", pem)
     assert fast.split(b"t=")[0] == slow.split(b"t=")[0]
 
@@ -256,8 +276,8 @@ def test_keys_dkimpy_parses_itself_are_signed_too(tmp_path):
 
 
 def signed_message(key, domain="fwd.example", selector="sel", headers=HEADERS, body=BODY):
-    signature = sd.sign_message(headers, body, key, domain, selector, SIGNED)
-    return sd.message_bytes([signature, *headers], body), signature
+    signature = sign_message(headers, body, key, domain, selector, SIGNED)
+    return message_bytes([signature, *headers], body), signature
 
 
 def test_signature_shape(rsa_key):
@@ -275,7 +295,7 @@ def test_rsa_signature_verifies_in_dkimpy_over_loopback_dns(dns_server, rsa_key)
     publish(dns_server, "sel", "fwd.example", rsa_key)
     message, _ = signed_message(rsa_key)
     dnsfunc = lookup(dns_server)
-    results = sd.verify_signatures(message, dnsfunc)
+    results = verify_signatures(message, dnsfunc)
     assert [(r.result, r.domain, r.selector) for r in results] == [("pass", "fwd.example", "sel")]
     asked = dns_server.count("sel._domainkey.fwd.example", "TXT")
     assert dkim.verify(message, dnsfunc=dnsfunc)  # dkimpy's own entry point takes it too
@@ -297,14 +317,14 @@ def test_mail_dkim_sees_a_tampered_message_fail(dns_server, rsa_key):
     message, _ = signed_message(rsa_key)
     tampered = message.replace(b"this is the body", b"this is another body")
     assert maildkim.mail_dkim(tampered, dns_server.port).result == "fail"
-    assert sd.verify_signatures(tampered, lookup(dns_server))[0].result == "fail"
+    assert verify_signatures(tampered, lookup(dns_server))[0].result == "fail"
 
 
 def test_ed25519_signature_verifies_in_dkimpy(dns_server, ed_key):
     publish(dns_server, "ed", "fwd.example", ed_key)
     message, (_, value) = signed_message(ed_key, selector="ed")
     assert "a=ed25519-sha256" in value
-    results = sd.verify_signatures(message, lookup(dns_server))
+    results = verify_signatures(message, lookup(dns_server))
     assert [(r.result, r.algorithm) for r in results] == [("pass", "ed25519-sha256")]
 
 
@@ -326,15 +346,15 @@ def test_every_signature_is_reported(dns_server, rsa_key, rsa_key2):
     )
     headers = list(HEADERS)
     signatures = [
-        sd.sign_message(headers, BODY, rsa_key, "example.org", "good", SIGNED),
-        sd.sign_message(headers, BODY, rsa_key2, "example.net", "wrong", SIGNED),
-        sd.sign_message(headers, BODY, rsa_key, "example.com", "revoked", SIGNED),
-        sd.sign_message(headers, BODY, rsa_key, "example.com", "missing", SIGNED),
-        sd.sign_message(headers, BODY, rsa_key, "example.com", "slow", SIGNED),
+        sign_message(headers, BODY, rsa_key, "example.org", "good", SIGNED),
+        sign_message(headers, BODY, rsa_key2, "example.net", "wrong", SIGNED),
+        sign_message(headers, BODY, rsa_key, "example.com", "revoked", SIGNED),
+        sign_message(headers, BODY, rsa_key, "example.com", "missing", SIGNED),
+        sign_message(headers, BODY, rsa_key, "example.com", "slow", SIGNED),
         ("DKIM-Signature", " v=1; a=rsa-sha256; d=example.com; s=x; b=AAAA"),  # no h=, no bh=
     ]
-    message = sd.message_bytes([*signatures, *headers], BODY)
-    results = sd.verify_signatures(message, lookup(dns_server, timeout=0.3))
+    message = message_bytes([*signatures, *headers], BODY)
+    results = verify_signatures(message, lookup(dns_server, timeout=0.3))
     assert [(r.result, r.domain, r.selector) for r in results] == [
         ("pass", "example.org", "good"),
         ("fail", "example.net", "wrong"),
@@ -351,26 +371,26 @@ def test_every_signature_is_reported(dns_server, rsa_key, rsa_key2):
 def test_body_hash_mismatch_is_a_fail_with_reason(dns_server, rsa_key):
     publish(dns_server, "sel", "fwd.example", rsa_key)
     message, _ = signed_message(rsa_key)
-    result = sd.verify_signatures(message.replace(b"Hello,", b"Hullo,"), lookup(dns_server))[0]
+    result = verify_signatures(message.replace(b"Hello,", b"Hullo,"), lookup(dns_server))[0]
     assert (result.result, result.reason) == ("fail", "body hash mismatch")
 
 
 def test_signature_count_is_capped(dns_server, rsa_key):
     publish(dns_server, "sel", "fwd.example", rsa_key)
-    signature = sd.sign_message(HEADERS, BODY, rsa_key, "fwd.example", "sel", SIGNED)
-    message = sd.message_bytes([signature] * 12 + HEADERS, BODY)
-    assert [r.result for r in sd.verify_signatures(message, lookup(dns_server), limit=8)] == ["pass"] * 8
+    signature = sign_message(HEADERS, BODY, rsa_key, "fwd.example", "sel", SIGNED)
+    message = message_bytes([signature] * 12 + HEADERS, BODY)
+    assert [r.result for r in verify_signatures(message, lookup(dns_server), limit=8)] == ["pass"] * 8
 
 
 def test_lookups_respect_the_deadline(dns_server):
     dns_server.set_zone({"sel._domainkey.example.org": ["TIMEOUT"]})
     resolver = Resolver([dns_server.address], timeout=2.0)
     started = time.monotonic()
-    with pytest.raises(sd.DKIMTemporaryError):
-        sd.txt_lookup(resolver, deadline=time.monotonic() + 0.3)(b"sel._domainkey.example.org.")
+    with pytest.raises(DKIMTemporaryError):
+        txt_lookup(resolver, deadline=time.monotonic() + 0.3)(b"sel._domainkey.example.org.")
     assert time.monotonic() - started < 1.0
-    with pytest.raises(sd.DKIMTemporaryError, match="no time left"):
-        sd.txt_lookup(resolver, deadline=time.monotonic() - 1)(b"other._domainkey.example.org.")
+    with pytest.raises(DKIMTemporaryError, match="no time left"):
+        txt_lookup(resolver, deadline=time.monotonic() - 1)(b"other._domainkey.example.org.")
 
 
 def test_multi_string_txt_records_are_joined(dns_server, rsa_key):
@@ -384,10 +404,10 @@ def test_multi_string_txt_records_are_joined(dns_server, rsa_key):
 
 
 def seal(headers, body, key, domain, selector="arc", cv="none", spf="pass"):
-    results = sd.authentication_results(
-        domain, spf=(spf, "smtp.mailfrom", "example.org"), dkim_results=[], arc=sd.ARCResult(cv)
+    results = authentication_results(
+        domain, spf=(spf, "smtp.mailfrom", "example.org"), dkim_results=[], arc=ARCResult(cv)
     )
-    return sd.seal_message([results, *headers], body, key, domain, selector, domain, SIGNED), results
+    return seal_message([results, *headers], body, key, domain, selector, domain, SIGNED), results
 
 
 def test_first_arc_set_validates_in_dkimpy(dns_server, rsa_key):
@@ -395,8 +415,8 @@ def test_first_arc_set_validates_in_dkimpy(dns_server, rsa_key):
     arc_set, results = seal(HEADERS, BODY, rsa_key, "hop1.example")
     assert arc_set[0][1].startswith(" i=1; cv=none; a=rsa-sha256; d=hop1.example; s=arc;")
     assert arc_set[2][1].startswith(" i=1; hop1.example;")
-    message = sd.message_bytes([*arc_set, results, *HEADERS], BODY)
-    assert sd.verify_arc(message, lookup(dns_server)) == sd.ARCResult("pass", "", 1)
+    message = message_bytes([*arc_set, results, *HEADERS], BODY)
+    assert verify_arc(message, lookup(dns_server)) == ARCResult("pass", "", 1)
 
 
 @needs_mail_dkim
@@ -405,11 +425,11 @@ def test_two_hop_arc_chain_validates_in_dkimpy_and_mail_dkim(dns_server, rsa_key
     publish(dns_server, "sel", "fwd.example", rsa_key2)
     first, results1 = seal(HEADERS, BODY, rsa_key, "hop1.example")
     hop1 = [*first, results1, *HEADERS]
-    assert sd.verify_arc(sd.message_bytes(hop1, BODY), lookup(dns_server)).cv == "pass"
+    assert verify_arc(message_bytes(hop1, BODY), lookup(dns_server)).cv == "pass"
     second, results2 = seal(hop1, BODY, rsa_key2, "fwd.example", selector="sel", cv="pass")
     assert second[0][1].startswith(" i=2; cv=pass;")
-    message = sd.message_bytes([*second, results2, *hop1], BODY)
-    assert sd.verify_arc(message, lookup(dns_server)) == sd.ARCResult("pass", "", 2)
+    message = message_bytes([*second, results2, *hop1], BODY)
+    assert verify_arc(message, lookup(dns_server)) == ARCResult("pass", "", 2)
     outcome = maildkim.mail_dkim(message, dns_server.port, "arc")
     assert outcome.result == "pass", outcome
 
@@ -417,8 +437,8 @@ def test_two_hop_arc_chain_validates_in_dkimpy_and_mail_dkim(dns_server, rsa_key
 def test_broken_chain_is_fail_and_still_sealable(dns_server, rsa_key):
     publish(dns_server, "arc", "hop1.example", rsa_key)
     arc_set, results = seal(HEADERS, BODY, rsa_key, "hop1.example")
-    message = sd.message_bytes([*arc_set, results, *HEADERS], BODY.replace(b"Hello", b"Bye"))
-    outcome = sd.verify_arc(message, lookup(dns_server))
+    message = message_bytes([*arc_set, results, *HEADERS], BODY.replace(b"Hello", b"Bye"))
+    outcome = verify_arc(message, lookup(dns_server))
     assert (outcome.cv, outcome.sealable, outcome.temporary) == ("fail", True, False)
 
 
@@ -428,26 +448,26 @@ def test_chain_that_already_failed_is_not_sealed_again(dns_server, rsa_key):
     hop1 = [*first, results1, *HEADERS]
     second, results2 = seal(hop1, BODY, rsa_key, "hop1.example", cv="fail")
     assert second[0][1].startswith(" i=2; cv=fail;")
-    outcome = sd.verify_arc(sd.message_bytes([*second, results2, *hop1], BODY), lookup(dns_server))
+    outcome = verify_arc(message_bytes([*second, results2, *hop1], BODY), lookup(dns_server))
     assert (outcome.cv, outcome.sealable) == ("fail", False)
 
 
 def test_arc_lookup_timeout_is_temporary(dns_server, rsa_key):
     dns_server.set_zone({"arc._domainkey.hop1.example": ["TIMEOUT"]})
     arc_set, results = seal(HEADERS, BODY, rsa_key, "hop1.example")
-    outcome = sd.verify_arc(sd.message_bytes([*arc_set, results, *HEADERS], BODY), lookup(dns_server, 0.3))
+    outcome = verify_arc(message_bytes([*arc_set, results, *HEADERS], BODY), lookup(dns_server, 0.3))
     assert (outcome.cv, outcome.temporary, outcome.sealable) == ("fail", True, False)
 
 
 def test_no_arc_headers_is_none(dns_server):
-    assert sd.verify_arc(sd.message_bytes(HEADERS, BODY), lookup(dns_server)) == sd.ARCResult("none", "", 0)
+    assert verify_arc(message_bytes(HEADERS, BODY), lookup(dns_server)) == ARCResult("none", "", 0)
 
 
 def test_seal_needs_our_authentication_results(rsa_key):
     foreign = ("Authentication-Results", " mx.other.example; spf=pass smtp.mailfrom=example.org")
-    assert sd.seal_message([foreign, *HEADERS], BODY, rsa_key, "fwd.example", "s", "fwd.example", SIGNED) == []
+    assert seal_message([foreign, *HEADERS], BODY, rsa_key, "fwd.example", "s", "fwd.example", SIGNED) == []
     with pytest.raises(ValueError, match="rsa-sha256 only"):
-        sd.seal_message(HEADERS, BODY, sd.generate_key(str(rsa_key.path) + ".ed", "ed25519-sha256"), "a.b", "s",
+        seal_message(HEADERS, BODY, generate_key(str(rsa_key.path) + ".ed", "ed25519-sha256"), "a.b", "s",
                         "a.b", SIGNED)  # fmt: skip
 
 
@@ -468,7 +488,7 @@ def test_seal_needs_our_authentication_results(rsa_key):
     ],
 )
 def test_authserv_id_of(value, authserv_id):
-    assert sd.authserv_id_of(value) == authserv_id
+    assert authserv_id_of(value) == authserv_id
 
 
 def test_forged_results_are_found_highest_first():
@@ -480,17 +500,17 @@ def test_forged_results_are_found_highest_first():
         ("X-Authentication-Results", " fwd.example; spf=pass"),
         ("Authentication-Results", " fwd.example.evil; spf=pass"),
     ]
-    assert sd.forged_results(headers, "fwd.example") == [3, 1]
-    assert sd.forged_results(headers, "nobody.example") == []
+    assert forged_results(headers, "fwd.example") == [3, 1]
+    assert forged_results(headers, "nobody.example") == []
 
 
 def test_authentication_results_format_parses_in_authres():
     results = [
-        sd.SignatureResult("pass", "", "example.org", "s1", "@example.org", "rsa-sha256", "abcdefg/1234+=="),
-        sd.SignatureResult("fail", "body hash mismatch", "example.net", "s2", "", "rsa-sha256", "abcdefg/5678"),
+        SignatureResult("pass", "", "example.org", "s1", "@example.org", "rsa-sha256", "abcdefg/1234+=="),
+        SignatureResult("fail", "body hash mismatch", "example.net", "s2", "", "rsa-sha256", "abcdefg/5678"),
     ]
-    name, value = sd.authentication_results(
-        "fwd.example", spf=("softfail", "smtp.mailfrom", "example.org"), dkim_results=results, arc=sd.ARCResult("pass")
+    name, value = authentication_results(
+        "fwd.example", spf=("softfail", "smtp.mailfrom", "example.org"), dkim_results=results, arc=ARCResult("pass")
     )
     assert name == "Authentication-Results"
     assert value == (
@@ -509,18 +529,18 @@ def test_authentication_results_format_parses_in_authres():
 
 
 def test_authentication_results_without_signatures_or_spf():
-    _, value = sd.authentication_results("fwd.example", spf=None, dkim_results=[], arc=None)
+    _, value = authentication_results("fwd.example", spf=None, dkim_results=[], arc=None)
     assert value == " fwd.example;\r\n\tdkim=none"
-    _, value = sd.authentication_results("fwd.example", spf=("none", "smtp.helo", "mx.example"), dkim_results=[],
-                                         arc=sd.ARCResult("fail", "ARC-Seal[1] did not validate"))  # fmt: skip
+    _, value = authentication_results("fwd.example", spf=("none", "smtp.helo", "mx.example"), dkim_results=[],
+                                         arc=ARCResult("fail", "ARC-Seal[1] did not validate"))  # fmt: skip
     assert "spf=none smtp.helo=mx.example" in value and "arc=fail (ARC-Seal[1] did not validate)" in value
 
 
 def test_header_b_prefixes_are_long_enough_to_tell_signatures_apart():
-    a = sd.SignatureResult("pass", b="abcdefghIJKLmnop")
-    b = sd.SignatureResult("fail", b="abcdefghIJKLqrst")
-    c = sd.SignatureResult("pass", b="zzzzzzzzzzzz")
-    _, value = sd.authentication_results("x.example", spf=None, dkim_results=[a, b, c], arc=None)
+    a = SignatureResult("pass", b="abcdefghIJKLmnop")
+    b = SignatureResult("fail", b="abcdefghIJKLqrst")
+    c = SignatureResult("pass", b="zzzzzzzzzzzz")
+    _, value = authentication_results("x.example", spf=None, dkim_results=[a, b, c], arc=None)
     assert "header.b=abcdefghIJKLmnop" in value and "header.b=abcdefghIJKLqrst" in value
     assert "header.b=zzzzzzzz;" in value or value.endswith("header.b=zzzzzzzz")
 
@@ -535,7 +555,7 @@ def test_cli_dkim_keygen(tmp_path, capsys):
     out = capsys.readouterr()
     name, _in, _txt, data = out.out.strip().split(" ", 3)
     assert name == "s2026._domainkey.fwd.example."
-    key = sd.load_signing_key(str(tmp_path / "s2026.private"))
+    key = load_signing_key(str(tmp_path / "s2026.private"))
     assert data.replace('" "', "").strip('"') == key.txt_record()
     assert stat.S_IMODE(os.stat(tmp_path / "s2026.private").st_mode) == 0o600
     assert "key_file" in out.err

@@ -12,11 +12,15 @@ from __future__ import annotations
 import dkim
 import pytest
 
-from srsd import dkim as sd
 from srsd.config import ConfigError, parse_config
 from srsd.dns import Resolver
-from srsd.mailauth import FORWARDED, GRACE, LOCAL, OTHER, MailAuth, auth_settings, classify
-from srsd.message import DeleteHeader, Envelope, InsertHeader, Message, TempFail
+from srsd.mailauth.handler import FORWARDED, GRACE, LOCAL, OTHER, MailAuth, auth_settings, classify
+from srsd.mailauth.key_lookup import txt_lookup
+from srsd.mailauth.keys import generate_key
+from srsd.mailauth.message import DeleteHeader, Envelope, InsertHeader, Message, TempFail, message_bytes
+from srsd.mailauth.results import authentication_results
+from srsd.mailauth.sign import seal_message, sign_message
+from srsd.mailauth.verify import ARCResult, SignatureResult, verify_arc, verify_signatures
 from srsd.spf import SPFChecker
 from tests import maildkim
 from tests.maildkim import needs_mail_dkim
@@ -36,7 +40,7 @@ ORIGIN_SIGNED = ("From", "To", "Subject", "Date", "Message-ID")
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     directory = tmp_path_factory.mktemp("keys")
-    return {name: sd.generate_key(str(directory / f"{name}.private")) for name in ("fwd", "origin", "hop1")}
+    return {name: generate_key(str(directory / f"{name}.private")) for name in ("fwd", "origin", "hop1")}
 
 
 @pytest.fixture
@@ -105,7 +109,7 @@ def envelope(**changes):
 def origin_message(keys, extra_headers=(), sign=True):
     headers = [*extra_headers, *ORIGIN_HEADERS]
     if sign:
-        signature = sd.sign_message(ORIGIN_HEADERS, BODY, keys["origin"], "example.org", "s1", ORIGIN_SIGNED)
+        signature = sign_message(ORIGIN_HEADERS, BODY, keys["origin"], "example.org", "s1", ORIGIN_SIGNED)
         headers.insert(len(extra_headers), signature)
     return Message(headers, BODY)
 
@@ -113,14 +117,14 @@ def origin_message(keys, extra_headers=(), sign=True):
 def hop1_sealed(keys):
     """The origin message as hop1.example forwarded it: its A-R and ARC set i=1 on top."""
     message = origin_message(keys)
-    results = sd.authentication_results(
+    results = authentication_results(
         "hop1.example",
         spf=("pass", "smtp.mailfrom", "example.org"),
-        dkim_results=[sd.SignatureResult("pass", domain="example.org")],
-        arc=sd.ARCResult("none"),
+        dkim_results=[SignatureResult("pass", domain="example.org")],
+        arc=ARCResult("none"),
     )
     headers = [results, *message.headers]
-    arc_set = sd.seal_message(headers, BODY, keys["hop1"], "hop1.example", "arc", "hop1.example", ORIGIN_SIGNED)
+    arc_set = seal_message(headers, BODY, keys["hop1"], "hop1.example", "arc", "hop1.example", ORIGIN_SIGNED)
     return Message([*arc_set, *headers], BODY)
 
 
@@ -194,15 +198,15 @@ def parse_config_default_trusted(tmp_path):
 
 
 def test_log_summary():
-    from srsd.mailauth import _summary
+    from srsd.mailauth.results import summary
 
-    header = sd.authentication_results(
+    header = authentication_results(
         "fwd.example",
         spf=("pass", "smtp.mailfrom", "example.org"),
-        dkim_results=[sd.SignatureResult("fail", "a; b (c)", "example.org")],
-        arc=sd.ARCResult("none"),
+        dkim_results=[SignatureResult("fail", "a; b (c)", "example.org")],
+        arc=ARCResult("none"),
     )
-    assert _summary(header) == "spf=pass dkim=fail arc=none"
+    assert summary(header[1]) == "spf=pass dkim=fail arc=none"
 
 
 # -- forwarded mail --------------------------------------------------------------------------------------------
@@ -217,11 +221,11 @@ def check_forwarded(zone, delivered, *, origin_dkim="pass", arc_instance=1):
         "ARC-Authentication-Results",
         "Authentication-Results",
     ]
-    raw = sd.message_bytes(delivered.headers, delivered.body)
-    dnsfunc = sd.txt_lookup(Resolver([zone.address]))
-    results = sd.verify_signatures(raw, dnsfunc)
+    raw = message_bytes(delivered.headers, delivered.body)
+    dnsfunc = txt_lookup(Resolver([zone.address]))
+    results = verify_signatures(raw, dnsfunc)
     assert [(r.result, r.domain) for r in results] == [("pass", "fwd.example"), (origin_dkim, "example.org")]
-    arc = sd.verify_arc(raw, dnsfunc)
+    arc = verify_arc(raw, dnsfunc)
     assert (arc.cv, arc.instances) == ("pass", arc_instance)
     return raw
 
@@ -283,8 +287,8 @@ def test_every_incoming_signature_is_reported(make_auth, reactor, keys, zone):
     auth = make_auth()
     message = origin_message(keys)
     extra = [
-        sd.sign_message(ORIGIN_HEADERS, BODY, keys["hop1"], "example.org", "s1", ORIGIN_SIGNED),  # wrong key
-        sd.sign_message(ORIGIN_HEADERS, BODY, keys["origin"], "example.net", "gone", ORIGIN_SIGNED),
+        sign_message(ORIGIN_HEADERS, BODY, keys["hop1"], "example.org", "s1", ORIGIN_SIGNED),  # wrong key
+        sign_message(ORIGIN_HEADERS, BODY, keys["origin"], "example.net", "gone", ORIGIN_SIGNED),
     ]
     message = Message(extra + message.headers, BODY)
     delivered = apply(message, run(reactor, auth, envelope(), message))
@@ -300,8 +304,8 @@ def test_unsigned_message_reports_dkim_none(make_auth, reactor, keys, zone):
     delivered = apply(message, run(reactor, auth, envelope(client_address="203.0.113.9"), message))
     results = field(delivered, "Authentication-Results")
     assert "spf=fail smtp.mailfrom=example.org" in results and "dkim=none" in results
-    raw = sd.message_bytes(delivered.headers, delivered.body)
-    assert sd.verify_arc(raw, sd.txt_lookup(Resolver([zone.address]))).cv == "pass"
+    raw = message_bytes(delivered.headers, delivered.body)
+    assert verify_arc(raw, txt_lookup(Resolver([zone.address]))).cv == "pass"
 
 
 def test_null_sender_reports_the_helo_identity(make_auth, reactor, keys, zone):
@@ -342,8 +346,8 @@ def test_sealing_and_signing_without_results_header(make_auth, reactor, keys, zo
     assert names(delivered)[:4] == ["DKIM-Signature", "ARC-Seal", "ARC-Message-Signature", "ARC-Authentication-Results"]
     assert "Authentication-Results" not in names(delivered)
     assert "spf=pass" in field(delivered, "ARC-Authentication-Results")
-    raw = sd.message_bytes(delivered.headers, delivered.body)
-    assert sd.verify_arc(raw, sd.txt_lookup(Resolver([zone.address]))).cv == "pass"
+    raw = message_bytes(delivered.headers, delivered.body)
+    assert verify_arc(raw, txt_lookup(Resolver([zone.address]))).cv == "pass"
 
 
 def test_signing_only(make_auth, reactor, keys, zone):
@@ -377,8 +381,8 @@ def test_authenticated_mail_is_signed_only(make_auth, reactor, keys, zone):
     assert actions[0] == DeleteHeader("Authentication-Results", 1)
     assert [a.name for a in actions[1:]] == ["DKIM-Signature"]
     delivered = apply(message, actions)
-    raw = sd.message_bytes(delivered.headers, delivered.body)
-    assert dkim.verify(raw, dnsfunc=sd.txt_lookup(Resolver([zone.address])))
+    raw = message_bytes(delivered.headers, delivered.body)
+    assert dkim.verify(raw, dnsfunc=txt_lookup(Resolver([zone.address])))
 
 
 def test_local_signing_can_be_off(make_auth, reactor, keys, zone):

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from srsd import milter_codec as mc
+from srsd.protocols import milter_codec as mc
 from tests.protocols import milter_wire as w
 
 

@@ -6,23 +6,23 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 
 from srsd.config import PolicySettings
-from srsd.policy import (
+from srsd.header_text import one_line
+from srsd.policy_service import PolicyService
+from srsd.spf import SPFResult
+from srsd.spf_policy import (
     DUNNO,
     PolicyRequest,
-    PolicyService,
     Rules,
     Verdict,
     authentication_results_header,
     decide,
     error_action,
     for_state,
-    one_line,
     parse_request,
     plan_checks,
     received_spf_header,
     screen,
 )
-from srsd.spf import SPFResult
 
 RECEIVER = "mx.example.org"
 

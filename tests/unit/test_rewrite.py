@@ -2,7 +2,8 @@
 
 import pytest
 
-from srsd.rewrite import FOUND, NOTFOUND, REVERSE_NOT_OURS, LocalDomains, Rewriter
+from srsd.domains import DomainSet
+from srsd.rewrite import FOUND, NOTFOUND, REVERSE_NOT_OURS, Rewriter
 from srsd.srs import SRS
 
 NOW = 1795521600
@@ -11,7 +12,7 @@ NOW = 1795521600
 @pytest.fixture
 def rw():
     srs = SRS(["tops3cr3t", "old-secret"], "fwd.example")
-    return Rewriter(srs, LocalDomains(["local.example", ".sub.example", "Mixed.Example"]))
+    return Rewriter(srs, DomainSet(["local.example", ".sub.example", "Mixed.Example"]))
 
 
 def test_plain_sender_is_rewritten(rw):
@@ -65,7 +66,7 @@ def test_srs1_relookup_chain(rw):
 
 
 def test_always_rewrite_never_rewrites_own_srs():
-    rw = Rewriter(SRS(["s"], "fwd.example"), LocalDomains(["local.example"]), always_rewrite=True)
+    rw = Rewriter(SRS(["s"], "fwd.example"), DomainSet(["local.example"]), always_rewrite=True)
     assert rw.forward("x@local.example", NOW).status == FOUND
     out = rw.forward("x@fwd.example", NOW)
     assert out.status == FOUND
@@ -105,7 +106,7 @@ def test_ordinary_recipients_fast_path(rw):
 
 
 def test_local_domains_container():
-    d = LocalDomains([" Example.COM. ", ".Parent.org", ""])
+    d = DomainSet([" Example.COM. ", ".Parent.org", ""])
     assert "example.com" in d and "EXAMPLE.com" in d
     assert "x.parent.org" in d and "parent.org" not in d
     assert "example.org" not in d
@@ -113,8 +114,8 @@ def test_local_domains_container():
 
 
 def test_reverse_domains_for_a_renamed_srs_domain():
-    old = Rewriter(SRS(["s"], "old.example"), LocalDomains([]))
-    new = Rewriter(SRS(["s"], "new.example"), LocalDomains([]), reverse_domains=["OLD.example"])
+    old = Rewriter(SRS(["s"], "old.example"), DomainSet([]))
+    new = Rewriter(SRS(["s"], "new.example"), DomainSet([]), reverse_domains=["OLD.example"])
     minted = old.forward("a@example.org", NOW).text
     assert new.reverse(minted, NOW) == (FOUND, "a@example.org")
     assert new.forward("a@example.org", NOW).text.endswith("@new.example")

@@ -3,7 +3,8 @@ Postfix runs are in tests/e2e/test_postfix_spf.py)."""
 
 from twisted.internet import defer
 
-from srsd.spf import SPFAwareForward, SPFResult
+from srsd.spf import SPFResult
+from srsd.spf_aware import SPFAwareForward
 
 
 class ScriptedChecker:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from srsd.rewrite import FOUND, LocalDomains, Rewriter
+from srsd.domains import DomainSet
+from srsd.rewrite import FOUND, Rewriter
 from srsd.srs import SRS, SRSError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,7 @@ def _run(case: dict) -> dict:
             return {"output": srs.reverse(address, now)}
         _local, at, domain = address.rpartition("@")
         if at and domain.lower() == case["domain"].lower():
-            answer = Rewriter(srs, LocalDomains([])).forward(address, now)
+            answer = Rewriter(srs, DomainSet([])).forward(address, now)
             return {"output": answer.text if answer.status == FOUND else address}
         return {"output": srs.forward(address, now)}
     except SRSError as exc:

@@ -8,7 +8,7 @@ command byte and ``length - 1`` bytes of payload; strings in a payload end in NU
 functions and constants build the filter's replies.
 
 Text is decoded as UTF-8 with ``surrogateescape``: any byte survives the round trip
-back to the wire (:meth:`srsd.message.Message.as_bytes` encodes the same way).
+back to the wire (:meth:`srsd.mailauth.message.Message.as_bytes` encodes the same way).
 Nothing is IDNA-decoded or otherwise rewritten.
 
 Sources: Postfix 3.7 ``src/milter/milter8.c`` (the MTA side we talk to) and

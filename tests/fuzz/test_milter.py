@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
-from srsd.message import DeleteHeader, InsertHeader
+from srsd.mailauth.message import DeleteHeader, InsertHeader
 from srsd.protocols.milter import MilterFactory
 from tests.protocols import milter_wire as w
 

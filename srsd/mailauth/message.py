@@ -1,14 +1,40 @@
 """What the milter hands the mail-authentication logic, and what it gets back.
 
-Shared by :mod:`srsd.protocols.milter` (the wire) and :mod:`srsd.mailauth` (the
-decisions: verify, DKIM-sign, ARC-seal). No sockets, no reactor.
+Shared by :mod:`srsd.protocols.milter` (the wire) and :mod:`srsd.mailauth.handler`
+(the decisions: verify, DKIM-sign, ARC-seal). No sockets, no reactor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Envelope", "Message", "InsertHeader", "DeleteHeader", "Reject", "TempFail", "Action"]
+__all__ = [
+    "HeaderField",
+    "message_bytes",
+    "Envelope",
+    "Message",
+    "InsertHeader",
+    "DeleteHeader",
+    "Reject",
+    "TempFail",
+    "Action",
+]
+
+HeaderField = tuple[str, str]
+"""(name, value) as on the wire: the value is everything after the colon (leading
+space and folding kept)."""
+
+
+def message_bytes(headers: Sequence[HeaderField], body: bytes) -> bytes:
+    """RFC 5322 bytes, as DKIM canonicalizes them: CRLF line ends (a bare LF in a
+    folded value becomes CRLF) from (name, value) fields and a CRLF body."""
+    lines = []
+    for name, value in headers:
+        if "\n" in value:
+            value = value.replace("\r\n", "\n").replace("\n", "\r\n")
+        lines.append(f"{name}:{value}\r\n".encode("utf-8", "surrogateescape"))
+    return b"".join(lines) + b"\r\n" + body
 
 
 @dataclass
@@ -46,13 +72,12 @@ class Message:
     value exactly as on the wire minus the name and colon (folding kept, CRLF line
     ends), and the body with CRLF line ends."""
 
-    headers: list[tuple[str, str]]
+    headers: list[HeaderField]
     body: bytes
 
     def as_bytes(self) -> bytes:
-        """RFC 5322 bytes (CRLF), as DKIM canonicalizes them."""
-        head = b"".join(f"{n}:{v}\r\n".encode("utf-8", "surrogateescape") for n, v in self.headers)
-        return head + b"\r\n" + self.body
+        """RFC 5322 bytes (CRLF), as DKIM canonicalizes them (:func:`message_bytes`)."""
+        return message_bytes(self.headers, self.body)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The milter (:mod:`srsd.protocols.milter`) hands over each message at end of data:
 ``MailAuth.end_of_message(envelope, message)`` answers, through a Deferred, with
-the header edits for Postfix (:mod:`srsd.message` actions). Which edits depends
+the header edits for Postfix (:mod:`srsd.mailauth.message` actions). Which edits depends
 on what the message is (:func:`classify`):
 
 * **local** -- the client authenticated (SASL), or is in ``dkim.trusted_networks``
@@ -32,8 +32,6 @@ edits at all. See ``docs/dkim.md``.
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -43,24 +41,25 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from srsd.config import Config
-from srsd.dkim import (
-    ARCResult,
-    HeaderField,
-    SignatureResult,
-    SigningKey,
-    authentication_results,
-    forged_results,
-    load_signing_key,
-    message_bytes,
-    seal_message,
-    sign_message,
-    txt_lookup,
-    verify_arc,
-    verify_signatures,
-)
 from srsd.dns import Resolver
-from srsd.message import Action, DeleteHeader, Envelope, InsertHeader, Message, TempFail
-from srsd.rewrite import LocalDomains
+from srsd.domains import DomainSet, Networks
+from srsd.mailauth import dkimpy_setup
+from srsd.mailauth.key_lookup import txt_lookup
+from srsd.mailauth.keys import SigningKey
+from srsd.mailauth.message import (
+    Action,
+    DeleteHeader,
+    Envelope,
+    HeaderField,
+    InsertHeader,
+    Message,
+    TempFail,
+    message_bytes,
+)
+from srsd.mailauth.results import authentication_results, forged_results, without_forged
+from srsd.mailauth.results import summary as summarize
+from srsd.mailauth.sign import seal_message, sign_message
+from srsd.mailauth.verify import ARCResult, SignatureResult, verify_arc, verify_signatures
 from srsd.workpool import BoundedPool, PoolOverloaded
 
 __all__ = ["LOCAL", "FORWARDED", "OTHER", "AuthSettings", "auth_settings", "classify", "MailAuth"]
@@ -91,8 +90,8 @@ class AuthSettings:
     on_error: str
     budget: float
     threads: int
-    local_domains: LocalDomains
-    trusted_networks: tuple[Any, ...]
+    local_domains: DomainSet
+    trusted_networks: Networks
 
     @property
     def signs(self) -> bool:
@@ -100,12 +99,9 @@ class AuthSettings:
 
 
 def auth_settings(config: Config) -> AuthSettings:
-    """Build :class:`AuthSettings` from a validated config (reads the key file).
-
-    :raises srsd.dkim.DKIMKeyError: the key file went bad since validation.
-    """
+    """Build :class:`AuthSettings` from a validated config (its key is already loaded)."""
     d = config.dkim
-    key = load_signing_key(d.key_file, d.algorithm) if d.selector else None
+    key = config.dkim_key
     if key is not None:
         for warning in key.warnings:
             log.warn("dkim.key_file: {warning}", warning=warning)
@@ -122,23 +118,13 @@ def auth_settings(config: Config) -> AuthSettings:
         on_error=d.on_error,
         budget=d.budget,
         threads=d.threads,
-        local_domains=LocalDomains((*config.local_domains, config.srs.domain)),
-        trusted_networks=tuple(ipaddress.ip_network(n, strict=False) for n in d.trusted_networks),
+        local_domains=DomainSet((*config.local_domains, config.srs.domain)),
+        trusted_networks=Networks(d.trusted_networks),
     )
 
 
 def _domain(address: str) -> str:
     return address.rpartition("@")[2].strip().rstrip(".").lower()
-
-
-def _trusted(address: str, networks: tuple[Any, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks if net.version == ip.version)
 
 
 def classify(envelope: Envelope, settings: AuthSettings) -> tuple[str, str]:
@@ -147,7 +133,7 @@ def classify(envelope: Envelope, settings: AuthSettings) -> tuple[str, str]:
         return LOCAL, f"authenticated as {envelope.macros.get('{auth_authen}')}"
     if not envelope.client_address:
         return LOCAL, "local submission"
-    if _trusted(envelope.client_address, settings.trusted_networks):
+    if envelope.client_address in settings.trusted_networks:
         return LOCAL, f"trusted client {envelope.client_address}"
     for rcpt in envelope.recipients:
         if _domain(rcpt) in settings.local_domains:
@@ -213,6 +199,7 @@ class MailAuth:
     """
 
     def __init__(self, settings: Config | AuthSettings, resolver: Resolver, spf_checker: Any, reactor: Any) -> None:
+        dkimpy_setup.install()
         self.resolver = resolver
         self.spf_checker = spf_checker
         self.reactor = reactor
@@ -226,8 +213,6 @@ class MailAuth:
     def reconfigure(self, settings: Config | AuthSettings) -> None:
         """Swap in a new configuration (SIGHUP); messages under way finish with the old.
 
-        :raises srsd.dkim.DKIMKeyError: when given a Config whose key cannot be read
-            (build :func:`auth_settings` first to refuse a reload cleanly).
         """
         new = settings if isinstance(settings, AuthSettings) else auth_settings(settings)
         if new.threads != self.settings.threads:
@@ -258,7 +243,7 @@ class MailAuth:
                 log.debug("{qid}: left alone: {why}", qid=envelope.queue_id or "-", why=why)
                 return defer.succeed([])
             forged = forged_results(message.headers, settings.authserv_id)
-            kept = _without_forged(message.headers, settings.authserv_id)
+            kept = without_forged(message.headers, settings.authserv_id)
             deletes: list[Action] = [DeleteHeader("Authentication-Results", n) for n in forged]
             if kind == LOCAL:
                 d = self._local(settings, kept, message.body, deadline)
@@ -323,7 +308,7 @@ class MailAuth:
                 dkim_results=checked.signatures,
                 arc=arc,
             )
-            summary = _summary(header)
+            summary = summarize(header[1])
             if not (seal_now or sign):
                 return ([header] if settings.verify else [], summary)
             d = self.pool.run_until(deadline, _sign_job, settings, kept, body, header, seal_now, sign)
@@ -361,26 +346,9 @@ class MailAuth:
         return []
 
 
-def _without_forged(headers: list[tuple[str, str]], authserv_id: str) -> list[HeaderField]:
-    from srsd.dkim import authserv_id_of
-
-    wanted = authserv_id.lower()
-    return [
-        (name, value)
-        for name, value in headers
-        if not (name.lower() == "authentication-results" and authserv_id_of(value) == wanted)
-    ]
-
-
 def _spf_triple(result: Any, envelope: Envelope) -> tuple[str, str, str] | None:
     if result is None:
         return None
     if result.identity == "helo":
         return result.result, "smtp.helo", envelope.helo
     return result.result, "smtp.mailfrom", _domain(envelope.mail_from)
-
-
-def _summary(header: HeaderField) -> str:
-    """``spf=pass dkim=pass arc=none`` from our A-R value (for the log): the first
-    word of each result line."""
-    return " ".join(re.findall(r"^\t([a-z]+=[a-z]+)", header[1], re.MULTILINE))

@@ -18,24 +18,21 @@ Postfix asks once per recipient (``check_policy_service`` in
   anything, so a failure never rejects mail and never lets through what the
   configuration would have refused (:func:`error_action`).
 
-Everything but :class:`PolicyService` is pure (no reactor, no DNS) and testable
-with plain values; the service runs the SPF checks through an
-:class:`~srsd.spf.SPFChecker` and remembers each message's verdict.
+Pure: no reactor, no DNS, testable with plain values.
+:class:`srsd.policy_service.PolicyService` runs the SPF checks these decisions ask
+for through an :class:`~srsd.spf.SPFChecker` and remembers each message's verdict.
 See ``docs/policy.md``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any
-
-from twisted.internet import defer
-from twisted.logger import Logger
+from dataclasses import dataclass
 
 from srsd.config import PolicySettings, is_domain
+from srsd.domains import DomainSet, Networks, normalize_domain
+from srsd.header_text import DOT_ATOM, comment, one_line, quoted
+from srsd.mailauth.results import FIELD, field_value, no_result, spf_result
 from srsd.spf import SPFResult
 
 __all__ = [
@@ -44,7 +41,6 @@ __all__ = [
     "PolicyRequest",
     "Rules",
     "CheckPlan",
-    "PolicyService",
     "parse_request",
     "screen",
     "plan_checks",
@@ -53,10 +49,7 @@ __all__ = [
     "for_state",
     "received_spf_header",
     "authentication_results_header",
-    "one_line",
 ]
-
-log = Logger(namespace="srsd.policy")
 
 DUNNO = "DUNNO"
 #: states where Postfix knows the envelope sender (others: CONNECT, EHLO, HELO, VRFY, ETRN)
@@ -79,41 +72,7 @@ _DEFAULT_EXPLANATION = {
     "permerror": "the domain's SPF record is invalid",
     "temperror": "the SPF record could not be retrieved",
 }
-_MAX_REPLY_TEXT = 250  # our part of the SMTP reply; Postfix adds "<rcpt>: Recipient address rejected: "
 _MAX_HEADER = 900  # a header line stays under RFC 5322's 998
-
-
-# -- text hygiene ----------------------------------------------------------------
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-_NON_ASCII = re.compile(r"[^\x20-\x7e]")
-
-
-def one_line(text: str, limit: int = _MAX_REPLY_TEXT, *, ascii_only: bool = True) -> str:
-    """*text* safe inside one policy reply line: control characters (a TXT record's
-    newline would end the reply early and desynchronise the connection) become
-    spaces, runs of spaces one, non-ASCII ``?`` (*ascii_only*), at most *limit* chars."""
-    text = " ".join(_CONTROL.sub(" ", text).split())
-    if ascii_only:
-        text = _NON_ASCII.sub("?", text)
-    if len(text) > limit:
-        text = text[: limit - 3].rstrip() + "..."
-    return text
-
-
-_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~]+$")  # RFC 2045 token (RFC 8601 pvalue)
-_DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*$")
-
-
-def _quoted(value: str, plain: re.Pattern[str]) -> str:
-    if value and plain.match(value):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _comment(text: str) -> str:
-    """*text* as the inside of an RFC 5322 comment (parentheses and backslashes escaped)."""
-    return re.sub(r"([()\\])", r"\\\1", text)
 
 
 # -- the request -------------------------------------------------------------------
@@ -202,24 +161,6 @@ def parse_request(attrs: dict[str, str]) -> PolicyRequest | Verdict:
 # -- configuration, compiled ----------------------------------------------------------
 
 
-def _names(entries: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(e.strip().lower().rstrip(".") for e in entries if e.strip() and not e.strip().startswith("#"))
-
-
-def name_matches(name: str, entries: tuple[str, ...]) -> bool:
-    """*name* equals an entry, or is below a ``.parent`` entry (case-insensitive)."""
-    name = name.lower().rstrip(".")
-    if not name:
-        return False
-    for entry in entries:
-        if entry.startswith("."):
-            if name.endswith(entry):
-                return True
-        elif name == entry:
-            return True
-    return False
-
-
 class Rules:
     """:class:`~srsd.config.PolicySettings` with networks and names parsed once.
 
@@ -229,12 +170,12 @@ class Rules:
     def __init__(self, settings: PolicySettings, receiver: str = "") -> None:
         self.settings = settings
         self.receiver = receiver or "localhost"
-        self.skip_networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.skip_networks)
-        self.whitelist_networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.whitelist_networks)
-        self.whitelist_helo = _names(settings.whitelist_helo)
+        self.skip_networks = Networks(settings.skip_networks)
+        self.whitelist_networks = Networks(settings.whitelist_networks)
+        self.whitelist_helo = DomainSet(settings.whitelist_helo)
         # Checked as "the client passes this domain's SPF": a ".parent" entry cannot be
         # evaluated, so its dot is dropped.
-        self.whitelist_domains = tuple(dict.fromkeys(n.lstrip(".") for n in _names(settings.whitelist_domains)))
+        self.whitelist_domains = tuple(dict.fromkeys(d.lstrip(".") for d in DomainSet(settings.whitelist_domains)))
         self.mail_from_rejects = REJECTED_RESULTS[settings.mail_from_reject]
         self.helo_rejects = REJECTED_RESULTS[settings.helo_reject]
 
@@ -243,14 +184,6 @@ class Rules:
         """True when some result refuses mail (not only headers)."""
         s = self.settings
         return bool(self.mail_from_rejects or self.helo_rejects or s.permerror_reject or s.temperror_defer)
-
-
-def _in_networks(ip: str, networks: tuple[Any, ...]) -> bool:
-    address = ipaddress.ip_address(ip)
-    candidates = [address]
-    if address.version == 4:
-        candidates.append(ipaddress.IPv6Address("::ffff:" + ip))  # match "::ffff:a.b.c.d/..." entries too
-    return any(a in net for a in candidates for net in networks if a.version == net.version)
 
 
 # -- decisions ---------------------------------------------------------------------------
@@ -271,7 +204,7 @@ def error_action(rules: Rules) -> str:
 def _whitelisted(request: PolicyRequest, rules: Rules, what: str) -> Verdict:
     text = f"SPF skipped for whitelisted {what}"
     if rules.settings.header == "authentication-results":
-        header = f"Authentication-Results: {rules.settings.authserv_id}; none ({_comment(one_line(text))})"
+        header = f"{FIELD}: " + field_value(rules.settings.authserv_id, [no_result(one_line(text))], folded=False)
     else:
         header = f"X-Comment: {one_line(text)} - {_details(request, rules.receiver)}"
     return Verdict("PREPEND " + _fit(header), "whitelisted", text)
@@ -288,16 +221,16 @@ def screen(request: PolicyRequest, rules: Rules) -> Verdict | None:
       is the same name (a bare HELO match is forgeable by anyone): a header saying
       SPF was skipped.
     """
-    if _in_networks(request.ip, rules.skip_networks):
+    if request.ip in rules.skip_networks:
         return Verdict(DUNNO, "skipped", "client in policy.skip_networks")
     if request.sasl_username:
         return Verdict(DUNNO, "skipped", "SASL-authenticated client")
-    if _in_networks(request.ip, rules.whitelist_networks):
+    if request.ip in rules.whitelist_networks:
         return _whitelisted(request, rules, "relay")
     if (
         rules.whitelist_helo
-        and name_matches(request.helo, rules.whitelist_helo)
-        and request.helo.lower().rstrip(".") == request.client_name.lower().rstrip(".")
+        and request.helo in rules.whitelist_helo
+        and normalize_domain(request.helo) == normalize_domain(request.client_name)
     ):
         return _whitelisted(request, rules, "HELO name")
     return None
@@ -404,10 +337,10 @@ def _details(request: PolicyRequest, receiver: str, identity: str = "") -> str:
     """RFC 7208 9.1 key=value pairs (``client-ip=...; ...; identity=...``)."""
     pairs = [f"client-ip={request.ip}"]
     if identity != "helo":
-        pairs.append("envelope-from=" + _quoted(one_line(request.sender, 300, ascii_only=False), _DOT_ATOM))
+        pairs.append("envelope-from=" + quoted(one_line(request.sender, 300, ascii_only=False), DOT_ATOM))
     if request.helo:
-        pairs.append("helo=" + _quoted(one_line(request.helo, 300, ascii_only=False), _DOT_ATOM))
-    pairs.append("receiver=" + _quoted(receiver, _DOT_ATOM))
+        pairs.append("helo=" + quoted(one_line(request.helo, 300, ascii_only=False), DOT_ATOM))
+    pairs.append("receiver=" + quoted(receiver, DOT_ATOM))
     if identity:
         pairs.append(f"identity={identity}")
     return "; ".join(pairs)
@@ -426,7 +359,7 @@ def received_spf_header(request: PolicyRequest, result: SPFResult, receiver: str
     if not value or len(value) > _MAX_HEADER - 14:
         explanation = one_line(result.explanation or _DEFAULT_EXPLANATION.get(result.result, ""), 200)
         value = (
-            f"{_HEADER_RESULT.get(result.result, 'TempError')} ({_comment(f'{receiver}: {explanation}')}) "
+            f"{_HEADER_RESULT.get(result.result, 'TempError')} {comment(f'{receiver}: {explanation}')} "
             + _details(request, receiver, result.identity)
         )
     return _fit("Received-SPF: " + value)
@@ -439,147 +372,5 @@ def authentication_results_header(request: PolicyRequest, result: SPFResult, aut
         prop, value = "smtp.helo", request.helo
     else:
         prop, value = "smtp.mailfrom", request.sender_domain
-    value = _quoted(one_line(value, 300, ascii_only=False), _TOKEN)
-    return _fit(f"Authentication-Results: {authserv_id}; spf={result.result} {prop}={value}")
-
-
-# -- the service ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Message:
-    """One message's verdict, or the requests waiting for it."""
-
-    verdict: Verdict | None = None
-    waiting: list[defer.Deferred] = field(default_factory=list)
-
-
-class PolicyService:
-    """Answers Postfix policy requests; one instance per daemon.
-
-    :param settings: the ``[policy]`` section.
-    :param checker: an :class:`~srsd.spf.SPFChecker` (anything with its ``check``).
-    :param receiver: this host's name in headers srsd writes itself.
-    :param max_messages: messages whose verdicts are remembered (LRU), so that
-        every recipient of a message gets the same decision and the header is
-        added once. Postfix sends a message's requests over one connection within
-        one SMTP transaction, so this only needs to cover concurrent transactions.
-    """
-
-    def __init__(self, settings: PolicySettings, checker: Any, receiver: str = "", *, max_messages: int = 4096) -> None:
-        self.checker = checker
-        self.rules = Rules(settings, receiver)
-        self.max_messages = max_messages
-        self._messages: OrderedDict[tuple[str, ...], _Message] = OrderedDict()
-
-    def reconfigure(self, settings: PolicySettings, checker: Any = None, receiver: str | None = None) -> None:
-        """Apply a reloaded configuration; remembered verdicts are kept (a message
-        in flight keeps its decision and gets no second header)."""
-        self.rules = Rules(settings, self.rules.receiver if receiver is None else receiver)
-        if checker is not None:
-            self.checker = checker
-
-    def error_action(self) -> str:
-        """See :func:`error_action`; the protocol answers malformed requests with it."""
-        return error_action(self.rules)
-
-    # -- one request ------------------------------------------------------------------
-
-    def handle(self, attrs: dict[str, str]) -> defer.Deferred:
-        """Answer one request: a Deferred firing with the action (never failing)."""
-        try:
-            return self._handle(attrs)
-        except Exception:
-            log.failure("policy: request {attrs!r} failed", attrs=attrs)
-            return defer.succeed(self.error_action())
-
-    def _handle(self, attrs: dict[str, str]) -> defer.Deferred:
-        rules = self.rules
-        request = parse_request(attrs)
-        if isinstance(request, Verdict):
-            level = log.debug if request.reason.startswith("nothing to check") else log.info
-            level("policy: {reason}: DUNNO", reason=request.reason)
-            return defer.succeed(request.action)
-        key = request.message_key
-        known = self._messages.get(key) if key is not None else None
-        if known is not None:
-            self._messages.move_to_end(key)
-            if known.verdict is not None:
-                return defer.succeed(for_state(known.verdict.repeat, request.state))
-            d: defer.Deferred = defer.Deferred()
-            known.waiting.append(d)
-            return d.addCallback(lambda verdict: for_state(verdict.repeat, request.state))
-        early = screen(request, rules)
-        if early is not None:
-            if early.action != DUNNO and key is not None:
-                self._remember(key, _Message(early))
-            self._log(request, early)
-            return defer.succeed(for_state(early.action, request.state))
-        message = _Message()
-        if key is not None:
-            self._remember(key, message)
-        d = defer.maybeDeferred(self._evaluate, request, rules)
-        d.addCallback(self._decided, request, key, message)
-        d.addErrback(self._crashed, request, key, message)
-        return d
-
-    def _remember(self, key: tuple[str, ...], message: _Message) -> None:
-        self._messages[key] = message
-        while len(self._messages) > self.max_messages:
-            self._messages.popitem(last=False)
-
-    def _evaluate(self, request: PolicyRequest, rules: Rules) -> defer.Deferred:
-        plan = plan_checks(request, rules)
-        none = defer.succeed(None)
-        if plan.helo:
-            helo_d = self.checker.check(request.ip, "", request.helo)
-        elif plan.helo_none:
-            helo_d = defer.succeed(SPFResult("none", plan.helo_none, "helo"))
-        else:
-            helo_d = none
-        mail_from_d = self.checker.check(request.ip, request.sender, request.helo) if plan.mail_from else none
-        whitelist_ds = [
-            self.checker.check(request.ip, "postmaster@" + domain, domain) for domain in plan.whitelist_domains
-        ]
-
-        def combine(results: list[Any]) -> Verdict:
-            helo, mail_from, *listed = results
-            passes = [dom for dom, r in zip(plan.whitelist_domains, listed, strict=True) if r.result == "pass"]
-            passed = passes[0] if passes else ""
-            return decide(request, rules, helo, mail_from, passed)
-
-        return defer.gatherResults([helo_d, mail_from_d, *whitelist_ds], consumeErrors=True).addCallback(combine)
-
-    def _decided(self, verdict: Verdict, request: PolicyRequest, key: Any, message: _Message) -> str:
-        message.verdict = verdict
-        self._log(request, verdict)
-        waiting, message.waiting = message.waiting, []
-        for d in waiting:
-            d.callback(verdict)
-        return for_state(verdict.action, request.state)
-
-    def _crashed(self, failure: Any, request: PolicyRequest, key: Any, message: _Message) -> str:
-        log.failure("policy: deciding for {ip} <{sender}> failed", failure, ip=request.ip, sender=request.sender)
-        if key is not None and self._messages.get(key) is message:
-            del self._messages[key]  # the next recipient tries again
-        action = self.error_action()
-        waiting, message.waiting = message.waiting, []
-        for d in waiting:
-            d.callback(Verdict(action, "error", "internal error"))
-        return action
-
-    def _log(self, request: PolicyRequest, verdict: Verdict) -> None:
-        if verdict.action == DUNNO and verdict.result == "skipped":
-            log.debug(
-                "policy {instance}: {ip}: {reason}", instance=request.instance, ip=request.ip, reason=verdict.reason
-            )
-            return
-        log.info(
-            "policy {instance}: client={ip} helo={helo!r} from=<{sender}>: {reason} -> {action}",
-            instance=request.instance or "-",
-            ip=request.ip,
-            helo=request.helo,
-            sender=request.sender,
-            reason=verdict.reason,
-            action=verdict.action if verdict.refuses else verdict.action.split(":", 1)[0],
-        )
+    resinfo = spf_result(result.result, prop, one_line(value, 300, ascii_only=False))
+    return _fit(f"{FIELD}: " + field_value(authserv_id, [resinfo], folded=False))

@@ -1,0 +1,107 @@
+"""Which domains and which clients: the two membership rules every decision shares.
+
+:class:`DomainSet` is Postfix's domain-list notation (``example.com`` the domain
+itself, ``.example.com`` its subdomains), used for local domains (SRS rewriting,
+mail authentication), whitelisted HELO names (policy) and signing domains.
+:class:`Networks` is a list of IP networks with IPv4-mapped IPv6 addresses
+treated as the IPv4 address they carry (Postfix writes clients either way).
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["DomainSet", "Networks", "normalize_domain"]
+
+
+def normalize_domain(name: str) -> str:
+    """*name* lower-cased, surrounding space and one trailing root dot removed."""
+    name = name.strip().lower()
+    return name[:-1] if name.endswith(".") else name
+
+
+class DomainSet:
+    """Domains matched case-insensitively, a trailing dot ignored.
+
+    ``example.com`` matches that domain only; ``.example.com`` matches its
+    subdomains only (Postfix's parent-domain notation, e.g. ``parent_domain_matches_subdomains``
+    off). Write both for both. Empty entries and ``#`` comments are skipped.
+    """
+
+    def __init__(self, entries: Iterable[str] = ()) -> None:
+        exact: set[str] = set()
+        parents: set[str] = set()
+        for entry in entries:
+            entry = normalize_domain(entry)
+            if not entry or entry.startswith("#"):
+                continue
+            if entry.startswith("."):
+                parents.add(entry)
+            else:
+                exact.add(entry)
+        self.exact, self.parents = frozenset(exact), frozenset(parents)
+
+    def __contains__(self, domain: str) -> bool:
+        domain = domain.lower()
+        if domain in self.exact:
+            return True
+        if domain.endswith("."):
+            domain = domain[:-1]
+            if domain in self.exact:
+                return True
+        if self.parents:
+            dot = domain.find(".")
+            while dot >= 0:
+                if domain[dot:] in self.parents:
+                    return True
+                dot = domain.find(".", dot + 1)
+        return False
+
+    def __len__(self) -> int:
+        return len(self.exact) + len(self.parents)
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.parents)
+
+    def __iter__(self):
+        """The entries, exact domains first (sorted), then ``.parent`` entries."""
+        return iter([*sorted(self.exact), *sorted(self.parents)])
+
+
+class Networks:
+    """IP networks; ``address in networks`` for a client address string.
+
+    An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``) is in the set when either
+    its IPv4 form or the IPv6 form is; an IPv4 address likewise matches
+    ``::ffff:a.b.c.d/...`` entries. An unparsable address is in no set.
+
+    :param entries: networks or addresses (``192.0.2.0/24``, ``::1``); host bits
+        allowed.
+    :raises ValueError: an entry is not an IP network.
+    """
+
+    def __init__(self, entries: Iterable[str] = ()) -> None:
+        self.networks: tuple[Any, ...] = tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+    def __contains__(self, address: str) -> bool:
+        if not self.networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        candidates: list[Any] = [ip]
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            candidates.append(ip.ipv4_mapped)
+        elif ip.version == 4:
+            candidates.append(ipaddress.IPv6Address("::ffff:" + str(ip)))
+        return any(a in net for a in candidates for net in self.networks if a.version == net.version)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def __len__(self) -> int:
+        return len(self.networks)

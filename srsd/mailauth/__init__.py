@@ -1,0 +1,16 @@
+"""Mail authentication in the milter: DKIM (RFC 6376, 8463), ARC (RFC 8617) and
+Authentication-Results (RFC 8601).
+
+==================  ==========================================================
+``handler``         what the milter does with a message: classify, verify, seal, sign
+``message``         the milter's view of a message and the edits it can make
+``verify``          DKIM and ARC verification (blocking; worker threads)
+``sign``            DKIM signing and ARC sealing (blocking; worker threads)
+``results``         Authentication-Results: build (authres), read our authserv-id
+``keys``            signing keys: load, generate, DNS record text
+``key_lookup``      DKIM key lookups over srsd's resolver (dkimpy's dnsfunc)
+``dkimpy_setup``    dkimpy's RSA step through OpenSSL, installed by the handler
+==================  ==========================================================
+
+Importing the package runs nothing; see docs/dkim.md.
+"""

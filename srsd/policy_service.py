@@ -1,0 +1,176 @@
+"""The SPF policy service: runs the checks a policy request needs and remembers each
+message's verdict, so every recipient of a message gets the same answer and the
+header is added once.
+
+The decisions are :mod:`srsd.spf_policy`'s (pure); this module adds what needs the
+reactor: the SPF checks on the :class:`~srsd.spf.SPFChecker` (Deferreds), the
+per-message memory (an LRU) and the log line per verdict. The wire is
+:mod:`srsd.protocols.policy`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from srsd.config import PolicySettings
+from srsd.spf import SPFResult
+from srsd.spf_policy import (
+    DUNNO,
+    PolicyRequest,
+    Rules,
+    Verdict,
+    decide,
+    error_action,
+    for_state,
+    parse_request,
+    plan_checks,
+    screen,
+)
+
+__all__ = ["PolicyService"]
+
+log = Logger(namespace="srsd.policy")
+
+
+@dataclass
+class _Message:
+    """One message's verdict, or the requests waiting for it."""
+
+    verdict: Verdict | None = None
+    waiting: list[defer.Deferred] = field(default_factory=list)
+
+
+class PolicyService:
+    """Answers Postfix policy requests; one instance per daemon.
+
+    :param settings: the ``[policy]`` section.
+    :param checker: an :class:`~srsd.spf.SPFChecker` (anything with its ``check``).
+    :param receiver: this host's name in headers srsd writes itself.
+    :param max_messages: messages whose verdicts are remembered (LRU), so that
+        every recipient of a message gets the same decision and the header is
+        added once. Postfix sends a message's requests over one connection within
+        one SMTP transaction, so this only needs to cover concurrent transactions.
+    """
+
+    def __init__(self, settings: PolicySettings, checker: Any, receiver: str = "", *, max_messages: int = 4096) -> None:
+        self.checker = checker
+        self.rules = Rules(settings, receiver)
+        self.max_messages = max_messages
+        self._messages: OrderedDict[tuple[str, ...], _Message] = OrderedDict()
+
+    def reconfigure(self, settings: PolicySettings, checker: Any = None, receiver: str | None = None) -> None:
+        """Apply a reloaded configuration; remembered verdicts are kept (a message
+        in flight keeps its decision and gets no second header)."""
+        self.rules = Rules(settings, self.rules.receiver if receiver is None else receiver)
+        if checker is not None:
+            self.checker = checker
+
+    def error_action(self) -> str:
+        """See :func:`error_action`; the protocol answers malformed requests with it."""
+        return error_action(self.rules)
+
+    # -- one request ------------------------------------------------------------------
+
+    def handle(self, attrs: dict[str, str]) -> defer.Deferred:
+        """Answer one request: a Deferred firing with the action (never failing)."""
+        try:
+            return self._handle(attrs)
+        except Exception:
+            log.failure("policy: request {attrs!r} failed", attrs=attrs)
+            return defer.succeed(self.error_action())
+
+    def _handle(self, attrs: dict[str, str]) -> defer.Deferred:
+        rules = self.rules
+        request = parse_request(attrs)
+        if isinstance(request, Verdict):
+            level = log.debug if request.reason.startswith("nothing to check") else log.info
+            level("policy: {reason}: DUNNO", reason=request.reason)
+            return defer.succeed(request.action)
+        key = request.message_key
+        known = self._messages.get(key) if key is not None else None
+        if known is not None:
+            self._messages.move_to_end(key)
+            if known.verdict is not None:
+                return defer.succeed(for_state(known.verdict.repeat, request.state))
+            d: defer.Deferred = defer.Deferred()
+            known.waiting.append(d)
+            return d.addCallback(lambda verdict: for_state(verdict.repeat, request.state))
+        early = screen(request, rules)
+        if early is not None:
+            if early.action != DUNNO and key is not None:
+                self._remember(key, _Message(early))
+            self._log(request, early)
+            return defer.succeed(for_state(early.action, request.state))
+        message = _Message()
+        if key is not None:
+            self._remember(key, message)
+        d = defer.maybeDeferred(self._evaluate, request, rules)
+        d.addCallback(self._decided, request, key, message)
+        d.addErrback(self._crashed, request, key, message)
+        return d
+
+    def _remember(self, key: tuple[str, ...], message: _Message) -> None:
+        self._messages[key] = message
+        while len(self._messages) > self.max_messages:
+            self._messages.popitem(last=False)
+
+    def _evaluate(self, request: PolicyRequest, rules: Rules) -> defer.Deferred:
+        plan = plan_checks(request, rules)
+        none = defer.succeed(None)
+        if plan.helo:
+            helo_d = self.checker.check(request.ip, "", request.helo)
+        elif plan.helo_none:
+            helo_d = defer.succeed(SPFResult("none", plan.helo_none, "helo"))
+        else:
+            helo_d = none
+        mail_from_d = self.checker.check(request.ip, request.sender, request.helo) if plan.mail_from else none
+        whitelist_ds = [
+            self.checker.check(request.ip, "postmaster@" + domain, domain) for domain in plan.whitelist_domains
+        ]
+
+        def combine(results: list[Any]) -> Verdict:
+            helo, mail_from, *listed = results
+            passes = [dom for dom, r in zip(plan.whitelist_domains, listed, strict=True) if r.result == "pass"]
+            passed = passes[0] if passes else ""
+            return decide(request, rules, helo, mail_from, passed)
+
+        return defer.gatherResults([helo_d, mail_from_d, *whitelist_ds], consumeErrors=True).addCallback(combine)
+
+    def _decided(self, verdict: Verdict, request: PolicyRequest, key: Any, message: _Message) -> str:
+        message.verdict = verdict
+        self._log(request, verdict)
+        waiting, message.waiting = message.waiting, []
+        for d in waiting:
+            d.callback(verdict)
+        return for_state(verdict.action, request.state)
+
+    def _crashed(self, failure: Any, request: PolicyRequest, key: Any, message: _Message) -> str:
+        log.failure("policy: deciding for {ip} <{sender}> failed", failure, ip=request.ip, sender=request.sender)
+        if key is not None and self._messages.get(key) is message:
+            del self._messages[key]  # the next recipient tries again
+        action = self.error_action()
+        waiting, message.waiting = message.waiting, []
+        for d in waiting:
+            d.callback(Verdict(action, "error", "internal error"))
+        return action
+
+    def _log(self, request: PolicyRequest, verdict: Verdict) -> None:
+        if verdict.action == DUNNO and verdict.result == "skipped":
+            log.debug(
+                "policy {instance}: {ip}: {reason}", instance=request.instance, ip=request.ip, reason=verdict.reason
+            )
+            return
+        log.info(
+            "policy {instance}: client={ip} helo={helo!r} from=<{sender}>: {reason} -> {action}",
+            instance=request.instance or "-",
+            ip=request.ip,
+            helo=request.helo,
+            sender=request.sender,
+            reason=verdict.reason,
+            action=verdict.action if verdict.refuses else verdict.action.split(":", 1)[0],
+        )

@@ -1,0 +1,59 @@
+"""The private Twisted internals srsd relies on, checked against the installed Twisted.
+
+pyproject.toml pins Twisted to the tested range; this fails first when a release
+moves one of them, naming the one that moved:
+
+- ``srsd.protocols.base.write_now`` reads ``FileDescriptor.dataBuffer`` /
+  ``_tempDataBuffer`` and calls ``writeSomeData`` (one send per reply, not two
+  reactor passes);
+- ``srsd.workers`` builds ports with ``unix.Port._fromListeningDescriptor``, reads
+  ``TCP*ServerEndpoint._port`` / ``_interface`` / ``_backlog`` and clears
+  ``Port._shouldShutdown`` (a worker must not shut the shared socket down).
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+
+from twisted.internet import abstract, endpoints, reactor, tcp, unix
+from twisted.internet.protocol import Factory, Protocol
+
+from srsd.protocols.base import write_now
+
+
+def test_file_descriptor_buffers():
+    fd = abstract.FileDescriptor(reactor)
+    assert fd.dataBuffer == b"" and fd._tempDataBuffer == [] and fd.producer is None
+    assert list(inspect.signature(tcp.Connection.writeSomeData).parameters) == ["self", "data"]
+
+
+def test_write_now_sends_without_a_reactor_pass():
+    """On a real connected TCP transport, write_now's bytes reach the peer before the
+    reactor runs again (the internals are there and mean what write_now assumes)."""
+    server, client = socket.socketpair()
+    try:
+        server.setblocking(False)
+        transport = tcp.Connection(server, Protocol(), reactor)
+        transport.connected = True  # what tcp.Server sets once accepted
+        write_now(transport, b"200 x\n")
+        client.settimeout(5)
+        assert client.recv(100) == b"200 x\n"
+        assert transport.dataBuffer == b"" and transport._tempDataBuffer == []
+    finally:
+        server.close()
+        client.close()
+
+
+def test_endpoint_fields_workers_read():
+    for cls in (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint):
+        endpoint = cls(reactor, 10001, 50, "::1" if cls is endpoints.TCP6ServerEndpoint else "127.0.0.1")
+        assert (endpoint._port, endpoint._backlog) == (10001, 50)
+        assert endpoint._interface in ("127.0.0.1", "::1")
+
+
+def test_ports_workers_build():
+    assert callable(unix.Port._fromListeningDescriptor)
+    assert tcp.Port._shouldShutdown is True
+    port = tcp.Port(0, Factory(), interface="127.0.0.1")
+    assert port._shouldShutdown is True
