@@ -7,7 +7,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from srsd.config import ConfigError
+from srsd.config import ConfigError, Needs
 from srsd.rewrite import FOUND, rewriter_from_config
 
 __all__ = ["main"]
@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"srsd {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    # Each command loads only the parts of the configuration it uses (needs=...).
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
+    serve.set_defaults(needs=Needs.EVERYTHING)
     _config_arg(serve)
     serve.add_argument("--workers", type=int, default=1, metavar="N", help="processes sharing the sockets (default 1)")
     serve.add_argument("--inherit", help=argparse.SUPPRESS)  # worker processes only
@@ -46,19 +48,23 @@ def _parser() -> argparse.ArgumentParser:
         ("reverse", "print the address an SRS address goes back to"),
     ):
         p = sub.add_parser(name, help=text)
+        p.set_defaults(needs=Needs.REWRITING)
         p.add_argument("address")
         _config_arg(p)
 
     spf = sub.add_parser("spf", help="evaluate SPF (RFC 7208 check_host) with srsd's resolver")
+    spf.set_defaults(needs=Needs.NOTHING)  # [dns] and [spf] only
     spf.add_argument("ip", help="the client IP address")
     spf.add_argument("sender", help='MAIL FROM address; "" checks the HELO identity')
     spf.add_argument("--helo", default="", help="HELO/EHLO name (required for the HELO identity)")
     _config_arg(spf)
 
     check = sub.add_parser("check-config", help="validate the configuration and exit")
+    check.set_defaults(needs=Needs.EVERYTHING)
     _config_arg(check)
 
     keygen = sub.add_parser("dkim-keygen", help="create a DKIM private key and print its DNS record")
+    keygen.set_defaults(needs=Needs.NOTHING)  # no configuration at all
     keygen.add_argument("--domain", required=True, help="the signing domain (d=), e.g. your SRS domain")
     keygen.add_argument("--selector", required=True, help="the selector (s=); the key goes to DIR/SELECTOR.private")
     keygen.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa", help="key type (default rsa)")
@@ -66,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--out", required=True, metavar="DIR", help="directory for the key file (mode 0600)")
 
     records = sub.add_parser("dns-records", help="print the DNS records to publish (SPF, DKIM key)")
+    records.set_defaults(needs=Needs.SRS_DOMAIN)  # the key is read below: an unreadable one is a comment
     _config_arg(records)
     return parser
 
@@ -78,7 +85,7 @@ def _fail(message: str, code: int = 1) -> int:
 def _rewrite(args: argparse.Namespace) -> int:
     from srsd.service import load
 
-    rewriter = rewriter_from_config(load(args.config))
+    rewriter = rewriter_from_config(load(args.config, args.needs))
     answer = getattr(rewriter, args.command)(args.address)
     if answer.status != FOUND:
         return _fail(f"{args.command}: {args.address}: not rewritten: {answer.text}")
@@ -87,14 +94,19 @@ def _rewrite(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from srsd.privileges import target_account
     from srsd.service import endpoint_specs, load
 
-    config = load(args.config)
+    config = load(args.config, args.needs)
     rewriter_from_config(config)
+    for warning in config.warnings:
+        print(f"srsd: warning: {warning}", file=sys.stderr)
     listeners = ", ".join(f"{spec.name}={desc}" for spec, desc in endpoint_specs(config))
+    account = target_account(config.daemon)
+    user = f"switches to user {account.name} once bound" if account else "keeps the user it is started as"
     print(
         f"{config.source}: OK: SRS domain {config.srs.domain}, {len(config.secrets)} secret(s), "
-        f"{len(config.local_domains)} local domain entries; {listeners}"
+        f"{len(config.local_domains)} local domain entries; {listeners}; {user}"
     )
     return 0
 
@@ -102,6 +114,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _spf(args: argparse.Namespace) -> int:
     import ipaddress
 
+    from srsd.config import host_domain
     from srsd.dns import Resolver
     from srsd.service import load
     from srsd.spf import check_host
@@ -112,15 +125,15 @@ def _spf(args: argparse.Namespace) -> int:
         return _fail(f"spf: {args.ip!r} is not an IP address", 2)
     if not args.sender and not args.helo:
         return _fail("spf: give a sender, or --helo NAME for the HELO identity", 2)
-    config = load(args.config)
+    config = load(args.config, args.needs)
     resolver = Resolver(config.dns.nameservers, config.dns.timeout, config.dns.cache_size)
     result = check_host(
         resolver,
         args.ip,
         args.sender,
-        args.helo or config.srs.domain,
+        args.helo or config.srs.domain or host_domain(),
         budget=config.spf.check_budget,
-        receiver=config.spf.receiver or config.srs.domain,
+        receiver=config.spf.receiver or config.srs.domain or host_domain(),
     )
     print(result.result)
     print(result.explanation)
@@ -198,7 +211,7 @@ def dns_records(config: Any) -> list[str]:
 def _dns_records(args: argparse.Namespace) -> int:
     from srsd.service import load
 
-    for line in dns_records(load(args.config)):
+    for line in dns_records(load(args.config, args.needs)):
         print(line)
     return 0
 

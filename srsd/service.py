@@ -28,7 +28,7 @@ from twisted.logger import (
 )
 from zope.interface import provider
 
-from srsd.config import Config, ConfigError, default_config, load_config
+from srsd.config import Config, ConfigError, Needs, default_config, load_config
 from srsd.dns import Resolver
 from srsd.mailauth import GRACE, AuthSettings, MailAuth, auth_settings
 from srsd.policy import PolicyService
@@ -82,12 +82,19 @@ def set_log_level(name: str) -> None:
         _level_filter.setLogLevelForNamespace(namespace, quiet)
 
 
-def load(path: str | None) -> Config:
-    """The config at *path*, or the embedded default when *path* is None.
+def load(path: str | None, needs: Needs = Needs.EVERYTHING) -> Config:
+    """The config at *path*, or the embedded default when *path* is None; *needs*:
+    the parts the caller uses (:class:`srsd.config.Needs`).
 
     :raises ConfigError: see :func:`srsd.config.load_config`.
     """
-    return load_config(path) if path else default_config()
+    return load_config(path, needs) if path else default_config(needs)
+
+
+def log_warnings(config: Config) -> None:
+    """Log what an admin should fix in *config* (loose file modes, running as root)."""
+    for warning in config.warnings:
+        log.warn("{warning}", warning=warning)
 
 
 @dataclass(frozen=True)
@@ -319,6 +326,7 @@ class Daemon:
         ):
             log.warn("reload: [dns] and spf.threads changes take effect on restart only")
         self._apply(config, rewriter, auth)
+        log_warnings(config)
         log.info(
             "reloaded {source}: {n} secrets, {d} local domains",
             source=config.source,
@@ -355,6 +363,28 @@ def _auth(config: Config) -> AuthSettings | None:
     return auth_settings(config) if config.listen.milter else None
 
 
+def _switch_user(account: Any, config_path: str | None) -> bool:
+    """Switch to *account* (endpoints are bound) and load the configuration again as it,
+    as SIGHUP will: a file it cannot read stops the start now. :returns: False on failure (logged)."""
+    from srsd.privileges import hand_over_state_directory, switch_to
+
+    try:
+        if config_path is None:
+            hand_over_state_directory(account)
+        switch_to(account)
+        load(config_path)
+    except (OSError, ConfigError) as exc:
+        log.critical(
+            "after switching to user {user}: {error}; every file srsd reads (config, secrets, domains, "
+            "DKIM key) must be readable by {user}, SIGHUP reads them again",
+            user=account.name,
+            error=exc,
+        )
+        return False
+    log.info("running as user {user} (uid {uid}, gid {gid})", user=account.name, uid=account.uid, gid=account.gid)
+    return True
+
+
 class ListenError(RuntimeError):
     """An endpoint could not be bound; the message names it."""
 
@@ -371,11 +401,13 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
     """
     from twisted.internet import reactor
 
+    from srsd.privileges import target_account
     from srsd.workers import WorkerPool, parse_inherit, watch_parent
 
     setup_logging()
     try:
         config = load(config_path)
+        account = target_account(config.daemon)  # switched to once every endpoint is bound
     except ConfigError as exc:
         log.critical("configuration error: {error}", error=exc)
         return 1
@@ -394,6 +426,7 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
                 "this host has no fully qualified name: SRS addresses are minted at "
                 "localhost.localdomain, which no other host can reach; set srs.domain in a config file"
             )
+        log_warnings(config)
     daemon = Daemon(config, config_path)
     status = {"code": 0}
     pool: list[WorkerPool] = []
@@ -401,6 +434,10 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
     def started(ports: Any) -> None:
         if inherit is not None:
             watch_parent(reactor)
+            return
+        if account is not None and not _switch_user(account, config_path):
+            status["code"] = 1
+            reactor.callWhenRunning(reactor.stop)
             return
         if workers > 1:
             argv = ["-c", config_path] if config_path else []
@@ -424,7 +461,9 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
             pool[0].signal_all(signal.SIGHUP)
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
-    d = daemon.listen(reactor, parse_inherit(inherit) if inherit else None, reuseport=workers > 1)
+    # SO_REUSEPORT sockets must all belong to one uid: after a switch, workers inherit them.
+    reuseport = workers > 1 and account is None
+    d = daemon.listen(reactor, parse_inherit(inherit) if inherit else None, reuseport=reuseport)
     d.addCallbacks(started, failed)
     reactor.run()
     return status["code"]

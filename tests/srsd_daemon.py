@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import re
 import secrets
 import shlex
@@ -189,7 +190,15 @@ class SrsdDaemon:
         # Endpoints not asked for are disabled: left out, some would take their default
         # (fixed) ports.
         listen = dict.fromkeys(ALL_ENDPOINTS, "") | self.endpoints
-        return {"srs": self.srs | {"secrets_file": str(self.secrets_path)}, "listen": listen, **self.sections}
+        # Run as the test's own user: a host with a "srsd" user would otherwise see a
+        # root-started srsd switch to it (srsd.privileges) and lose its test files.
+        daemon = {"user": pwd.getpwuid(os.geteuid()).pw_name}
+        return {
+            "srs": self.srs | {"secrets_file": str(self.secrets_path)},
+            "listen": listen,
+            "daemon": daemon,
+            **self.sections,
+        }
 
     def write_config(self, text: str | None = None) -> None:
         self.config_path.write_text(text if text is not None else render_config(self.config_sections()))
