@@ -363,7 +363,7 @@ def _auth(config: Config) -> AuthSettings | None:
     return auth_settings(config) if config.listen.milter else None
 
 
-def _switch_user(account: Any, config_path: str | None) -> bool:
+def _switch_user(account: Any, config_path: str | None, ports: dict[str, Any]) -> bool:
     """Switch to *account* (endpoints are bound) and load the configuration again as it,
     as SIGHUP will: a file it cannot read stops the start now. :returns: False on failure (logged)."""
     from srsd.privileges import hand_over_state_directory, switch_to
@@ -382,6 +382,16 @@ def _switch_user(account: Any, config_path: str | None) -> bool:
         )
         return False
     log.info("running as user {user} (uid {uid}, gid {gid})", user=account.name, uid=account.uid, gid=account.gid)
+    for name, port in ports.items():
+        path = getattr(port.getHost(), "name", None)  # unix sockets only
+        if isinstance(path, bytes | str) and not os.access(os.path.dirname(os.fsdecode(path)) or ".", os.W_OK):
+            log.warn(
+                "listen.{name}: {user} cannot write to the directory of {path}: the socket stays behind "
+                "when srsd stops (the next start replaces it); use a directory {user} owns, e.g. /run/srsd",
+                name=name,
+                user=account.name,
+                path=os.fsdecode(path),
+            )
     return True
 
 
@@ -434,15 +444,16 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
     def started(ports: Any) -> None:
         if inherit is not None:
             watch_parent(reactor)
-            return
-        if account is not None and not _switch_user(account, config_path):
-            status["code"] = 1
-            reactor.callWhenRunning(reactor.stop)
-            return
-        if workers > 1:
+        elif workers > 1:  # started while still root: each worker switches on its own, as below
             argv = ["-c", config_path] if config_path else []
             pool.append(WorkerPool(reactor, workers, argv, daemon.ports, frozenset(daemon.reuseport)))
             pool[0].start()
+        if account is not None and not _switch_user(account, config_path, daemon.ports):
+            status["code"] = 1
+            reactor.callWhenRunning(reactor.stop)
+            return
+        if inherit is not None:
+            return
         log.info("srsd ready: {n} endpoint(s), {w} process(es)", n=len(daemon.ports), w=workers)
         sd_notify("READY=1")
         reactor.addSystemEventTrigger("before", "shutdown", lambda: log.info("srsd stopping"))
@@ -461,7 +472,8 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
             pool[0].signal_all(signal.SIGHUP)
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
-    # SO_REUSEPORT sockets must all belong to one uid: after a switch, workers inherit them.
+    # SO_REUSEPORT sockets must all belong to one uid, and a worker restarted after the
+    # switch binds as the new user: with a switch, workers inherit the sockets instead.
     reuseport = workers > 1 and account is None
     d = daemon.listen(reactor, parse_inherit(inherit) if inherit else None, reuseport=reuseport)
     d.addCallbacks(started, failed)
