@@ -149,6 +149,8 @@ class SrsdDaemon:
         Every other endpoint is disabled.
     :param sections: further config sections (``limits``, ``log``, ``dns``, ...).
     :param probe: after READY_MARKER, every endpoint must accept a connection.
+    :param wrapper: a command that execs ``srsd serve ...`` (its arguments follow), e.g.
+        one that hands over listening sockets as systemd does; *pass_fds* stay open for it.
     """
 
     def __init__(
@@ -162,6 +164,8 @@ class SrsdDaemon:
         sections: dict[str, dict[str, Any]] | None = None,
         workers: int = 1,
         probe: bool = False,
+        wrapper: Iterable[str] = (),
+        pass_fds: Iterable[int] = (),
     ) -> None:
         self.workdir = workdir
         self.config_path = workdir / "srsd.toml"
@@ -172,6 +176,8 @@ class SrsdDaemon:
         self.sections = sections or {}
         self.workers = workers
         self.probe = probe
+        self.wrapper = list(wrapper)
+        self.pass_fds = tuple(pass_fds)
         self.endpoints: dict[str, str] = {}
         self.ports: dict[str, int] = {}
         self.unix_paths: dict[str, str] = {}
@@ -220,7 +226,7 @@ class SrsdDaemon:
 
     def spawn(self, *extra: str) -> subprocess.Popen[bytes]:
         """Start ``srsd serve`` without waiting for anything."""
-        args = [*srsd_command(), "serve", "-c", str(self.config_path)]
+        args = [*self.wrapper, *srsd_command(), "serve", "-c", str(self.config_path)]
         if self.workers != 1:
             args += ["--workers", str(self.workers)]
         with self.log_path.open("ab") as log:
@@ -231,6 +237,7 @@ class SrsdDaemon:
                 stderr=log,
                 cwd=self.workdir,
                 env=environment(),
+                pass_fds=self.pass_fds,
             )
         self.returncode, self._stopped = None, False
         return self.process
