@@ -1,4 +1,5 @@
-"""The ``srsd`` command: serve, forward, reverse, spf, check-config, dkim-keygen, dns-records."""
+"""The ``srsd`` command: serve, forward, reverse, spf, check-config, dkim-keygen, dns-records,
+import-postsrsd."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from srsd.config import ConfigError, Needs
 from srsd.rewrite import FOUND, rewriter_from_config
 
 __all__ = ["main"]
+
+#: where PostSRSd keeps its settings: 1.x (Debian), 2.x (Debian package, upstream default)
+POSTSRSD_FILES = ("/etc/default/postsrsd", "/etc/postsrsd.conf", "/usr/local/etc/postsrsd.conf")
 
 
 def _version() -> str:
@@ -70,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa", help="key type (default rsa)")
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
     keygen.add_argument("--out", required=True, metavar="DIR", help="directory for the key file (mode 0600)")
+
+    migrate = sub.add_parser("import-postsrsd", help="write an srsd config equivalent to PostSRSd's")
+    migrate.set_defaults(needs=Needs.NOTHING)
+    migrate.add_argument(
+        "file",
+        nargs="?",
+        help=f"/etc/default/postsrsd (1.x) or postsrsd.conf (2.x); default: the first of {', '.join(POSTSRSD_FILES)}",
+    )
+    migrate.add_argument("-o", "--output", metavar="FILE", help="write the config here (not over an existing file)")
 
     records = sub.add_parser("dns-records", help="print the DNS records to publish (SPF, DKIM key)")
     records.set_defaults(needs=Needs.SRS_DOMAIN)  # the key is read below: an unreadable one is a comment
@@ -173,6 +186,31 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_postsrsd(args: argparse.Namespace) -> int:
+    import os
+
+    from srsd.migrate import MigrationError, import_postsrsd, render
+
+    path = args.file or next((p for p in POSTSRSD_FILES if os.path.exists(p)), POSTSRSD_FILES[0])
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = render(import_postsrsd(fh.read()), path)
+    except OSError as exc:
+        return _fail(f"import-postsrsd: cannot read {path}: {exc.strerror}")
+    except (MigrationError, UnicodeDecodeError) as exc:
+        return _fail(f"import-postsrsd: {path}: {exc}")
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.output, "x", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as exc:
+        return _fail(f"import-postsrsd: cannot write {args.output}: {exc.strerror}")
+    print(f"; wrote {args.output}: review it, then srsd check-config -c {args.output}", file=sys.stderr)
+    return 0
+
+
 def dns_records(config: Any) -> list[str]:
     """Zone-file lines (with ``;`` comments) for every record *config* needs published."""
     import ipaddress
@@ -232,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             return _dkim_keygen(args)
         if args.command == "dns-records":
             return _dns_records(args)
+        if args.command == "import-postsrsd":
+            return _import_postsrsd(args)
         return _rewrite(args)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}")
