@@ -472,6 +472,7 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
             pool[0].signal_all(signal.SIGHUP)
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # a worker starts with it blocked
     # SO_REUSEPORT sockets must all belong to one uid, and a worker restarted after the
     # switch binds as the new user: with a switch, workers inherit the sockets instead.
     reuseport = workers > 1 and account is None
