@@ -15,7 +15,7 @@ import pytest
 
 from srsd.dkim import generate_key
 from srsd.srs import SRS
-from tests.lookup_clients import netstring
+from tests.lookup_clients import milter_message, netstring, policy_request
 from tests.protocols import milter_wire as w
 from tests.srsd_daemon import ALL_ENDPOINTS, SRS_DOMAIN
 
@@ -44,37 +44,6 @@ def exchange(sock: socket.socket, data: bytes, until: bytes | None = None, timeo
             break
         out += chunk
     return out
-
-
-def milter_message(sock: socket.socket, session: bytes, timeout: float = 20.0) -> list[tuple]:
-    """Send one message's events; the replies up to its end-of-message verdict (after the
-    header changes, a continue or accept)."""
-    sock.sendall(session)
-    sock.settimeout(timeout)
-    out = b""
-    while True:
-        chunk = sock.recv(65536)
-        assert chunk, f"milter closed the connection: {out!r}"
-        out += chunk
-        try:
-            replies = w.describe(out)
-        except AssertionError:  # a reply cut in two: read on
-            continue
-        changes = [i for i, r in enumerate(replies) if r[0] in "ihm"]
-        if changes and replies[-1][0] in "ca" and len(replies) - 1 > changes[-1]:
-            return replies
-
-
-def policy_request(**attrs: str) -> bytes:
-    base = {
-        "request": "smtpd_access_policy",
-        "protocol_state": "RCPT",
-        "client_address": "192.0.2.1",
-        "helo_name": "mail.orig.example",
-        "sender": "alice@orig.example",
-        "recipient": "bob@local.example",
-    }
-    return b"".join(f"{k}={v}\n".encode() for k, v in (base | attrs).items()) + b"\n"
 
 
 @pytest.fixture
