@@ -94,3 +94,20 @@ def test_keys_present_are_checked_by_every_command(spf_only, tmp_path, sections,
     done = run_cli("spf", "192.0.2.1", "alice@orig.example", "-c", config)
     assert done.returncode == 1
     assert f"configuration error: {key}:" in done.stderr
+
+
+def test_loose_secrets_file_is_a_warning_at_start_reload_and_check_config(srsd_factory):
+    daemon = srsd_factory(start=False)
+    daemon.secrets_path.chmod(0o644)
+    daemon.start()
+    warning = "warn: srs.secrets_file: " + str(daemon.secrets_path) + " is readable or writable by every user"
+    assert daemon.wait_for_log(warning)
+    daemon.reload()
+    assert daemon.wait_for_log(warning, count=2)
+    checked = daemon.cli("check-config")
+    assert checked.returncode == 0, checked.stderr
+    assert "srsd: warning: srs.secrets_file:" in checked.stderr and "(mode 0644)" in checked.stderr
+    assert "keeps the user it is started as" in checked.stdout
+    daemon.secrets_path.chmod(0o600)
+    daemon.reload()
+    assert daemon.log_text().count(warning) == 2  # fixed: no warning on this reload

@@ -64,6 +64,7 @@ def test_root_switches_to_the_user_after_binding_and_reloads_as_it(world_dir):
     try:
         assert daemon.wait_for_log(f"running as user nobody (uid {NOBODY.pw_uid}, gid {NOBODY.pw_gid})")
         assert "listen.socketmap: nobody cannot write to the directory of" in daemon.log_text()
+        assert "switches to user nobody once bound" in daemon.cli("check-config").stdout
         assert_runs_as_nobody(daemon.pid)
         status, first = daemon.lookup("tcp_table", "forward", "alice@orig.example")
         assert status == "found" and first.startswith("SRS0=")
