@@ -305,7 +305,7 @@ def _check_domain_entries(entries: list[str] | tuple[str, ...], key: str) -> lis
     return out
 
 
-def private_file_warnings(path: str, key: str, group_ids: frozenset[int], what: str) -> list[str]:
+def _file_mode_warnings(path: str, key: str, group_ids: frozenset[int], what: str) -> list[str]:
     """Warnings for a file holding a secret that users other than its owner and srsd's
     groups can read or change (PostSRSd's advice: owned and only readable by root).
 
@@ -364,7 +364,7 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
         if not s.secrets_file:
             raise ConfigError("srs.secrets_file: required")
         secrets = load_secrets(s.secrets_file)
-        warnings += private_file_warnings(
+        warnings += _file_mode_warnings(
             s.secrets_file, "srs.secrets_file", groups, "can mint SRS addresses that srsd reverses"
         )
     _check_domain_entries(s.reverse_domains, "srs.reverse_domains")
@@ -377,7 +377,7 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
     _validate_spf(cfg)
     _validate_dkim(cfg, read_key=Needs.DKIM_KEY in needs)
     if Needs.DKIM_KEY in needs and cfg.dkim.selector:
-        warnings += private_file_warnings(cfg.dkim.key_file, "dkim.key_file", groups, "can sign mail as your domain")
+        warnings += _file_mode_warnings(cfg.dkim.key_file, "dkim.key_file", groups, "can sign mail as your domain")
     lim = cfg.limits
     if not 256 <= lim.max_request_bytes <= 1 << 20:
         raise ConfigError("limits.max_request_bytes: must be 256..1048576")

@@ -14,6 +14,7 @@ import grp
 import os
 import pwd
 from dataclasses import dataclass
+from typing import Any
 
 from srsd.config import ConfigError, DaemonSettings
 
@@ -25,6 +26,7 @@ __all__ = [
     "process_groups",
     "switch_to",
     "hand_over_state_directory",
+    "stranded_sockets",
 ]
 
 #: the account a root-started srsd switches to when daemon.user is not set and it exists
@@ -139,3 +141,16 @@ def hand_over_state_directory(account: Account) -> None:
     for path in (directory, directory / "secrets"):
         if path.exists():
             os.chown(path, account.uid, account.gid)
+
+
+def stranded_sockets(ports: dict[str, Any]) -> list[tuple[str, str]]:
+    """(endpoint, path) of the unix sockets among *ports* (Twisted listening ports) whose
+    directory this process cannot write to: it cannot remove them when it stops."""
+    out = []
+    for name, port in ports.items():
+        path = getattr(port.getHost(), "name", None)  # unix sockets only
+        if isinstance(path, bytes | str):
+            path = os.fsdecode(path)
+            if not os.access(os.path.dirname(path) or ".", os.W_OK):
+                out.append((name, path))
+    return out

@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, endpoints
 from twisted.logger import (
@@ -39,6 +39,9 @@ from srsd.protocols.socketmap import SocketmapFactory
 from srsd.protocols.tcp_table import TcpTableFactory
 from srsd.rewrite import FOUND, NOTFOUND, REVERSE_NOT_OURS, Answer, Rewriter, rewriter_from_config
 from srsd.spf import SPFAwareForward, SPFChecker
+
+if TYPE_CHECKING:
+    from srsd.privileges import Account
 
 __all__ = ["Daemon", "EndpointSpec", "ListenError", "endpoint_specs", "setup_logging", "load", "serve"]
 
@@ -363,10 +366,10 @@ def _auth(config: Config) -> AuthSettings | None:
     return auth_settings(config) if config.listen.milter else None
 
 
-def _switch_user(account: Any, config_path: str | None, ports: dict[str, Any]) -> bool:
+def _switch_user(account: Account, config_path: str | None, ports: dict[str, Any]) -> bool:
     """Switch to *account* (endpoints are bound) and load the configuration again as it,
     as SIGHUP will: a file it cannot read stops the start now. :returns: False on failure (logged)."""
-    from srsd.privileges import hand_over_state_directory, switch_to
+    from srsd.privileges import hand_over_state_directory, stranded_sockets, switch_to
 
     try:
         if config_path is None:
@@ -382,16 +385,14 @@ def _switch_user(account: Any, config_path: str | None, ports: dict[str, Any]) -
         )
         return False
     log.info("running as user {user} (uid {uid}, gid {gid})", user=account.name, uid=account.uid, gid=account.gid)
-    for name, port in ports.items():
-        path = getattr(port.getHost(), "name", None)  # unix sockets only
-        if isinstance(path, bytes | str) and not os.access(os.path.dirname(os.fsdecode(path)) or ".", os.W_OK):
-            log.warn(
-                "listen.{name}: {user} cannot write to the directory of {path}: the socket stays behind "
-                "when srsd stops (the next start replaces it); use a directory {user} owns, e.g. /run/srsd",
-                name=name,
-                user=account.name,
-                path=os.fsdecode(path),
-            )
+    for name, path in stranded_sockets(ports):
+        log.warn(
+            "listen.{name}: {user} cannot write to the directory of {path}: the socket stays behind "
+            "when srsd stops (the next start replaces it); use a directory {user} owns, e.g. /run/srsd",
+            name=name,
+            user=account.name,
+            path=path,
+        )
     return True
 
 
