@@ -1,4 +1,5 @@
-"""The ``srsd`` command: serve, forward, reverse, spf, check-config, dkim-keygen, dns-records."""
+"""The ``srsd`` command: serve, forward, reverse, spf, check-config, dkim-keygen, dns-records,
+import-postsrsd."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from srsd.config import ConfigError
+from srsd.config import ConfigError, Needs
 from srsd.rewrite import FOUND, rewriter_from_config
 
 __all__ = ["main"]
+
+#: where PostSRSd keeps its settings: 1.x (Debian), 2.x (Debian package, upstream default)
+POSTSRSD_FILES = ("/etc/default/postsrsd", "/etc/postsrsd.conf", "/usr/local/etc/postsrsd.conf")
 
 
 def _version() -> str:
@@ -36,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"srsd {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    # Each command loads only the parts of the configuration it uses (needs=...).
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
+    serve.set_defaults(needs=Needs.EVERYTHING)
     _config_arg(serve)
     serve.add_argument("--workers", type=int, default=1, metavar="N", help="processes sharing the sockets (default 1)")
     serve.add_argument("--inherit", help=argparse.SUPPRESS)  # worker processes only
@@ -46,26 +52,40 @@ def _parser() -> argparse.ArgumentParser:
         ("reverse", "print the address an SRS address goes back to"),
     ):
         p = sub.add_parser(name, help=text)
+        p.set_defaults(needs=Needs.REWRITING)
         p.add_argument("address")
         _config_arg(p)
 
     spf = sub.add_parser("spf", help="evaluate SPF (RFC 7208 check_host) with srsd's resolver")
+    spf.set_defaults(needs=Needs.NOTHING)  # [dns] and [spf] only
     spf.add_argument("ip", help="the client IP address")
     spf.add_argument("sender", help='MAIL FROM address; "" checks the HELO identity')
     spf.add_argument("--helo", default="", help="HELO/EHLO name (required for the HELO identity)")
     _config_arg(spf)
 
     check = sub.add_parser("check-config", help="validate the configuration and exit")
+    check.set_defaults(needs=Needs.EVERYTHING)
     _config_arg(check)
 
     keygen = sub.add_parser("dkim-keygen", help="create a DKIM private key and print its DNS record")
+    keygen.set_defaults(needs=Needs.NOTHING)  # no configuration at all
     keygen.add_argument("--domain", required=True, help="the signing domain (d=), e.g. your SRS domain")
     keygen.add_argument("--selector", required=True, help="the selector (s=); the key goes to DIR/SELECTOR.private")
     keygen.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa", help="key type (default rsa)")
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
     keygen.add_argument("--out", required=True, metavar="DIR", help="directory for the key file (mode 0600)")
 
+    migrate = sub.add_parser("import-postsrsd", help="write an srsd config equivalent to PostSRSd's")
+    migrate.set_defaults(needs=Needs.NOTHING)
+    migrate.add_argument(
+        "file",
+        nargs="?",
+        help=f"/etc/default/postsrsd (1.x) or postsrsd.conf (2.x); default: the first of {', '.join(POSTSRSD_FILES)}",
+    )
+    migrate.add_argument("-o", "--output", metavar="FILE", help="write the config here (not over an existing file)")
+
     records = sub.add_parser("dns-records", help="print the DNS records to publish (SPF, DKIM key)")
+    records.set_defaults(needs=Needs.SRS_DOMAIN)  # the key is read below: an unreadable one is a comment
     _config_arg(records)
     return parser
 
@@ -78,7 +98,7 @@ def _fail(message: str, code: int = 1) -> int:
 def _rewrite(args: argparse.Namespace) -> int:
     from srsd.service import load
 
-    rewriter = rewriter_from_config(load(args.config))
+    rewriter = rewriter_from_config(load(args.config, args.needs))
     answer = getattr(rewriter, args.command)(args.address)
     if answer.status != FOUND:
         return _fail(f"{args.command}: {args.address}: not rewritten: {answer.text}")
@@ -87,14 +107,19 @@ def _rewrite(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from srsd.privileges import target_account
     from srsd.service import endpoint_specs, load
 
-    config = load(args.config)
+    config = load(args.config, args.needs)
     rewriter_from_config(config)
+    for warning in config.warnings:
+        print(f"srsd: warning: {warning}", file=sys.stderr)
     listeners = ", ".join(f"{spec.name}={desc}" for spec, desc in endpoint_specs(config))
+    account = target_account(config.daemon)
+    user = f"switches to user {account.name} once bound" if account else "keeps the user it is started as"
     print(
         f"{config.source}: OK: SRS domain {config.srs.domain}, {len(config.secrets)} secret(s), "
-        f"{len(config.local_domains)} local domain entries; {listeners}"
+        f"{len(config.local_domains)} local domain entries; {listeners}; {user}"
     )
     return 0
 
@@ -102,6 +127,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _spf(args: argparse.Namespace) -> int:
     import ipaddress
 
+    from srsd.config import host_domain
     from srsd.dns import Resolver
     from srsd.service import load
     from srsd.spf import check_host
@@ -112,15 +138,15 @@ def _spf(args: argparse.Namespace) -> int:
         return _fail(f"spf: {args.ip!r} is not an IP address", 2)
     if not args.sender and not args.helo:
         return _fail("spf: give a sender, or --helo NAME for the HELO identity", 2)
-    config = load(args.config)
+    config = load(args.config, args.needs)
     resolver = Resolver(config.dns.nameservers, config.dns.timeout, config.dns.cache_size)
     result = check_host(
         resolver,
         args.ip,
         args.sender,
-        args.helo or config.srs.domain,
+        args.helo or config.srs.domain or host_domain(),
         budget=config.spf.check_budget,
-        receiver=config.spf.receiver or config.srs.domain,
+        receiver=config.spf.receiver or config.srs.domain or host_domain(),
     )
     print(result.result)
     print(result.explanation)
@@ -160,11 +186,36 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_postsrsd(args: argparse.Namespace) -> int:
+    import os
+
+    from srsd.migrate import MigrationError, import_postsrsd, render
+
+    path = args.file or next((p for p in POSTSRSD_FILES if os.path.exists(p)), POSTSRSD_FILES[0])
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = render(import_postsrsd(fh.read()), path)
+    except OSError as exc:
+        return _fail(f"import-postsrsd: cannot read {path}: {exc.strerror}")
+    except (MigrationError, UnicodeDecodeError) as exc:
+        return _fail(f"import-postsrsd: {path}: {exc}")
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.output, "x", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as exc:
+        return _fail(f"import-postsrsd: cannot write {args.output}: {exc.strerror}")
+    print(f"; wrote {args.output}: review it, then srsd check-config -c {args.output}", file=sys.stderr)
+    return 0
+
+
 def dns_records(config: Any) -> list[str]:
     """Zone-file lines (with ``;`` comments) for every record *config* needs published."""
     import ipaddress
 
-    from srsd.mailauth.keys import dns_record_name, zone_file_txt
+    from srsd.mailauth.keys import DKIMKeyError, dns_record_name, load_signing_key, zone_file_txt
 
     domain = config.srs.domain
     lines = [f"; DNS records for srsd ({config.source})", ""]
@@ -184,7 +235,13 @@ def dns_records(config: Any) -> list[str]:
         lines.append("; DKIM/ARC: no dkim.selector configured, nothing signed, no key to publish")
         return lines
     signing_domain = d.domain or domain
-    key = config.dkim_key
+    key = config.dkim_key  # None when the command's Needs left it unread
+    if key is None:
+        try:
+            key = load_signing_key(d.key_file, d.algorithm)
+        except DKIMKeyError as exc:
+            lines.append(f"; DKIM key: cannot read it: {exc}")
+            return lines
     what = "DKIM signatures and ARC sets" if d.arc else "DKIM signatures"
     lines.append(f"; {what} d={signing_domain} s={d.selector} ({d.algorithm}, {key.bits} bits, {d.key_file})")
     lines.append(f"{dns_record_name(d.selector, signing_domain)}. IN TXT {zone_file_txt(key.txt_record())}")
@@ -194,7 +251,7 @@ def dns_records(config: Any) -> list[str]:
 def _dns_records(args: argparse.Namespace) -> int:
     from srsd.service import load
 
-    for line in dns_records(load(args.config)):
+    for line in dns_records(load(args.config, args.needs)):
         print(line)
     return 0
 
@@ -215,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             return _dkim_keygen(args)
         if args.command == "dns-records":
             return _dns_records(args)
+        if args.command == "import-postsrsd":
+            return _import_postsrsd(args)
         return _rewrite(args)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}")

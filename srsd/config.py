@@ -9,11 +9,13 @@ Every key, with its default and meaning: ``docs/srsd.example.toml``.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import os
 import re
 import secrets as _secrets
 import socket
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +35,13 @@ __all__ = [
     "PolicySettings",
     "DKIMSettings",
     "LogSettings",
+    "DaemonSettings",
+    "Needs",
     "load_config",
     "default_config",
     "state_directory",
     "is_domain",
+    "host_domain",
 ]
 
 
@@ -147,6 +152,32 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class DaemonSettings:
+    """Who ``srsd serve`` runs as once its endpoints are bound (see srsd.privileges)."""
+
+    user: str = ""  # started as root: this user; "" = "srsd" when that user exists, else stay root
+    group: str = ""  # "" = the user's primary group (supplementary groups: the user's, initgroups(3))
+
+
+class Needs(enum.Flag):
+    """The parts of a configuration a command uses (``srsd spf`` needs no SRS secret).
+
+    Every key present is always checked (type, range, unknown keys); which keys must
+    be present and which files are read follow from these flags. ``srsd serve`` and
+    ``check-config`` need EVERYTHING.
+    """
+
+    NOTHING = 0
+    SRS_DOMAIN = enum.auto()  # srs.domain required
+    SECRETS = enum.auto()  # srs.secrets_file required and read, srs.local_domains_file read
+    LISTEN = enum.auto()  # at least one [listen] endpoint enabled
+    DKIM_KEY = enum.auto()  # dkim.key_file read when dkim.selector is set
+    RUN_AS = enum.auto()  # [daemon] user/group resolved: they must exist
+    REWRITING = SRS_DOMAIN | SECRETS
+    EVERYTHING = SRS_DOMAIN | SECRETS | LISTEN | DKIM_KEY | RUN_AS
+
+
+@dataclass(frozen=True)
 class Config:
     srs: SRSSettings
     listen: ListenSettings = ListenSettings()
@@ -156,6 +187,7 @@ class Config:
     dkim: DKIMSettings = DKIMSettings()
     limits: LimitsSettings = LimitsSettings()
     log: LogSettings = LogSettings()
+    daemon: DaemonSettings = DaemonSettings()
     #: secrets read from srs.secrets_file, first signs (never printed)
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
     #: srs.local_domains plus the entries of srs.local_domains_file
@@ -164,6 +196,8 @@ class Config:
     dkim_key: Any = field(default=None, repr=False)
     #: where this config came from ("<default>" for the embedded one)
     source: str = "<default>"
+    #: what an admin should fix but srsd runs with (logged at start and reload, printed by check-config)
+    warnings: tuple[str, ...] = ()
 
 
 _SECTIONS = {
@@ -175,6 +209,7 @@ _SECTIONS = {
     "dkim": DKIMSettings,
     "limits": LimitsSettings,
     "log": LogSettings,
+    "daemon": DaemonSettings,
 }
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
@@ -273,11 +308,38 @@ def _check_domain_entries(entries: list[str] | tuple[str, ...], key: str) -> lis
     return out
 
 
-def _validate(cfg: Config) -> Config:
+def _file_mode_warnings(path: str, key: str, group_ids: frozenset[int], what: str) -> list[str]:
+    """Warnings for a file holding a secret that users other than its owner and srsd's
+    groups can read or change (PostSRSd's advice: owned and only readable by root).
+
+    :param group_ids: the groups srsd runs with (group read is how srsd reads a root-owned file).
+    :param what: what anyone reading it can do, for the message.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []  # the read itself reports it
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o007:
+        problem = "readable or writable by every user"
+    elif mode & 0o020:
+        problem = "writable by its group"
+    elif mode & 0o040 and st.st_gid not in group_ids:
+        problem = f"readable by group {st.st_gid}, which srsd does not run in"
+    else:
+        return []
+    fix = "chmod 0600, or 0640 with srsd's group"
+    return [f"{key}: {path} is {problem} (mode {mode:04o}): whoever reads it {what}; {fix}"]
+
+
+def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
+    from srsd.privileges import process_groups, run_as_warnings, target_account
+
     s = cfg.srs
-    if not s.domain:
+    warnings: list[str] = []
+    if not s.domain and Needs.SRS_DOMAIN in needs:
         raise ConfigError("srs.domain: required (the domain SRS addresses are minted in)")
-    if not is_domain(s.domain):
+    if s.domain and not is_domain(s.domain):
         raise ConfigError(
             f"srs.domain: {s.domain!r} is not a fully qualified domain name "
             "(letters, digits, hyphens; at least two labels)"
@@ -288,18 +350,30 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"srs.{exc.name}: {exc.text}") from None
     if s.alphabet not in ("standard", "urlsafe"):
         raise ConfigError("srs.alphabet: must be 'standard' or 'urlsafe'")
-    if not s.secrets_file:
-        raise ConfigError("srs.secrets_file: required")
-    secrets = load_secrets(s.secrets_file)
+    # The groups srsd will read its files with: the account it switches to, else this process's.
+    account = target_account(cfg.daemon) if Needs.RUN_AS in needs else None
+    if Needs.RUN_AS in needs:
+        warnings += run_as_warnings(cfg.daemon, account)
+    groups = frozenset(account.groups) if account else process_groups()
+    secrets: tuple[bytes, ...] = ()
+    if Needs.SECRETS in needs:
+        if not s.secrets_file:
+            raise ConfigError("srs.secrets_file: required")
+        secrets = load_secrets(s.secrets_file)
+        warnings += _file_mode_warnings(
+            s.secrets_file, "srs.secrets_file", groups, "can mint SRS addresses that srsd reverses"
+        )
     _check_domain_entries(s.reverse_domains, "srs.reverse_domains")
     if any(d.startswith(".") for d in s.reverse_domains):
         raise ConfigError("srs.reverse_domains: exact domain names only")
     domains = _check_domain_entries(s.local_domains, "srs.local_domains")
-    if s.local_domains_file:
+    if s.local_domains_file and Needs.SECRETS in needs:
         lines = _read_lines(s.local_domains_file, "srs.local_domains_file")
         domains += _check_domain_entries(lines, "srs.local_domains_file")
     _validate_spf(cfg)
-    dkim_key = _validate_dkim(cfg)
+    dkim_key = _validate_dkim(cfg, read_key=Needs.DKIM_KEY in needs)
+    if Needs.DKIM_KEY in needs and cfg.dkim.selector:
+        warnings += _file_mode_warnings(cfg.dkim.key_file, "dkim.key_file", groups, "can sign mail as your domain")
     lim = cfg.limits
     if not 256 <= lim.max_request_bytes <= 1 << 20:
         raise ConfigError("limits.max_request_bytes: must be 256..1048576")
@@ -309,9 +383,13 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("limits.idle_timeout: must be >= 0 (0 = never)")
     if cfg.log.level not in ("debug", "info", "warn", "error"):
         raise ConfigError("log.level: must be debug, info, warn or error")
-    if not any(dataclasses.astuple(cfg.listen)):
+    if cfg.daemon.group and not cfg.daemon.user:
+        raise ConfigError("daemon.group: needs daemon.user")
+    if not any(dataclasses.astuple(cfg.listen)) and Needs.LISTEN in needs:
         raise ConfigError("listen: every endpoint is disabled")
-    return dataclasses.replace(cfg, secrets=secrets, local_domains=tuple(domains), dkim_key=dkim_key)
+    return dataclasses.replace(
+        cfg, secrets=secrets, local_domains=tuple(domains), dkim_key=dkim_key, warnings=tuple(warnings)
+    )
 
 
 def _networks(values: tuple[str, ...], key: str) -> None:
@@ -370,8 +448,8 @@ def _validate_spf(cfg: Config) -> None:
         raise ConfigError("policy.authserv_id: required when policy.header = 'authentication-results'")
 
 
-def _validate_dkim(cfg: Config) -> Any:
-    """Check [dkim]; the signing key it names, loaded (None without dkim.selector)."""
+def _validate_dkim(cfg: Config, read_key: bool = True) -> Any:
+    """Check [dkim]; the signing key it names, loaded (None without dkim.selector or *read_key*)."""
     d = cfg.dkim
     # never signed: changed in transit, or added by srsd and later hops
     never_signed = {"return-path", "received", "dkim-signature", "authentication-results", "arc-seal",
@@ -406,6 +484,7 @@ def _validate_dkim(cfg: Config) -> Any:
 
         if d.arc and d.algorithm != "rsa-sha256":
             raise ConfigError("dkim.arc: ARC sets are rsa-sha256 only (RFC 8617); use an RSA key or set arc = false")
+    if d.selector and read_key:
         try:
             key = load_signing_key(d.key_file, d.algorithm)
         except DKIMKeyError as exc:
@@ -426,9 +505,11 @@ def _validate_dkim(cfg: Config) -> Any:
     return key
 
 
-def parse_config(data: dict[str, Any], source: str = "<string>") -> Config:
+def parse_config(data: dict[str, Any], source: str = "<string>", needs: Needs = Needs.EVERYTHING) -> Config:
     """Validate a parsed TOML document.
 
+    :param needs: the parts the caller uses (:class:`Needs`): only those must be
+        present and only their files are read.
     :raises ConfigError: unknown section or key, wrong type, bad value, unreadable
         secrets or domains file; the message starts with the key.
     """
@@ -436,11 +517,11 @@ def parse_config(data: dict[str, Any], source: str = "<string>") -> Config:
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section")
     sections = {name: _section(name, data.get(name, {}), cls) for name, cls in _SECTIONS.items()}
-    return _validate(Config(source=source, **sections))
+    return _validate(Config(source=source, **sections), needs)
 
 
-def load_config(path: str) -> Config:
-    """Read and validate the TOML file at *path*.
+def load_config(path: str, needs: Needs = Needs.EVERYTHING) -> Config:
+    """Read and validate the TOML file at *path* (*needs*: see :func:`parse_config`).
 
     :raises ConfigError: the file is unreadable or invalid (message names the key).
     """
@@ -451,7 +532,7 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, source=path)
+    return parse_config(data, source=path, needs=needs)
 
 
 def state_directory() -> Path:
@@ -469,26 +550,28 @@ def state_directory() -> Path:
     return Path(xdg) / "srsd"
 
 
-def _default_domain() -> str:
+def host_domain() -> str:
+    """This host's FQDN when it has one, else ``localhost.localdomain``."""
     fqdn = socket.getfqdn().rstrip(".").lower()
     return fqdn if is_domain(fqdn) else "localhost.localdomain"
 
 
-def default_config() -> Config:
+def default_config(needs: Needs = Needs.EVERYTHING) -> Config:
     """The embedded default: loopback endpoints (PostSRSd's ports), this host's
     FQDN as SRS domain and local domain, a secret generated on first use in
-    :func:`state_directory` (mode 0600)."""
+    :func:`state_directory` (mode 0600; not when *needs* leaves out the secrets)."""
     directory = state_directory()
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     secret_path = directory / "secrets"
-    if not secret_path.exists():
+    if Needs.SECRETS in needs and not secret_path.exists():
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(_secrets.token_urlsafe(32) + "\n")
-    domain = _default_domain()
+    domain = host_domain()
     return _validate(
         Config(
             srs=SRSSettings(domain=domain, secrets_file=str(secret_path)),
             source=f"<default: state in {directory}>",
-        )
+        ),
+        needs,
     )

@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, endpoints
 from twisted.logger import (
@@ -30,7 +30,7 @@ from twisted.logger import (
 )
 from zope.interface import provider
 
-from srsd.config import Config, ConfigError, default_config, load_config
+from srsd.config import Config, ConfigError, Needs, default_config, load_config
 from srsd.dns import Resolver
 from srsd.mailauth.handler import GRACE, AuthSettings, MailAuth, auth_settings
 from srsd.policy_service import PolicyService
@@ -43,6 +43,9 @@ from srsd.rewrite import Answer, Rewriter, rewriter_from_config
 from srsd.spf import SPFChecker
 from srsd.spf_aware import SPFAwareForward
 from srsd.srs_maps import SRSMaps
+
+if TYPE_CHECKING:
+    from srsd.privileges import Account
 
 __all__ = ["Daemon", "EndpointSpec", "ListenError", "endpoint_specs", "setup_logging", "load", "serve"]
 
@@ -86,12 +89,19 @@ def set_log_level(name: str) -> None:
         _level_filter.setLogLevelForNamespace(namespace, quiet)
 
 
-def load(path: str | None) -> Config:
-    """The config at *path*, or the embedded default when *path* is None.
+def load(path: str | None, needs: Needs = Needs.EVERYTHING) -> Config:
+    """The config at *path*, or the embedded default when *path* is None; *needs*:
+    the parts the caller uses (:class:`srsd.config.Needs`).
 
     :raises ConfigError: see :func:`srsd.config.load_config`.
     """
-    return load_config(path) if path else default_config()
+    return load_config(path, needs) if path else default_config(needs)
+
+
+def log_warnings(config: Config) -> None:
+    """Log what an admin should fix in *config* (loose file modes, running as root)."""
+    for warning in config.warnings:
+        log.warn("{warning}", warning=warning)
 
 
 @dataclass(frozen=True)
@@ -292,6 +302,7 @@ class Daemon:
         if self.resolver is not None and (config.dns != self.config.dns or threads_changed):
             log.warn("reload: [dns] and spf.threads changes take effect on restart only")
         self._apply(config, rewriter, auth)
+        log_warnings(config)
         log.info(
             "reloaded {source}: {n} secrets, {d} local domains",
             source=config.source,
@@ -328,6 +339,36 @@ def _auth(config: Config) -> AuthSettings | None:
     return auth_settings(config) if config.listen.milter else None
 
 
+def _switch_user(account: Account, config_path: str | None, ports: dict[str, Any]) -> bool:
+    """Switch to *account* (endpoints are bound) and load the configuration again as it,
+    as SIGHUP will: a file it cannot read stops the start now. :returns: False on failure (logged)."""
+    from srsd.privileges import hand_over_state_directory, stranded_sockets, switch_to
+
+    try:
+        if config_path is None:
+            hand_over_state_directory(account)
+        switch_to(account)
+        load(config_path)
+    except (OSError, ConfigError) as exc:
+        log.critical(
+            "after switching to user {user}: {error}; every file srsd reads (config, secrets, domains, "
+            "DKIM key) must be readable by {user}, SIGHUP reads them again",
+            user=account.name,
+            error=exc,
+        )
+        return False
+    log.info("running as user {user} (uid {uid}, gid {gid})", user=account.name, uid=account.uid, gid=account.gid)
+    for name, path in stranded_sockets(ports):
+        log.warn(
+            "listen.{name}: {user} cannot write to the directory of {path}: the socket stays behind "
+            "when srsd stops (the next start replaces it); use a directory {user} owns, e.g. /run/srsd",
+            name=name,
+            user=account.name,
+            path=path,
+        )
+    return True
+
+
 class ListenError(RuntimeError):
     """An endpoint could not be bound; the message names it."""
 
@@ -344,11 +385,13 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
     """
     from twisted.internet import reactor
 
+    from srsd.privileges import target_account
     from srsd.workers import WorkerPool, parse_inherit, watch_parent
 
     setup_logging()
     try:
         config = load(config_path)
+        account = target_account(config.daemon)  # switched to once every endpoint is bound
     except ConfigError as exc:
         log.critical("configuration error: {error}", error=exc)
         return 1
@@ -367,6 +410,7 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
                 "this host has no fully qualified name: SRS addresses are minted at "
                 "localhost.localdomain, which no other host can reach; set srs.domain in a config file"
             )
+        log_warnings(config)
     daemon = Daemon(config, config_path)
     status = {"code": 0}
     pool: list[WorkerPool] = []
@@ -374,11 +418,16 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
     def started(ports: Any) -> None:
         if inherit is not None:
             watch_parent(reactor)
-            return
-        if workers > 1:
+        elif workers > 1:  # started while still root: each worker switches on its own, as below
             argv = ["-c", config_path] if config_path else []
             pool.append(WorkerPool(reactor, workers, argv, daemon.ports, frozenset(daemon.reuseport)))
             pool[0].start()
+        if account is not None and not _switch_user(account, config_path, daemon.ports):
+            status["code"] = 1
+            reactor.callWhenRunning(reactor.stop)
+            return
+        if inherit is not None:
+            return
         log.info("srsd ready: {n} endpoint(s), {w} process(es)", n=len(daemon.ports), w=workers)
         sd_notify("READY=1")
         reactor.addSystemEventTrigger("before", "shutdown", lambda: log.info("srsd stopping"))
@@ -397,7 +446,11 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
             pool[0].signal_all(signal.SIGHUP)
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
-    d = daemon.listen(reactor, parse_inherit(inherit) if inherit else None, reuseport=workers > 1)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # a worker starts with it blocked
+    # SO_REUSEPORT sockets must all belong to one uid, and a worker restarted after the
+    # switch binds as the new user: with a switch, workers inherit the sockets instead.
+    reuseport = workers > 1 and account is None
+    d = daemon.listen(reactor, parse_inherit(inherit) if inherit else None, reuseport=reuseport)
     d.addCallbacks(started, failed)
     reactor.run()
     return status["code"]

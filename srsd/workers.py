@@ -161,9 +161,15 @@ class WorkerPool:
         args = [sys.executable, "-m", "srsd", "serve", *self.argv, "--inherit", inherit]
         child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2}
         child_fds.update({fd: fd for fd in self.fds.values()})
-        self.processes[index] = self.reactor.spawnProcess(
-            _WorkerProcess(self, index), sys.executable, args, env=os.environ, childFDs=child_fds
-        )
+        # A SIGHUP relayed while the worker is still starting up would kill it (the default
+        # action): it starts with SIGHUP blocked and unblocks it once its handler is set (serve).
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            self.processes[index] = self.reactor.spawnProcess(
+                _WorkerProcess(self, index), sys.executable, args, env=os.environ, childFDs=child_fds
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         log.info("worker {index} started (pid {pid})", index=index, pid=self.processes[index].pid)
 
     def ended(self, index: int, reason: Any) -> None:

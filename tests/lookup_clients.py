@@ -1,11 +1,14 @@
 """Small blocking clients for srsd's lookup protocols: Postfix's tcp_table(5) and
-socketmap(5), on a connected socket (see :meth:`tests.srsd_daemon.SrsdDaemon.connect`)."""
+socketmap(5), on a connected socket (see :meth:`tests.srsd_daemon.SrsdDaemon.connect`);
+and one policy request / one milter message for tests that drive every endpoint."""
 
 from __future__ import annotations
 
 import re
 import socket
 from typing import Any
+
+from tests.protocols import milter_wire as w
 
 IO_TIMEOUT = 5.0
 
@@ -134,3 +137,38 @@ class SocketmapClient(_Client):
     def lookup(self, map_name: str, key: str) -> tuple[str, str]:
         self.request(map_name, key)
         return self.read()
+
+
+# -- policy and milter, one request each ---------------------------------------------------
+
+
+def milter_message(sock: socket.socket, session: bytes, timeout: float = 20.0) -> list[tuple]:
+    """Send one message's events; the replies up to its end-of-message verdict (after the
+    header changes, a continue or accept)."""
+    sock.sendall(session)
+    sock.settimeout(timeout)
+    out = b""
+    while True:
+        chunk = sock.recv(65536)
+        assert chunk, f"milter closed the connection: {out!r}"
+        out += chunk
+        try:
+            replies = w.describe(out)
+        except AssertionError:  # a reply cut in two: read on
+            continue
+        changes = [i for i, r in enumerate(replies) if r[0] in "ihm"]
+        if changes and replies[-1][0] in "ca" and len(replies) - 1 > changes[-1]:
+            return replies
+
+
+def policy_request(**attrs: str) -> bytes:
+    """A Postfix policy request (SMTPD_POLICY_README) at RCPT, *attrs* on top of the defaults."""
+    base = {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "client_address": "192.0.2.1",
+        "helo_name": "mail.orig.example",
+        "sender": "alice@orig.example",
+        "recipient": "bob@local.example",
+    }
+    return b"".join(f"{k}={v}\n".encode() for k, v in (base | attrs).items()) + b"\n"

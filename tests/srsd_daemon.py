@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import re
 import secrets
 import shlex
@@ -148,6 +149,8 @@ class SrsdDaemon:
         Every other endpoint is disabled.
     :param sections: further config sections (``limits``, ``log``, ``dns``, ...).
     :param probe: after READY_MARKER, every endpoint must accept a connection.
+    :param wrapper: a command that execs ``srsd serve ...`` (its arguments follow), e.g.
+        one that hands over listening sockets as systemd does; *pass_fds* stay open for it.
     """
 
     def __init__(
@@ -161,6 +164,8 @@ class SrsdDaemon:
         sections: dict[str, dict[str, Any]] | None = None,
         workers: int = 1,
         probe: bool = False,
+        wrapper: Iterable[str] = (),
+        pass_fds: Iterable[int] = (),
     ) -> None:
         self.workdir = workdir
         self.config_path = workdir / "srsd.toml"
@@ -171,6 +176,8 @@ class SrsdDaemon:
         self.sections = sections or {}
         self.workers = workers
         self.probe = probe
+        self.wrapper = list(wrapper)
+        self.pass_fds = tuple(pass_fds)
         self.endpoints: dict[str, str] = {}
         self.ports: dict[str, int] = {}
         self.unix_paths: dict[str, str] = {}
@@ -189,7 +196,15 @@ class SrsdDaemon:
         # Endpoints not asked for are disabled: left out, some would take their default
         # (fixed) ports.
         listen = dict.fromkeys(ALL_ENDPOINTS, "") | self.endpoints
-        return {"srs": self.srs | {"secrets_file": str(self.secrets_path)}, "listen": listen, **self.sections}
+        # Run as the test's own user: a host with a "srsd" user would otherwise see a
+        # root-started srsd switch to it (srsd.privileges) and lose its test files.
+        daemon = {"user": pwd.getpwuid(os.geteuid()).pw_name}
+        return {
+            "srs": self.srs | {"secrets_file": str(self.secrets_path)},
+            "listen": listen,
+            "daemon": daemon,
+            **self.sections,
+        }
 
     def write_config(self, text: str | None = None) -> None:
         self.config_path.write_text(text if text is not None else render_config(self.config_sections()))
@@ -211,7 +226,7 @@ class SrsdDaemon:
 
     def spawn(self, *extra: str) -> subprocess.Popen[bytes]:
         """Start ``srsd serve`` without waiting for anything."""
-        args = [*srsd_command(), "serve", "-c", str(self.config_path)]
+        args = [*self.wrapper, *srsd_command(), "serve", "-c", str(self.config_path)]
         if self.workers != 1:
             args += ["--workers", str(self.workers)]
         with self.log_path.open("ab") as log:
@@ -222,6 +237,7 @@ class SrsdDaemon:
                 stderr=log,
                 cwd=self.workdir,
                 env=environment(),
+                pass_fds=self.pass_fds,
             )
         self.returncode, self._stopped = None, False
         return self.process

@@ -159,3 +159,87 @@ def test_migration_guide_config_is_valid(tmp_path):
     data["dkim"]["key_file"] = str(tmp_path / "s.private")
     config = parse_config(data)
     assert config.spf.aware and config.listen.milter and config.policy.mail_from_reject == "fail"
+
+
+# -- what each command needs (srsd.config.Needs) ----------------------------------
+
+
+def test_needs_nothing_reads_no_file_and_requires_no_key(tmp_path):
+    from srsd.config import Needs
+
+    data = {
+        "srs": {"secrets_file": str(tmp_path / "missing"), "local_domains_file": str(tmp_path / "missing")},
+        "listen": {"tcp_forward": "", "tcp_reverse": "", "socketmap": ""},
+        "dkim": {"selector": "s1", "key_file": str(tmp_path / "missing.private"), "arc": False},
+    }
+    config = parse_config(data, needs=Needs.NOTHING)
+    assert config.secrets == () and config.srs.domain == ""
+    for needs, key in [
+        (Needs.SRS_DOMAIN, "srs.domain"),
+        (Needs.SECRETS, "srs.secrets_file"),
+        (Needs.LISTEN, "listen"),
+        (Needs.DKIM_KEY, "dkim.key_file"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            parse_config(data, needs=needs)
+        assert str(info.value).startswith(key + ":"), (needs, info.value)
+
+
+def test_needs_still_checks_every_key_present(tmp_path):
+    from srsd.config import Needs
+
+    with pytest.raises(ConfigError, match="^srs.separator:"):
+        parse_config({"srs": {"separator": "/"}}, needs=Needs.NOTHING)
+    with pytest.raises(ConfigError, match="^spf.egress_ips:"):
+        parse_config({"spf": {"aware": True}}, needs=Needs.NOTHING)
+
+
+def test_default_config_without_secrets_creates_no_state(tmp_path, monkeypatch):
+    from srsd.config import Needs
+
+    monkeypatch.setenv("SRSD_STATE_DIR", str(tmp_path / "state"))
+    assert default_config(Needs.NOTHING).secrets == ()
+    assert not (tmp_path / "state").exists()
+
+
+# -- files holding secrets: modes (warnings, see docs/operations.md) ---------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "warned"),
+    [
+        (0o600, None),
+        (0o400, None),
+        (0o640, None),  # group read, and this process runs in the file's group
+        (0o644, "readable or writable by every user"),
+        (0o602, "readable or writable by every user"),
+        (0o620, "writable by its group"),
+    ],
+)
+def test_secrets_file_mode_warnings(secrets, mode, warned):
+    os.chmod(secrets, mode)
+    warnings = [w for w in parse_config(cfg(secrets)).warnings if w.startswith("srs.secrets_file:")]
+    if warned is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warned in warnings[0] and f"mode {mode:04o}" in warnings[0], warnings
+
+
+def test_secrets_file_readable_by_a_foreign_group_warns(secrets):
+    foreign = next(g for g in range(60000, 60100) if g not in os.getgroups() and g != os.getegid())
+    os.chown(secrets, -1, foreign)
+    os.chmod(secrets, 0o640)
+    (warning,) = [w for w in parse_config(cfg(secrets)).warnings if w.startswith("srs.secrets_file:")]
+    assert f"readable by group {foreign}" in warning
+
+
+def test_dkim_key_mode_warns_too(tmp_path, secrets):
+    from srsd.mailauth.keys import generate_key
+
+    key = tmp_path / "s1.private"
+    generate_key(str(key), "rsa-sha256", 2048)
+    data = {**cfg(secrets), "dkim": {"selector": "s1", "key_file": str(key)}}
+    assert not [w for w in parse_config(data).warnings if w.startswith("dkim.key_file:")]
+    key.chmod(0o644)
+    (warning,) = [w for w in parse_config(data).warnings if w.startswith("dkim.key_file:")]
+    assert "can sign mail as your domain" in warning
