@@ -9,6 +9,8 @@ from __future__ import annotations
 import authres
 import authres.dmarc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from srsd import dmarc
 from srsd.dmarc import (
@@ -675,3 +677,34 @@ def test_resolver_exists(dns_server):
         resolver.exists("slow.example.com")
     with pytest.raises(ValueError):
         resolver.exists("a" * 64 + ".example.com")
+
+
+# -- untrusted input never raises (property tests) ----------------------------------------------------------------
+
+_RECORDISH = st.text(alphabet=st.sampled_from(list("vV=DMARC1;pspnatdkimfuo rejctqnl:!@.,\t\x00é")), max_size=80)
+_FROMISH = st.text(alphabet=st.sampled_from(list('ab@<>.,;:"()\\ \t\r\n=?[]-_é\x00')), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_RECORDISH, st.text(max_size=80)))
+def test_parse_record_never_raises(text):
+    record = parse_record(text)
+    if record is not None:
+        assert record.p in (None, "none", "quarantine", "reject")
+        assert record.adkim in ("r", "s") and record.psd in ("y", "n", "u")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_FROMISH, st.text(max_size=60)), max_size=3))
+def test_author_domains_never_raises(values):
+    got = author_domains(values)
+    assert bool(got.domains) != bool(got.error)
+    for domain in got.domains:
+        assert domain == domain.lower() and domain.isascii() and not domain.endswith(".")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["ARC-Seal", "arc-seal", "From"]), st.text(max_size=60)), max_size=4))
+def test_arc_sealers_never_raises(headers):
+    for instance, domain in arc_sealers(headers):
+        assert instance >= 0 and domain
