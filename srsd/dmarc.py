@@ -490,7 +490,9 @@ def author_domains(from_values: Sequence[str]) -> AuthorDomains:
         found = _from_field_domains(value)
         if isinstance(found, str):
             return AuthorDomains((), found)
-        domains += [domain for n, domain in enumerate(found) if domain not in domains and domain not in found[:n]]
+        for domain in found:
+            if domain not in domains:
+                domains.append(domain)
     return AuthorDomains(tuple(domains))
 
 
@@ -622,10 +624,9 @@ def _discover(author: str, memo: _Memo) -> tuple[DMARCRecord, str, _Walk | None]
     own = _dmarc_record_at(memo, author)
     if own is not None:
         return own, author, None
-    upper = tree_walk(author, memo, first=1)
-    if not upper.found:
+    walk = tree_walk(author, memo, first=1)  # its start is still the Author Domain (4.10.2)
+    if not walk.found:
         return None
-    walk = _Walk(author, upper.found)
     org = organizational_domain(walk)
     if walk.record_at(org) is not None:
         return walk.record_at(org), org, walk
