@@ -101,6 +101,20 @@ class Resolver:
         :raises DNSTemporaryError: timeout, SERVFAIL or no server answered.
         :raises ValueError: *name* is not a valid DNS name (e.g. a label > 63).
         """
+        answer = self._query(name, qtype, timeout)
+        return answer if answer is not None and answer.rrset is not None else None
+
+    def exists(self, name: str, timeout: float | None = None) -> bool:
+        """False when *name* does not exist (NXDOMAIN: RFC 8020; RFC 9989 3.2.13, A.4),
+        True when it does, with or without records (an A query; NODATA = exists).
+
+        :raises DNSTemporaryError: as :meth:`resolve`.
+        :raises ValueError: as :meth:`resolve`.
+        """
+        return self._query(name, "A", timeout) is not None
+
+    def _query(self, name: str, qtype: str, timeout: float | None) -> dns.resolver.Answer | None:
+        """The answer (NODATA included), None for NXDOMAIN (or a CNAME loop)."""
         lifetime = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
         try:
             answer = self._resolver.resolve(name, qtype, lifetime=lifetime, raise_on_no_answer=False, search=False)
@@ -119,7 +133,7 @@ class Resolver:
         except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel, dns.name.BadEscape) as exc:
             raise ValueError(f"bad DNS name {name!r}: {exc}") from None
         self._note(answer)
-        return answer if answer.rrset is not None else None
+        return answer
 
     def spf_lookup(self, name: str, qtype: str, strict: Any = True, timeout: float | None = None) -> list:
         """pyspf's DNSLookup: ``[((name, type), value), ...]``, CNAMEs included.

@@ -165,6 +165,8 @@ class DNSServer:
         (read per answer).
     :param max_udp: the largest UDP answer sent, whatever the client's EDNS
         payload says (at least 512 is always allowed).
+    :param port: the port to bind (UDP and TCP); 0 = a free one. Only for a tool
+        that cannot be told a port (a resolver reading /etc/resolv.conf needs 53).
     """
 
     def __init__(
@@ -175,11 +177,13 @@ class DNSServer:
         negative_ttl: int | None = None,
         max_udp: int = 1232,
         host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self._defaults = (ttl, ttl if negative_ttl is None else negative_ttl, max_udp)
         self.ttl, self.negative_ttl, self.max_udp = self._defaults
         self.host = host
         self.port = 0
+        self._wanted_port = port  # 0: any free port (a tool that only speaks to port 53 needs 53)
         self._lock = threading.Lock()
         self._zone: dict[dns.name.Name, list[_Record | str]] = {}
         self._ancestors: set[dns.name.Name] = set()
@@ -207,7 +211,7 @@ class DNSServer:
             return self
         for _attempt in range(50):
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp.bind((self.host, 0))
+            udp.bind((self.host, self._wanted_port))
             port = udp.getsockname()[1]
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
