@@ -1,11 +1,10 @@
-"""The ``srsd`` command: serve, forward, reverse, spf, check-config, dkim-keygen, dns-records."""
+"""The ``srsd`` command: serve, forward, reverse, spf, check-config, dkim-keygen, dns-records, check-dns."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 from srsd.config import ConfigError
 from srsd.rewrite import FOUND, rewriter_from_config
@@ -63,10 +62,19 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--selector", required=True, help="the selector (s=); the key goes to DIR/SELECTOR.private")
     keygen.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa", help="key type (default rsa)")
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
-    keygen.add_argument("--out", required=True, metavar="DIR", help="directory for the key file (mode 0600)")
+    where = keygen.add_mutually_exclusive_group()
+    where.add_argument(
+        "--key-directory",
+        default="/etc/srsd/dkim",
+        metavar="DIR",
+        help="write DIR/DOMAIN/SELECTOR.private, the dkim.key_directory layout (default /etc/srsd/dkim)",
+    )
+    where.add_argument("--out", metavar="DIR", help="write DIR/SELECTOR.private instead")
 
-    records = sub.add_parser("dns-records", help="print the DNS records to publish (SPF, DKIM key)")
+    records = sub.add_parser("dns-records", help="print the DNS records to publish (SPF, DKIM keys, DMARC)")
     _config_arg(records)
+    check_dns = sub.add_parser("check-dns", help="check what is published in DNS against dns-records; exit 1 if not")
+    _config_arg(check_dns)
     return parser
 
 
@@ -141,62 +149,49 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
     if not args.selector or "/" in args.selector or args.selector.startswith("."):
         return _fail(f"dkim-keygen: --selector {args.selector!r} is not a DNS label", 2)
     algorithm = "rsa-sha256" if args.algorithm == "rsa" else "ed25519-sha256"
-    path = os.path.join(args.out, f"{args.selector}.private")
+    directory = args.out or os.path.join(args.key_directory, domain)
+    path = os.path.join(directory, f"{args.selector}.private")
     try:
-        os.makedirs(args.out, mode=0o700, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         key = generate_key(path, algorithm, args.bits)
     except OSError as exc:
-        return _fail(f"dkim-keygen: cannot create {args.out}: {exc.strerror}")
+        return _fail(f"dkim-keygen: cannot create {directory}: {exc.strerror}")
     except DKIMKeyError as exc:
         return _fail(f"dkim-keygen: {exc}")
     size = f", {key.bits} bits" if key.key_type == "rsa" else ""
     print(f"; wrote {path} ({algorithm}{size}, mode 0600): make it readable by the user srsd runs as", file=sys.stderr)
     print(
-        f'; srsd config: [dkim] domain = "{domain}"  selector = "{args.selector}"  key_file = "{path}"', file=sys.stderr
+        "; srsd config (docs/dkim.md \"Key rotation\"): publish the record below, then add\n"
+        f';   [[dkim.keys]]\n;   domain = "{domain}"\n;   selector = "{args.selector}"\n'
+        f';   key_file = "{path}"\n;   state = "next"      # signs once the record is visible; then reload',
+        file=sys.stderr,
     )
-    if key.key_type != "rsa":
-        print("; ed25519: set dkim.arc = false (ARC is rsa-sha256 only)", file=sys.stderr)
     print(f"{dns_record_name(args.selector, domain)}. IN TXT {zone_file_txt(key.txt_record())}")
     return 0
 
 
-def dns_records(config: Any) -> list[str]:
-    """Zone-file lines (with ``;`` comments) for every record *config* needs published."""
-    import ipaddress
-
-    from srsd.mailauth.keys import dns_record_name, zone_file_txt
-
-    domain = config.srs.domain
-    lines = [f"; DNS records for srsd ({config.source})", ""]
-    lines.append(f"; SPF of the SRS domain: forwarded mail leaves with MAIL FROM ...@{domain}")
-    if config.spf.egress_ips:
-        mechanisms = []
-        for ip in config.spf.egress_ips:
-            version = ipaddress.ip_address(ip).version
-            mechanisms.append(f"ip{version}:{ip}")
-        lines.append(f'{domain}. IN TXT "v=spf1 {" ".join(mechanisms)} -all"')
-    else:
-        lines.append("; spf.egress_ips is empty: list every address mail leaves from, then publish e.g.")
-        lines.append(f'; {domain}. IN TXT "v=spf1 ip4:192.0.2.25 ip6:2001:db8::25 -all"')
-    d = config.dkim
-    lines.append("")
-    if not d.selector:
-        lines.append("; DKIM/ARC: no dkim.selector configured, nothing signed, no key to publish")
-        return lines
-    signing_domain = d.domain or domain
-    key = config.dkim_key
-    what = "DKIM signatures and ARC sets" if d.arc else "DKIM signatures"
-    lines.append(f"; {what} d={signing_domain} s={d.selector} ({d.algorithm}, {key.bits} bits, {d.key_file})")
-    lines.append(f"{dns_record_name(d.selector, signing_domain)}. IN TXT {zone_file_txt(key.txt_record())}")
-    return lines
-
-
 def _dns_records(args: argparse.Namespace) -> int:
+    from srsd.dns_records import zone_file
     from srsd.service import load
 
-    for line in dns_records(load(args.config)):
+    for line in zone_file(load(args.config)):
         print(line)
     return 0
+
+
+def _check_dns(args: argparse.Namespace) -> int:
+    from srsd.dns import Resolver
+    from srsd.dns_check import check_dns
+    from srsd.service import load
+
+    config = load(args.config)
+    resolver = Resolver(config.dns.nameservers, config.dns.timeout, config.dns.cache_size)
+    findings = check_dns(config, resolver)
+    for finding in findings:
+        print(finding)
+    problems = sum(1 for f in findings if not f.ok)
+    print(f"check-dns: {problems} problem(s) in {len(findings)} check(s)")
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             return _dkim_keygen(args)
         if args.command == "dns-records":
             return _dns_records(args)
+        if args.command == "check-dns":
+            return _check_dns(args)
         return _rewrite(args)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}")

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives import serialization
 
 from srsd.protocols.milter_codec import MAX_HEADER_PACKET, MAX_PACKET
 from tests import maildkim
+from tests.dnsserver import zone_records
 from tests.protocols import milter_wire as w
 from tests.srsd_daemon import SrsdDaemon, free_port, run_cli, srs0_pattern, tcp_endpoint
 
@@ -81,27 +82,6 @@ _QUEUED = re.compile(r"queued as ([0-9A-Za-z]+)")
 
 
 # -- keys and DNS ------------------------------------------------------------------------
-
-
-_TXT_LINE = re.compile(r"^(\S+)\.\s+IN\s+TXT\s+(\".*\")\s*$")
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-
-
-def zone_records(text: str) -> dict[str, list[str]]:
-    """The TXT records of zone-file *text* (what dkim-keygen and dns-records print):
-    {name: [character-string, ...]}; every line that is neither empty nor a comment
-    must be one."""
-    records: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith(";"):
-            continue
-        match = _TXT_LINE.match(line)
-        assert match, f"not a TXT record line: {line!r}"
-        strings = [re.sub(r"\\(.)", r"\1", s) for s in _QUOTED.findall(match.group(2))]
-        assert strings and all(len(s.encode()) <= 255 for s in strings), line
-        assert match.group(1) not in records, f"{match.group(1)} printed twice"
-        records[match.group(1)] = strings
-    return records
 
 
 @dataclass(frozen=True)
@@ -234,7 +214,7 @@ def stack(tmp_path_factory, sink, keys, dns_server_session):
     printed = srsd.cli("dns-records")
     assert printed.returncode == 0, printed
     records = zone_records(printed.stdout)
-    assert sorted(records) == [SRS_DOMAIN, f"{FWD_SELECTOR}._domainkey.{SRS_DOMAIN}"], printed.stdout
+    assert sorted(records) == [f"_dmarc.{SRS_DOMAIN}", SRS_DOMAIN, f"{FWD_SELECTOR}._domainkey.{SRS_DOMAIN}"], printed
     assert records[SRS_DOMAIN] == [f"v=spf1 ip4:{TRUSTED_IP} -all"], printed.stdout
     assert len(records[f"{FWD_SELECTOR}._domainkey.{SRS_DOMAIN}"]) == 2, printed.stdout  # 2048 bits: > 255 bytes
     for name, strings in records.items():
