@@ -12,7 +12,7 @@ private key and a state:
              until the mail it signed has been delivered).
 
 A domain may have several signing keys: an RSA and an ed25519 key sign every message
-side by side (RFC 8463 3: receivers that cannot verify ed25519 use the RSA signature).
+side by side (RFC 8463 dual signing: receivers that cannot verify ed25519 use the RSA one).
 
 Who gets which keys (:meth:`SigningTable.for_author`, local mail):
 
