@@ -457,6 +457,8 @@ def _validate_dkim(cfg: Config) -> tuple[Any, ...]:
 
 def _check_no_mail_domains(cfg: Config, dkim_keys: tuple[Any, ...]) -> None:
     """A name in spf.no_mail_domains must not be one that sends (it would get v=spf1 -all)."""
+    if not cfg.spf.no_mail_domains:
+        return
     from srsd.dns_records import helo_name
 
     sending = {cfg.srs.domain.lower(), helo_name(cfg)} | {k.domain for k in dkim_keys if k.state != "retired"}
@@ -473,10 +475,12 @@ def _dkim_keys(cfg: Config) -> tuple[Any, ...]:
     :returns: ``srsd.mailauth.signing_table.TableKey`` objects, in config order.
     :raises ConfigError: naming the entry (``dkim.keys[N].key_file: ...``).
     """
+    d = cfg.dkim
+    if not (d.selector or d.keys or d.sign_subdomains):
+        return ()  # nothing to load (and no crypto library to import)
     from srsd.mailauth.keys import DKIMKeyError, load_signing_key
     from srsd.mailauth.signing_table import NEXT, RETIRED, STATES, TableKey
 
-    d = cfg.dkim
     forwarder = (d.domain or cfg.srs.domain).lower()
     # (where, domain, selector, key file, algorithm or None = as the file says, state)
     entries = []

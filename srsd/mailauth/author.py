@@ -10,7 +10,9 @@ one domain. Anything else gives no author domain, with the reason:
   a verifier and a mail reader may pick different ones);
 * mailboxes in several domains (no single domain to align with, RFC 7489 6.6.1);
 * a From field the RFC 5322 parser finds defective, or a domain that is not a
-  host name (an address literal, no domain).
+  host name (an address literal, no domain);
+* a From field over :data:`MAX_FROM` characters: the parser's time grows with the
+  square of some inputs (10 KB of quotes: seconds), and no real From is that long.
 
 The parser is the standard library's RFC 5322 header parser
 (``email.headerregistry``); a field it cannot parse without an ``InvalidHeaderDefect``
@@ -28,7 +30,10 @@ from email.headerregistry import HeaderRegistry
 from srsd.config import is_domain
 from srsd.mailauth.message import HeaderField
 
-__all__ = ["Author", "author_domain"]
+__all__ = ["MAX_FROM", "Author", "author_domain"]
+
+#: characters of an unfolded From field the parser is given at most
+MAX_FROM = 2000
 
 _registry = HeaderRegistry()
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -61,6 +66,8 @@ def author_domain(headers: Sequence[HeaderField]) -> Author:
     if len(values) > 1:
         return Author(problem=f"{len(values)} From fields")
     text = _FOLD.sub("", values[0]).strip()
+    if len(text) > MAX_FROM:
+        return Author(problem=f"From field longer than {MAX_FROM} characters")
     try:
         parsed = _registry("from", text)
     except Exception:  # the parser has raised on odd input before; refuse, do not guess

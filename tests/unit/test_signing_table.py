@@ -258,6 +258,7 @@ def test_table_key_names(key_dir):
         ([("From", " a@b@c.example")], "", "unparseable From field"),
         ([("From", " alice@[192.0.2.1]")], "", "From address without a domain name"),
         ([("From", " alice@localhost")], "", "From address without a domain name"),
+        ([("From", ' "' + "x" * 2000 + '" <alice@example.org>')], "", "From field longer than 2000 characters"),
     ],
 )
 def test_author_domain(fields, domain, problem):
