@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dkim
@@ -71,9 +72,13 @@ _QUEUED = re.compile(r"queued as ([0-9A-Za-z]+)")
 @pytest.fixture(scope="module")
 def key_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("signing-keys")
-    for domain, selector, algorithm in KEYS:
+
+    def keygen(domain: str, selector: str, algorithm: str) -> None:
         run_cli("dkim-keygen", "--domain", domain, "--selector", selector, "--algorithm", algorithm,
                 "--key-directory", str(directory), timeout=60, check=True)  # fmt: skip
+
+    with ThreadPoolExecutor(len(KEYS)) as pool:  # one process each, side by side
+        list(pool.map(keygen, *zip(*KEYS, strict=True)))
     assert sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*.private")) == sorted(
         f"{d}/{s}.private" for d, s, _ in KEYS
     )
@@ -316,7 +321,6 @@ def test_key_rotation_under_load_loses_no_signature(stack, key_dir):
             srsd.reload(sections(dns_server.address, key_dir, settled))
             before = load.signed_with("l2")
             load.wait("mail signed with l2 after settling", lambda: load.signed_with("l2") >= before + 10)
-            assert check_dns(stack) == (0, [])
         assert not load.errors, load.errors
 
         # Every message sent arrived exactly once, signed once by local.example, and verifies.
