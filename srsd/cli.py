@@ -1,12 +1,11 @@
 """The ``srsd`` command: serve, forward, reverse, spf, check-config, dkim-keygen, dns-records,
-import-postsrsd."""
+check-dns, import-postsrsd."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 from srsd.config import ConfigError, Needs
 from srsd.rewrite import FOUND, rewriter_from_config
@@ -73,7 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--selector", required=True, help="the selector (s=); the key goes to DIR/SELECTOR.private")
     keygen.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa", help="key type (default rsa)")
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
-    keygen.add_argument("--out", required=True, metavar="DIR", help="directory for the key file (mode 0600)")
+    where = keygen.add_mutually_exclusive_group()
+    where.add_argument(
+        "--key-directory",
+        default="/etc/srsd/dkim",
+        metavar="DIR",
+        help="write DIR/DOMAIN/SELECTOR.private, the dkim.key_directory layout (default /etc/srsd/dkim)",
+    )
+    where.add_argument("--out", metavar="DIR", help="write DIR/SELECTOR.private instead")
 
     migrate = sub.add_parser("import-postsrsd", help="write an srsd config equivalent to PostSRSd's")
     migrate.set_defaults(needs=Needs.NOTHING)
@@ -84,9 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("-o", "--output", metavar="FILE", help="write the config here (not over an existing file)")
 
-    records = sub.add_parser("dns-records", help="print the DNS records to publish (SPF, DKIM key)")
-    records.set_defaults(needs=Needs.SRS_DOMAIN)  # the key is read below: an unreadable one is a comment
+    records = sub.add_parser("dns-records", help="print the DNS records to publish (SPF, DKIM keys, DMARC)")
+    records.set_defaults(needs=Needs.SRS_DOMAIN | Needs.DKIM_KEY)
     _config_arg(records)
+    check_dns = sub.add_parser("check-dns", help="check what is published in DNS against dns-records; exit 1 if not")
+    check_dns.set_defaults(needs=Needs.SRS_DOMAIN | Needs.DKIM_KEY)
+    _config_arg(check_dns)
     return parser
 
 
@@ -167,21 +176,23 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
     if not args.selector or "/" in args.selector or args.selector.startswith("."):
         return _fail(f"dkim-keygen: --selector {args.selector!r} is not a DNS label", 2)
     algorithm = "rsa-sha256" if args.algorithm == "rsa" else "ed25519-sha256"
-    path = os.path.join(args.out, f"{args.selector}.private")
+    directory = args.out or os.path.join(args.key_directory, domain)
+    path = os.path.join(directory, f"{args.selector}.private")
     try:
-        os.makedirs(args.out, mode=0o700, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         key = generate_key(path, algorithm, args.bits)
     except OSError as exc:
-        return _fail(f"dkim-keygen: cannot create {args.out}: {exc.strerror}")
+        return _fail(f"dkim-keygen: cannot create {directory}: {exc.strerror}")
     except DKIMKeyError as exc:
         return _fail(f"dkim-keygen: {exc}")
     size = f", {key.bits} bits" if key.key_type == "rsa" else ""
     print(f"; wrote {path} ({algorithm}{size}, mode 0600): make it readable by the user srsd runs as", file=sys.stderr)
     print(
-        f'; srsd config: [dkim] domain = "{domain}"  selector = "{args.selector}"  key_file = "{path}"', file=sys.stderr
+        "; srsd config (docs/dkim.md \"Key rotation\"): publish the record below, then add\n"
+        f';   [[dkim.keys]]\n;   domain = "{domain}"\n;   selector = "{args.selector}"\n'
+        f';   key_file = "{path}"\n;   state = "next"      # signs once the record is visible; then reload',
+        file=sys.stderr,
     )
-    if key.key_type != "rsa":
-        print("; ed25519: set dkim.arc = false (ARC is rsa-sha256 only)", file=sys.stderr)
     print(f"{dns_record_name(args.selector, domain)}. IN TXT {zone_file_txt(key.txt_record())}")
     return 0
 
@@ -211,49 +222,28 @@ def _import_postsrsd(args: argparse.Namespace) -> int:
     return 0
 
 
-def dns_records(config: Any) -> list[str]:
-    """Zone-file lines (with ``;`` comments) for every record *config* needs published."""
-    import ipaddress
-
-    from srsd.mailauth.keys import DKIMKeyError, dns_record_name, load_signing_key, zone_file_txt
-
-    domain = config.srs.domain
-    lines = [f"; DNS records for srsd ({config.source})", ""]
-    lines.append(f"; SPF of the SRS domain: forwarded mail leaves with MAIL FROM ...@{domain}")
-    if config.spf.egress_ips:
-        mechanisms = []
-        for ip in config.spf.egress_ips:
-            version = ipaddress.ip_address(ip).version
-            mechanisms.append(f"ip{version}:{ip}")
-        lines.append(f'{domain}. IN TXT "v=spf1 {" ".join(mechanisms)} -all"')
-    else:
-        lines.append("; spf.egress_ips is empty: list every address mail leaves from, then publish e.g.")
-        lines.append(f'; {domain}. IN TXT "v=spf1 ip4:192.0.2.25 ip6:2001:db8::25 -all"')
-    d = config.dkim
-    lines.append("")
-    if not d.selector:
-        lines.append("; DKIM/ARC: no dkim.selector configured, nothing signed, no key to publish")
-        return lines
-    signing_domain = d.domain or domain
-    key = config.dkim_key  # None when the command's Needs left it unread
-    if key is None:
-        try:
-            key = load_signing_key(d.key_file, d.algorithm)
-        except DKIMKeyError as exc:
-            lines.append(f"; DKIM key: cannot read it: {exc}")
-            return lines
-    what = "DKIM signatures and ARC sets" if d.arc else "DKIM signatures"
-    lines.append(f"; {what} d={signing_domain} s={d.selector} ({d.algorithm}, {key.bits} bits, {d.key_file})")
-    lines.append(f"{dns_record_name(d.selector, signing_domain)}. IN TXT {zone_file_txt(key.txt_record())}")
-    return lines
-
-
 def _dns_records(args: argparse.Namespace) -> int:
+    from srsd.dns_records import zone_file
     from srsd.service import load
 
-    for line in dns_records(load(args.config, args.needs)):
+    for line in zone_file(load(args.config, args.needs)):
         print(line)
     return 0
+
+
+def _check_dns(args: argparse.Namespace) -> int:
+    from srsd.dns import Resolver
+    from srsd.dns_check import check_dns
+    from srsd.service import load
+
+    config = load(args.config, args.needs)
+    resolver = Resolver(config.dns.nameservers, config.dns.timeout, config.dns.cache_size)
+    findings = check_dns(config, resolver)
+    for finding in findings:
+        print(finding)
+    problems = sum(1 for f in findings if not f.ok)
+    print(f"check-dns: {problems} problem(s) in {len(findings)} check(s)")
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             return _dns_records(args)
         if args.command == "import-postsrsd":
             return _import_postsrsd(args)
+        if args.command == "check-dns":
+            return _check_dns(args)
         return _rewrite(args)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}")

@@ -34,6 +34,7 @@ __all__ = [
     "SPFSettings",
     "PolicySettings",
     "DKIMSettings",
+    "DKIMKeySettings",
     "LogSettings",
     "DaemonSettings",
     "Needs",
@@ -92,6 +93,8 @@ class SPFSettings:
     check_budget: float = 10.0  # seconds for a policy check (then: temperror)
     threads: int = 8  # SPF checks running at once
     receiver: str = ""  # this host's name in Received-SPF comments (default: srs.domain)
+    helo_name: str = ""  # the HELO name mail leaves with (dns-records, check-dns); default receiver or srs.domain
+    no_mail_domains: tuple[str, ...] = ()  # names that send no mail: dns-records suggests "v=spf1 -all"
 
 
 @dataclass(frozen=True)
@@ -118,13 +121,27 @@ _DEFAULT_SIGNED_HEADERS = (
 
 
 @dataclass(frozen=True)
+class DKIMKeySettings:
+    """One entry of the signing table, ``[[dkim.keys]]`` (docs/dkim.md "Signing table")."""
+
+    domain: str = ""  # d=: signs local mail whose From domain is this one
+    selector: str = ""  # s=
+    key_file: str = ""  # default: dkim.key_directory/<domain>/<selector>.private
+    state: str = "active"  # "active", "next" (signs once published), "retired" (published only)
+
+
+@dataclass(frozen=True)
 class DKIMSettings:
     """DKIM signing, verification and ARC sealing in the milter (RFC 6376, 8617)."""
 
-    domain: str = ""  # d= of srsd's signatures and ARC sets; default srs.domain
-    selector: str = ""  # s=; empty = do not sign or seal
-    key_file: str = ""  # private key, PEM (srsd dkim-keygen writes one)
-    algorithm: str = "rsa-sha256"  # or "ed25519-sha256"
+    domain: str = ""  # the forwarder's domain: d= of signatures on forwarded mail and of ARC sets; default srs.domain
+    selector: str = ""  # s= of one key for dkim.domain (the single-key form); empty = none
+    key_file: str = ""  # its private key, PEM (srsd dkim-keygen writes one)
+    algorithm: str = "rsa-sha256"  # its algorithm: or "ed25519-sha256"
+    key_directory: str = "/etc/srsd/dkim"  # <domain>/<selector>.private: default key_file of [[dkim.keys]]
+    keys: tuple[DKIMKeySettings, ...] = ()  # the signing table: [[dkim.keys]] entries
+    sign_subdomains: tuple[str, ...] = ()  # domains whose keys also sign for their subdomains
+    rotation_check_interval: float = 60.0  # seconds between DNS checks of "next" keys
     signed_headers: tuple[str, ...] = _DEFAULT_SIGNED_HEADERS
     sign_forwarded: bool = True  # sign mail srsd forwards, with d=domain
     sign_local: bool = True  # sign mail from local domains / authenticated clients
@@ -192,8 +209,8 @@ class Config:
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
     #: srs.local_domains plus the entries of srs.local_domains_file
     local_domains: tuple[str, ...] = ()
-    #: the key read from dkim.key_file (a srsd.mailauth.keys.SigningKey), None without dkim.selector
-    dkim_key: Any = field(default=None, repr=False)
+    #: every signing key, loaded (srsd.mailauth.signing_table.TableKey): dkim.selector's, then dkim.keys
+    dkim_keys: tuple[Any, ...] = field(default=(), repr=False)
     #: where this config came from ("<default>" for the embedded one)
     source: str = "<default>"
     #: what an admin should fix but srsd runs with (logged at start and reload, printed by check-config)
@@ -211,6 +228,9 @@ _SECTIONS = {
     "log": LogSettings,
     "daemon": DaemonSettings,
 }
+
+#: annotations of array-of-tables fields -> the dataclass of one table (numbered from 1 in errors)
+_TABLE_LISTS = {"tuple[DKIMKeySettings, ...]": DKIMKeySettings}
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
 
@@ -254,7 +274,15 @@ def _section(name: str, raw: Any, cls: type) -> Any:
     kwargs = {}
     for key, value in raw.items():
         # Annotations are strings here (PEP 563): "str", "int", "bool", "tuple[...]".
-        want = {"str": str, "int": int, "float": float, "bool": bool}.get(fields[key].type, tuple)
+        annotation = fields[key].type
+        if annotation in _TABLE_LISTS:  # an array of tables: [[section.key]]
+            if not isinstance(value, list):
+                raise ConfigError(f"{name}.{key}: expected a list of tables ([[{name}.{key}]])")
+            kwargs[key] = tuple(
+                _section(f"{name}.{key}[{i}]", item, _TABLE_LISTS[annotation]) for i, item in enumerate(value, 1)
+            )
+            continue
+        want = {"str": str, "int": int, "float": float, "bool": bool}.get(annotation, tuple)
         kwargs[key] = _typed(name, key, value, want)
     return cls(**kwargs)
 
@@ -371,9 +399,11 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
         lines = _read_lines(s.local_domains_file, "srs.local_domains_file")
         domains += _check_domain_entries(lines, "srs.local_domains_file")
     _validate_spf(cfg)
-    dkim_key = _validate_dkim(cfg, read_key=Needs.DKIM_KEY in needs)
-    if Needs.DKIM_KEY in needs and cfg.dkim.selector:
-        warnings += _file_mode_warnings(cfg.dkim.key_file, "dkim.key_file", groups, "can sign mail as your domain")
+    dkim_keys = _validate_dkim(cfg, read_keys=Needs.DKIM_KEY in needs)
+    for entry in dkim_keys:
+        where = "dkim.key_file" if entry.where == "dkim.selector" else f"{entry.where}.key_file"
+        warnings += _file_mode_warnings(entry.key.path, where, groups, "can sign mail as your domain")
+    _check_no_mail_domains(cfg, dkim_keys)
     lim = cfg.limits
     if not 256 <= lim.max_request_bytes <= 1 << 20:
         raise ConfigError("limits.max_request_bytes: must be 256..1048576")
@@ -388,7 +418,7 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
     if not any(dataclasses.astuple(cfg.listen)) and Needs.LISTEN in needs:
         raise ConfigError("listen: every endpoint is disabled")
     return dataclasses.replace(
-        cfg, secrets=secrets, local_domains=tuple(domains), dkim_key=dkim_key, warnings=tuple(warnings)
+        cfg, secrets=secrets, local_domains=tuple(domains), dkim_keys=dkim_keys, warnings=tuple(warnings)
     )
 
 
@@ -446,10 +476,16 @@ def _validate_spf(cfg: Config) -> None:
         raise ConfigError("policy.header: must be 'received-spf' or 'authentication-results'")
     if po.header == "authentication-results" and not po.authserv_id:
         raise ConfigError("policy.authserv_id: required when policy.header = 'authentication-results'")
+    if sp.helo_name and not is_domain(sp.helo_name.rstrip(".")):
+        raise ConfigError(f"spf.helo_name: {sp.helo_name!r} is not a fully qualified domain name")
+    _check_domain_entries(sp.no_mail_domains, "spf.no_mail_domains")
+    if any(d.startswith(".") for d in sp.no_mail_domains):
+        raise ConfigError("spf.no_mail_domains: exact domain names only (each gets its own record)")
 
 
-def _validate_dkim(cfg: Config, read_key: bool = True) -> Any:
-    """Check [dkim]; the signing key it names, loaded (None without dkim.selector or *read_key*)."""
+def _validate_dkim(cfg: Config, read_keys: bool = True) -> tuple[Any, ...]:
+    """Check [dkim]; every signing key it names, loaded (see :func:`_dkim_keys`; none
+    unless *read_keys*)."""
     d = cfg.dkim
     # never signed: changed in transit, or added by srsd and later hops
     never_signed = {"return-path", "received", "dkim-signature", "authentication-results", "arc-seal",
@@ -478,17 +514,11 @@ def _validate_dkim(cfg: Config, read_key: bool = True) -> Any:
         raise ConfigError("dkim.threads: must be 1..64")
     if not 0 < d.budget <= 60:
         raise ConfigError("dkim.budget: must be more than 0 and at most 60 seconds")
-    key = None
-    if d.selector:
-        from srsd.mailauth.keys import DKIMKeyError, load_signing_key
-
-        if d.arc and d.algorithm != "rsa-sha256":
-            raise ConfigError("dkim.arc: ARC sets are rsa-sha256 only (RFC 8617); use an RSA key or set arc = false")
-    if d.selector and read_key:
-        try:
-            key = load_signing_key(d.key_file, d.algorithm)
-        except DKIMKeyError as exc:
-            raise ConfigError(f"dkim.key_file: {exc}") from None
+    if not 1 <= d.rotation_check_interval <= 86400:
+        raise ConfigError("dkim.rotation_check_interval: must be 1..86400 seconds")
+    if d.selector and d.arc and d.algorithm != "rsa-sha256":
+        raise ConfigError("dkim.arc: ARC sets are rsa-sha256 only (RFC 8617); use an RSA key or set arc = false")
+    keys = _dkim_keys(cfg) if read_keys else ()
     authserv = (d.authserv_id or cfg.srs.domain).lower()
     po = cfg.policy
     if (
@@ -502,7 +532,75 @@ def _validate_dkim(cfg: Config, read_key: bool = True) -> Any:
             f"authserv-id ({authserv}) from incoming mail, the policy service's too; use another "
             "authserv-id or policy.header = 'received-spf'"
         )
-    return key
+    return keys
+
+
+def _check_no_mail_domains(cfg: Config, dkim_keys: tuple[Any, ...]) -> None:
+    """A name in spf.no_mail_domains must not be one that sends (it would get v=spf1 -all)."""
+    if not cfg.spf.no_mail_domains:
+        return
+    from srsd.dns_records import helo_name
+
+    sending = {cfg.srs.domain.lower(), helo_name(cfg)} | {k.domain for k in dkim_keys if k.state != "retired"}
+    for name in cfg.spf.no_mail_domains:
+        if name.rstrip(".").lower() in sending:
+            raise ConfigError(f"spf.no_mail_domains: {name} sends mail (the SRS domain, HELO name or a signing domain)")
+
+
+def _dkim_keys(cfg: Config) -> tuple[Any, ...]:
+    """The signing table's keys, each read once here: ``dkim.selector``/``key_file``
+    (one key of the forwarder's domain, always active), then every ``[[dkim.keys]]``
+    entry (key_file default ``key_directory/<domain>/<selector>.private``).
+
+    :returns: ``srsd.mailauth.signing_table.TableKey`` objects, in config order.
+    :raises ConfigError: naming the entry (``dkim.keys[N].key_file: ...``).
+    """
+    d = cfg.dkim
+    if not (d.selector or d.keys or d.sign_subdomains):
+        return ()  # nothing to load (and no crypto library to import)
+    from srsd.mailauth.keys import DKIMKeyError, load_signing_key
+    from srsd.mailauth.signing_table import NEXT, RETIRED, STATES, TableKey
+
+    forwarder = (d.domain or cfg.srs.domain).lower()
+    # (where, domain, selector, key file, algorithm or None = as the file says, state)
+    entries = []
+    if d.selector:
+        entries.append(("dkim", forwarder, d.selector, d.key_file, d.algorithm, "active"))
+    for number, entry in enumerate(d.keys, 1):
+        where = f"dkim.keys[{number}]"
+        domain = entry.domain.rstrip(".").lower()
+        if not is_domain(domain):
+            raise ConfigError(f"{where}.domain: {entry.domain!r} is not a domain name (required)")
+        if not entry.selector or not _LABEL.match(entry.selector.replace(".", "a").replace("_", "a")):
+            raise ConfigError(f"{where}.selector: {entry.selector!r} is not a DNS label (required)")
+        if entry.state not in STATES:
+            raise ConfigError(f"{where}.state: must be {', '.join(repr(s) for s in STATES)}")
+        path = entry.key_file or os.path.join(d.key_directory, domain, f"{entry.selector}.private")
+        entries.append((where, domain, entry.selector, path, None, entry.state))
+    keys: list[TableKey] = []
+    seen: dict[tuple[str, str], str] = {}
+    for where, domain, selector, path, algorithm, state in entries:
+        name = "dkim.selector" if where == "dkim" else where
+        other = seen.setdefault((domain, selector.lower()), name)
+        if other != name:
+            raise ConfigError(f"{name}: {selector}._domainkey.{domain} is configured twice (also {other})")
+        try:
+            key = load_signing_key(path, algorithm)
+        except DKIMKeyError as exc:
+            raise ConfigError(f"{where}.key_file: {exc}") from None
+        keys.append(TableKey(domain, selector, key, state, name))
+    signing_domains = {k.domain for k in keys if k.state != RETIRED}
+    for parent in _check_domain_entries(d.sign_subdomains, "dkim.sign_subdomains"):
+        if parent.startswith("."):
+            raise ConfigError(f"dkim.sign_subdomains: {parent!r}: name the parent domain itself (example.org)")
+        if parent.rstrip(".").lower() not in signing_domains:
+            raise ConfigError(f"dkim.sign_subdomains: {parent} has no active or next key")
+    forwarder_types = {k.key_type for k in keys if k.domain == forwarder and k.state in ("active", NEXT)}
+    if d.arc and forwarder_types and "rsa" not in forwarder_types:
+        raise ConfigError(
+            f"dkim.arc: ARC sets are rsa-sha256 only (RFC 8617); {forwarder} has no RSA key: add one or set arc = false"
+        )
+    return tuple(keys)
 
 
 def parse_config(data: dict[str, Any], source: str = "<string>", needs: Needs = Needs.EVERYTHING) -> Config:

@@ -63,7 +63,7 @@ class Resolver:
 
     :param nameservers: ``host[:port]`` strings; empty = /etc/resolv.conf.
     :param timeout: seconds one query may take in all (every server and retry).
-    :param cache_size: answers kept (LRU), each for its TTL.
+    :param cache_size: answers kept (LRU), each for its TTL; 0 = no cache.
     """
 
     def __init__(self, nameservers: Sequence[str] = (), timeout: float = 2.0, cache_size: int = 10000) -> None:
@@ -72,7 +72,7 @@ class Resolver:
             resolver.nameservers = [dns.nameserver.Do53Nameserver(*parse_nameserver(ns)) for ns in nameservers]
         resolver.timeout = timeout
         resolver.lifetime = timeout
-        resolver.cache = dns.resolver.LRUCache(cache_size)
+        resolver.cache = dns.resolver.LRUCache(cache_size) if cache_size > 0 else None
         self._resolver = resolver
         self.timeout = timeout
         self._ttl = threading.local()  # smallest TTL seen by this thread's current check

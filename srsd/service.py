@@ -204,7 +204,10 @@ class Daemon:
                 self.policy.reconfigure(config.policy, receiver=receiver)
         if auth is not None:
             if self.mailauth is None:
-                self.mailauth = MailAuth(auth, self.dns_resolver(), self.spf_checker(), self.reactor)
+                # next keys are checked without the cache (a cached "no such name" would hide them)
+                c = config.dns
+                record_resolver = Resolver(c.nameservers, c.timeout, cache_size=0)
+                self.mailauth = MailAuth(auth, self.dns_resolver(), self.spf_checker(), self.reactor, record_resolver)
             else:  # messages under way finish with the old settings
                 self.mailauth.reconfigure(auth)
 

@@ -46,6 +46,7 @@ basic RFC 1035 ones).
 from __future__ import annotations
 
 import ipaddress
+import re
 import select
 import socket
 import struct
@@ -73,7 +74,7 @@ import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.rrset
 
-__all__ = ["DNSServer", "Query", "TIMEOUT"]
+__all__ = ["DNSServer", "Query", "TIMEOUT", "zone_records"]
 
 TIMEOUT = "TIMEOUT"
 IN = dns.rdataclass.IN
@@ -513,3 +514,24 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
             return None
         data += chunk
     return data
+
+
+_TXT_LINE = re.compile(r"^(\S+)\.\s+IN\s+TXT\s+(\".*\")\s*$")
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def zone_records(text: str) -> dict[str, list[str]]:
+    """The TXT records of zone-file *text* (what dkim-keygen and dns-records print):
+    {name: [character-string, ...]}; every line that is neither empty nor a comment
+    must be one."""
+    records: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith(";"):
+            continue
+        match = _TXT_LINE.match(line)
+        assert match, f"not a TXT record line: {line!r}"
+        strings = [re.sub(r"\\(.)", r"\1", s) for s in _QUOTED.findall(match.group(2))]
+        assert strings and all(len(s.encode()) <= 255 for s in strings), line
+        assert match.group(1) not in records, f"{match.group(1)} printed twice"
+        records[match.group(1)] = strings
+    return records

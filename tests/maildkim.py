@@ -9,8 +9,10 @@ verify ed25519 signatures.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 
 _SCRIPT = r"""
@@ -20,23 +22,38 @@ use Mail::DKIM::Verifier;
 use Mail::DKIM::ARC::Verifier;
 use Net::DNS::Resolver;
 
-my ($port, $mode) = @ARGV;
+my ($port, $mode, @files) = @ARGV;
 my $resolver = Net::DNS::Resolver->new(
     nameservers => ['127.0.0.1'], port => $port, recurse => 0,
     udp_timeout => 3, tcp_timeout => 3, retry => 1,
 );
 Mail::DKIM::DNS::resolver($resolver);
-binmode STDIN;
 local $/;
-my $message = <STDIN>;
-my $verifier = $mode eq 'arc' ? Mail::DKIM::ARC::Verifier->new() : Mail::DKIM::Verifier->new();
-$verifier->PRINT($message);
-$verifier->CLOSE;
-print "result\t", $verifier->result, "\t", ($verifier->result_detail // ''), "\n";
-if ($mode ne 'arc') {
-    foreach my $sig ($verifier->signatures) {
-        print "sig\t", ($sig->domain // ''), "\t", ($sig->result // ''), "\t", ($sig->result_detail // ''), "\n";
+
+sub verify {
+    my ($message) = @_;
+    my $verifier = $mode eq 'arc' ? Mail::DKIM::ARC::Verifier->new() : Mail::DKIM::Verifier->new();
+    $verifier->PRINT($message);
+    $verifier->CLOSE;
+    print "result\t", $verifier->result, "\t", ($verifier->result_detail // ''), "\n";
+    if ($mode ne 'arc') {
+        foreach my $sig ($verifier->signatures) {
+            print "sig\t", ($sig->domain // ''), "\t", ($sig->result // ''), "\t", ($sig->result_detail // ''), "\n";
+        }
     }
+}
+
+if (@files) {  # one result block per file, each after a "message" line
+    foreach my $file (@files) {
+        open(my $fh, '<:raw', $file) or die "$file: $!";
+        my $message = <$fh>;
+        close $fh;
+        print "message\t$file\n";
+        verify($message);
+    }
+} else {
+    binmode STDIN;
+    verify(scalar <STDIN>);
 }
 """
 
@@ -68,18 +85,37 @@ def needs_mail_dkim(test):
     return test
 
 
-def mail_dkim(message: bytes, dns_port: int, mode: str = "dkim") -> MailDKIMResult:
-    """Verify *message* with Mail::DKIM; *mode* ``"dkim"`` or ``"arc"``."""
+def _run(args: list[str], stdin: bytes, timeout: float) -> list[MailDKIMResult]:
     done = subprocess.run(
-        ["perl", "-e", _SCRIPT, str(dns_port), mode], input=message, capture_output=True, timeout=60, check=False
+        ["perl", "-e", _SCRIPT, *args], input=stdin, capture_output=True, timeout=timeout, check=False
     )
     if done.returncode != 0:
         raise AssertionError(f"Mail::DKIM script failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
-    result, detail, sigs = "", "", []
+    blocks: list[tuple[str, str, list]] = []
     for line in done.stdout.decode(errors="replace").splitlines():
         fields = line.split("\t")
         if fields[0] == "result":
-            result, detail = fields[1], fields[2] if len(fields) > 2 else ""
+            blocks.append((fields[1], fields[2] if len(fields) > 2 else "", []))
         elif fields[0] == "sig":
-            sigs.append((fields[1], fields[2], fields[3] if len(fields) > 3 else ""))
-    return MailDKIMResult(result, detail, tuple(sigs))
+            blocks[-1][2].append((fields[1], fields[2], fields[3] if len(fields) > 3 else ""))
+    return [MailDKIMResult(result, detail, tuple(sigs)) for result, detail, sigs in blocks]
+
+
+def mail_dkim(message: bytes, dns_port: int, mode: str = "dkim") -> MailDKIMResult:
+    """Verify *message* with Mail::DKIM; *mode* ``"dkim"`` or ``"arc"``."""
+    (outcome,) = _run([str(dns_port), mode], message, 60)
+    return outcome
+
+
+def mail_dkim_many(messages: list[bytes], dns_port: int, mode: str = "dkim") -> list[MailDKIMResult]:
+    """:func:`mail_dkim` of each of *messages*, in one Perl process (hundreds in seconds)."""
+    with tempfile.TemporaryDirectory(prefix="maildkim-") as directory:
+        paths = []
+        for number, message in enumerate(messages):
+            path = os.path.join(directory, f"{number}.eml")
+            with open(path, "wb") as fh:
+                fh.write(message)
+            paths.append(path)
+        outcomes = _run([str(dns_port), mode, *paths], b"", 60 + len(messages))
+    assert len(outcomes) == len(messages), outcomes
+    return outcomes

@@ -7,7 +7,10 @@ Authentication-Results (RFC 8601).
 ``verify``          DKIM and ARC verification (blocking; worker threads)
 ``sign``            DKIM signing and ARC sealing (blocking; worker threads)
 ``results``         Authentication-Results: build (authres), read our authserv-id
-``keys``            signing keys: load, generate, DNS record text
+``signing_table``   which keys sign which mail: From domain, subdomains, active/next/retired
+``author``          the RFC5322.From domain local mail is signed for
+``rotation``        a next key starts signing once its DNS record is published
+``keys``            signing keys: load, generate, DNS record text and whether a record matches
 ``key_lookup``      DKIM key lookups over srsd's resolver (dkimpy's dnsfunc)
 ``dkimpy_setup``    dkimpy's RSA step through OpenSSL, installed by the handler
 ==================  ==========================================================

@@ -8,7 +8,9 @@ on what the message is (:func:`classify`):
 * **local** -- the client authenticated (SASL), or is in ``dkim.trusted_networks``
   (default loopback, which covers local submission: Postfix presents
   ``sendmail``/pickup mail to ``non_smtpd_milters`` as from 127.0.0.1), or has no
-  address: DKIM-sign it with ``d=dkim.domain`` (``sign_local``). A local *sender
+  address: DKIM-sign it with the keys of its From domain (``sign_local``; the
+  signing table, :mod:`srsd.mailauth.signing_table`); mail whose From names no
+  single domain (:mod:`srsd.mailauth.author`) is not signed. A local *sender
   address* alone does not make mail local: anyone can write one, and we would
   sign whatever they send.
 * **forwarded** -- anything else with at least one recipient in a local domain
@@ -16,7 +18,7 @@ on what the message is (:func:`classify`):
   virtual alias expansion, and on a forwarding host those are the aliases):
   verify it (SPF, every DKIM signature, the ARC chain) into one
   ``Authentication-Results`` field, ARC-seal it (``i=N+1``) and DKIM-sign it
-  with ``d=dkim.domain`` as it will leave.
+  with the forwarder's keys (``d=dkim.domain``) as it will leave.
 * **other** -- neither (relayed for a client Postfix trusts and we do not know
   about): left alone.
 
@@ -44,8 +46,8 @@ from srsd.config import Config
 from srsd.dns import Resolver
 from srsd.domains import DomainSet, Networks
 from srsd.mailauth import dkimpy_setup
+from srsd.mailauth.author import author_domain
 from srsd.mailauth.key_lookup import txt_lookup
-from srsd.mailauth.keys import SigningKey
 from srsd.mailauth.message import (
     Action,
     DeleteHeader,
@@ -58,7 +60,9 @@ from srsd.mailauth.message import (
 )
 from srsd.mailauth.results import authentication_results, forged_results, without_forged
 from srsd.mailauth.results import summary as summarize
+from srsd.mailauth.rotation import NextKeyWatcher
 from srsd.mailauth.sign import seal_message, sign_message
+from srsd.mailauth.signing_table import KeyId, SigningTable, TableKey
 from srsd.mailauth.verify import ARCResult, SignatureResult, verify_arc, verify_signatures
 from srsd.workpool import BoundedPool, PoolOverloaded
 
@@ -76,11 +80,9 @@ GRACE = 5.0
 
 @dataclass(frozen=True)
 class AuthSettings:
-    """Everything :class:`MailAuth` needs from one configuration, key loaded."""
+    """Everything :class:`MailAuth` needs from one configuration, keys loaded."""
 
-    domain: str  # d= of our signatures and ARC sets
-    selector: str  # "" = neither sign nor seal
-    key: SigningKey | None
+    table: SigningTable  # which keys sign which mail (no next key seen published yet)
     signed_headers: tuple[str, ...]
     sign_forwarded: bool
     sign_local: bool
@@ -92,27 +94,21 @@ class AuthSettings:
     threads: int
     local_domains: DomainSet
     trusted_networks: Networks
-
-    @property
-    def signs(self) -> bool:
-        return self.key is not None
+    rotation_check_interval: float
 
 
 def auth_settings(config: Config) -> AuthSettings:
-    """Build :class:`AuthSettings` from a validated config (its key is already loaded)."""
+    """Build :class:`AuthSettings` from a validated config (its keys are already loaded)."""
     d = config.dkim
-    key = config.dkim_key
-    if key is not None:
-        for warning in key.warnings:
-            log.warn("dkim.key_file: {warning}", warning=warning)
+    for entry in config.dkim_keys:
+        for warning in entry.key.warnings:
+            log.warn("{where}: {warning}", where=entry.where, warning=warning)
     return AuthSettings(
-        domain=(d.domain or config.srs.domain).lower(),
-        selector=d.selector,
-        key=key,
+        table=SigningTable(config.dkim_keys, d.domain or config.srs.domain, d.sign_subdomains),
         signed_headers=d.signed_headers,
         sign_forwarded=d.sign_forwarded,
         sign_local=d.sign_local,
-        arc=d.arc and key is not None and key.key_type == "rsa",
+        arc=d.arc,
         verify=d.verify,
         authserv_id=d.authserv_id or config.srs.domain,
         on_error=d.on_error,
@@ -120,6 +116,7 @@ def auth_settings(config: Config) -> AuthSettings:
         threads=d.threads,
         local_domains=DomainSet((*config.local_domains, config.srs.domain)),
         trusted_networks=Networks(d.trusted_networks),
+        rotation_check_interval=d.rotation_check_interval,
     )
 
 
@@ -158,31 +155,48 @@ def _sign_job(
     settings: AuthSettings,
     headers: list[HeaderField],
     body: bytes,
+    signers: tuple[TableKey, ...],
     results: HeaderField | None = None,
-    seal: bool = False,
-    sign: bool = True,
+    sealer: TableKey | None = None,
 ) -> list[HeaderField]:
-    """Worker thread: the fields to add, newest (top) first: [DKIM-Signature,
-    ARC-Seal, ARC-Message-Signature, ARC-Authentication-Results] as asked.
+    """Worker thread: the fields to add, newest (top) first: a DKIM-Signature per
+    key of *signers* (in their order), then [ARC-Seal, ARC-Message-Signature,
+    ARC-Authentication-Results] when *sealer* is given.
 
     *headers* are the message's fields as they will leave, minus ours; *results* our
     Authentication-Results, which sits right above them (the caller inserts it) and
-    which the ARC set records.
+    which the ARC set records. Every signature covers the same fields (ours are never
+    in h=), so each verifies on its own (RFC 8463 dual signing).
     """
-    assert settings.key is not None
     leaving = ([results] if results else []) + headers
     added: list[HeaderField] = []
-    if seal and results:
-        arc_set = seal_message(
-            leaving, body, settings.key, settings.domain, settings.selector, settings.authserv_id,
-            settings.signed_headers,
-        )  # fmt: skip
-        added += arc_set
-        leaving = arc_set + leaving
-    if sign:
-        added.insert(0, sign_message(leaving, body, settings.key, settings.domain, settings.selector,
-                                     settings.signed_headers))  # fmt: skip
-    return added
+    if sealer is not None and results:
+        added = seal_message(leaving, body, sealer.key, sealer.domain, sealer.selector, settings.authserv_id,
+                             settings.signed_headers)  # fmt: skip
+        leaving = added + leaving
+    signatures = [sign_message(leaving, body, k.key, k.domain, k.selector, settings.signed_headers) for k in signers]
+    return signatures + added
+
+
+def _local_job(
+    settings: AuthSettings, table: SigningTable, headers: list[HeaderField], body: bytes
+) -> tuple[list[HeaderField], str]:
+    """Worker thread: (DKIM-Signatures, summary) for local mail, signed with the keys of
+    its author domain (the From field is parsed here, off the reactor: the RFC 5322
+    parser is slow on hostile input)."""
+    author = author_domain(headers)
+    if not author.domain:  # RFC 6376 5.4, 8.15: no one domain to sign for
+        return [], f"not signed: {author.problem}"
+    signers, why = table.for_author(author.domain)
+    if not signers:
+        return [], f"not signed: no key for {author.domain} nor the forwarder"
+    summary = f"signed {_signed_by(signers)}" + (f" ({why})" if why else "")
+    return _sign_job(settings, headers, body, signers), summary
+
+
+def _signed_by(signers: tuple[TableKey, ...]) -> str:
+    """``d=example.org s=rsa1,ed1`` for the log (the keys of one table lookup share d=)."""
+    return f"d={signers[0].domain} s={','.join(k.selector for k in signers)}"
 
 
 class _ARCUnverifiable(Exception):
@@ -196,15 +210,31 @@ class MailAuth:
     :param resolver: srsd's resolver, for DKIM keys.
     :param spf_checker: an :class:`~srsd.spf.SPFChecker` for the SPF result.
     :param reactor: the reactor (its thread calls :meth:`end_of_message`).
+    :param record_resolver: an uncached resolver for the DNS checks of ``next`` keys
+        (:mod:`srsd.mailauth.rotation`); default *resolver*.
     """
 
-    def __init__(self, settings: Config | AuthSettings, resolver: Resolver, spf_checker: Any, reactor: Any) -> None:
+    def __init__(
+        self,
+        settings: Config | AuthSettings,
+        resolver: Resolver,
+        spf_checker: Any,
+        reactor: Any,
+        record_resolver: Resolver | None = None,
+    ) -> None:
         dkimpy_setup.install()
         self.resolver = resolver
         self.spf_checker = spf_checker
         self.reactor = reactor
         self.settings = settings if isinstance(settings, AuthSettings) else auth_settings(settings)
+        #: the signing table in force: the settings' with the next keys seen published
+        self.table = self.settings.table
         self.pool = BoundedPool(reactor, self.settings.threads, "srsd-dkim")
+        self.watcher = NextKeyWatcher(
+            reactor, self.pool, record_resolver or resolver, lambda: self.table.pending, self._published,
+            timeout=self.settings.budget,
+        )  # fmt: skip
+        self.watcher.watch(self.settings.rotation_check_interval)
 
     @property
     def pending(self) -> int:
@@ -213,14 +243,40 @@ class MailAuth:
     def reconfigure(self, settings: Config | AuthSettings) -> None:
         """Swap in a new configuration (SIGHUP); messages under way finish with the old.
 
+        ``next`` keys already seen published stay in use (same domain, selector and
+        key); the others are checked again at once.
         """
         new = settings if isinstance(settings, AuthSettings) else auth_settings(settings)
         if new.threads != self.settings.threads:
             self.pool.resize(new.threads)
         self.settings = new
+        self.table = new.table.with_visible(self.table.visible)
+        self.watcher.timeout = new.budget
+        self.watcher.watch(new.rotation_check_interval)
+
+    def _published(self, key: TableKey) -> None:
+        """The watcher saw *key*'s record published and matching: sign with it."""
+        if key.id not in {k.id for k in self.table.pending}:
+            return  # a reload came in between: no longer a pending key
+        replaced = self.table.replaced_by(key)
+        self.table = self.table.with_visible([key.id])
+        log.info(
+            "{where}: {name} is published and matches: signing with it now{instead}",
+            where=key.where,
+            name=key.record_name,
+            instead=f" instead of {', '.join(k.selector for k in replaced)} (keep that published a few days more)"
+            if replaced
+            else "",
+        )
+
+    @property
+    def visible(self) -> frozenset[KeyId]:
+        """The ``next`` keys seen published (and signing)."""
+        return self.table.visible
 
     def stop(self) -> None:
-        """Stop the thread pool (waits for running jobs)."""
+        """Stop the key checks and the thread pool (waits for running jobs)."""
+        self.watcher.stop()
         self.pool.stop()
 
     # -- one message --------------------------------------------------------------------------
@@ -234,7 +290,7 @@ class MailAuth:
         ARC-Seal, ARC-Message-Signature, ARC-Authentication-Results,
         Authentication-Results. Apply them in list order.
         """
-        settings = self.settings
+        settings, table = self.settings, self.table
         started = time.monotonic()
         deadline = started + settings.budget + GRACE
         try:
@@ -246,9 +302,9 @@ class MailAuth:
             kept = without_forged(message.headers, settings.authserv_id)
             deletes: list[Action] = [DeleteHeader("Authentication-Results", n) for n in forged]
             if kind == LOCAL:
-                d = self._local(settings, kept, message.body, deadline)
+                d = self._local(settings, table, kept, message.body, deadline)
             else:
-                d = self._forwarded(settings, envelope, kept, message.body, deadline)
+                d = self._forwarded(settings, table, envelope, kept, message.body, deadline)
         except Exception:
             return defer.succeed(self._error(settings, envelope, Failure(), started))
 
@@ -270,22 +326,30 @@ class MailAuth:
         d.addErrback(lambda failure: self._error(settings, envelope, failure, started))
         return d
 
-    def _local(self, settings: AuthSettings, kept: list[HeaderField], body: bytes, deadline: float) -> defer.Deferred:
-        if not (settings.signs and settings.sign_local):
-            return defer.succeed(([], "not signed (sign_local off or no key)"))
-        d = self.pool.run_until(deadline, _sign_job, settings, kept, body)
-        return d.addCallback(lambda added: (added, f"signed d={settings.domain} s={settings.selector}"))
+    def _local(
+        self, settings: AuthSettings, table: SigningTable, kept: list[HeaderField], body: bytes, deadline: float
+    ) -> defer.Deferred:
+        if not settings.sign_local:
+            return defer.succeed(([], "not signed (sign_local off)"))
+        return self.pool.run_until(deadline, _local_job, settings, table, kept, body)
 
     def _forwarded(
-        self, settings: AuthSettings, envelope: Envelope, kept: list[HeaderField], body: bytes, deadline: float
+        self,
+        settings: AuthSettings,
+        table: SigningTable,
+        envelope: Envelope,
+        kept: list[HeaderField],
+        body: bytes,
+        deadline: float,
     ) -> defer.Deferred:
-        seal = settings.arc and settings.signs
-        sign = settings.sign_forwarded and settings.signs
+        sealer = table.arc_key() if settings.arc else None
+        signers = table.forwarder_keys() if settings.sign_forwarded else ()
+        seal, sign = sealer is not None, bool(signers)
         if not (settings.verify or seal):
             if not sign:
                 return defer.succeed(([], "nothing to do (verify, arc and signing off)"))
-            d = self.pool.run_until(deadline, _sign_job, settings, kept, body)
-            return d.addCallback(lambda added: (added, f"signed d={settings.domain}"))
+            d = self.pool.run_until(deadline, _sign_job, settings, kept, body, signers)
+            return d.addCallback(lambda added: (added, f"signed {_signed_by(signers)}"))
 
         spf = self.spf_checker.check(envelope.client_address, envelope.mail_from, envelope.helo, budget=settings.budget)
         verified = self.pool.run_until(deadline, _verify_job, self.resolver, kept, body, settings.budget)
@@ -311,7 +375,8 @@ class MailAuth:
             summary = summarize(header[1])
             if not (seal_now or sign):
                 return ([header] if settings.verify else [], summary)
-            d = self.pool.run_until(deadline, _sign_job, settings, kept, body, header, seal_now, sign)
+            d = self.pool.run_until(deadline, _sign_job, settings, kept, body, signers, header,
+                                    sealer if seal_now else None)  # fmt: skip
 
             def signed(added: list[HeaderField]) -> tuple[list[HeaderField], str]:
                 text = summary
@@ -320,7 +385,7 @@ class MailAuth:
                 elif seal_now:  # dkimpy seals nothing, silently, when it cannot read our A-R
                     log.warn("{qid}: no ARC set was made (check dkim.authserv_id)", qid=envelope.queue_id or "-")
                 if sign:
-                    text += f"; signed d={settings.domain}"
+                    text += f"; signed {_signed_by(signers)}"
                 return added + ([header] if settings.verify else []), text
 
             return d.addCallback(signed)

@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 
 from srsd.dns import DNSTemporaryError, Resolver
+from srsd.mailauth.keys import SigningKey, record_problem
 
-__all__ = ["DKIMTemporaryError", "KeyLookup", "txt_lookup"]
+__all__ = ["DKIMTemporaryError", "KeyLookup", "txt_lookup", "published_key_problem"]
 
 #: dkimpy's ``dnsfunc(name, timeout=5)``: the TXT record's text, or None
 KeyLookup = Callable[..., "bytes | None"]
@@ -55,3 +56,26 @@ def txt_lookup(resolver: Resolver, deadline: float | None = None) -> KeyLookup:
         return None
 
     return dnsfunc
+
+
+def published_key_problem(resolver: Resolver, name: str, key: SigningKey, timeout: float | None = None) -> str | None:
+    """What keeps the key record at *name* (``selector._domainkey.domain``) from
+    verifying signatures made with *key*, as published now; None when it matches.
+
+    Blocking (worker threads, the CLI). A name with several TXT records is a problem:
+    verifiers may pick any one (RFC 6376 3.6.2.2).
+
+    :raises DKIMTemporaryError: timeout or SERVFAIL (nothing is known yet).
+    """
+    try:
+        answer = resolver.resolve(name, "TXT", timeout)
+    except DNSTemporaryError as exc:
+        raise DKIMTemporaryError(str(exc)) from None
+    except ValueError:
+        return "not a valid DNS name"
+    if answer is None:
+        return "no TXT record"
+    records = [b"".join(rdata.strings) for rdata in answer]
+    if len(records) > 1:
+        return f"{len(records)} TXT records; verifiers pick any one of them"
+    return record_problem(records[0], key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from dkim.util import InvalidTagValueList, parse_tag_value
 
 from srsd.mailauth.dkimpy_setup import MIN_RSA_BITS, remember_rsa_key
 
@@ -29,6 +31,7 @@ __all__ = [
     "generate_key",
     "dns_record_name",
     "zone_file_txt",
+    "record_problem",
 ]
 
 #: config spelling -> (key type, dkimpy a= value)
@@ -84,8 +87,9 @@ def _from_pem(path: str, data: bytes) -> Any:
         raise DKIMKeyError(f"{path}: not a usable PEM private key ({exc})") from None
 
 
-def load_signing_key(path: str, algorithm: str = "rsa-sha256") -> SigningKey:
-    """Read the private key at *path* for *algorithm* (``rsa-sha256`` or ``ed25519-sha256``).
+def load_signing_key(path: str, algorithm: str | None = "rsa-sha256") -> SigningKey:
+    """Read the private key at *path* for *algorithm* (``rsa-sha256`` or ``ed25519-sha256``;
+    None: whichever the file holds).
 
     Accepts PEM (PKCS#1 ``RSA PRIVATE KEY`` or PKCS#8 ``PRIVATE KEY``, as
     ``srsd dkim-keygen``, ``openssl genpkey`` and ``opendkim-genkey`` write them) and,
@@ -94,7 +98,7 @@ def load_signing_key(path: str, algorithm: str = "rsa-sha256") -> SigningKey:
     :raises DKIMKeyError: unreadable, not a key, encrypted, a key of the other type,
         or an RSA key below 1024 bits; the message names the file.
     """
-    if algorithm not in ALGORITHMS:
+    if algorithm is not None and algorithm not in ALGORITHMS:
         raise DKIMKeyError(f"{path}: unknown algorithm {algorithm!r} (rsa-sha256 or ed25519-sha256)")
     try:
         data = Path(path).read_bytes()
@@ -110,14 +114,15 @@ def load_signing_key(path: str, algorithm: str = "rsa-sha256") -> SigningKey:
         if len(seed) != 32:
             raise DKIMKeyError(f"{path}: not a PEM private key (no -----BEGIN line)")
         private = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
-    wanted = ALGORITHMS[algorithm]
     if isinstance(private, rsa.RSAPrivateKey):
         found = "rsa"
     elif isinstance(private, ed25519.Ed25519PrivateKey):
         found = "ed25519"
     else:
         raise DKIMKeyError(f"{path}: a {type(private).__name__}; DKIM keys are RSA or ed25519")
-    if found != wanted:
+    if algorithm is None:
+        algorithm = f"{found}-sha256"
+    elif found != ALGORITHMS[algorithm]:
         raise DKIMKeyError(f"{path}: an {found} key, but the algorithm is {algorithm}")
     warnings: list[str] = []
     if found == "rsa":
@@ -177,3 +182,46 @@ def zone_file_txt(text: str) -> str:
     (RFC 1035 character-strings; resolvers join them, RFC 6376 3.6.2.2)."""
     pieces = [text[i : i + 255] for i in range(0, len(text), 255)] or [""]
     return " ".join('"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in pieces)
+
+
+def record_problem(text: bytes | str | None, key: SigningKey) -> str | None:
+    """What keeps the DKIM key record *text* (one TXT record, its strings joined) from
+    verifying signatures made with *key*; None when it does (RFC 6376 3.6.1).
+
+    Checked: present, parseable tag list, ``v=DKIM1`` if given, ``k=`` (default rsa)
+    is the key's type, ``h=`` (if given) allows sha256, ``s=`` (if given) covers email,
+    ``p=`` not empty (revoked) and the public key of *key* (RSA: SubjectPublicKeyInfo
+    DER compared by its numbers; ed25519: the raw 32 bytes).
+    """
+    if text is None:
+        return "no TXT record"
+    data = text.encode("ascii", "replace") if isinstance(text, str) else text
+    try:
+        tags = {k.decode("ascii").lower(): v.decode("ascii") for k, v in parse_tag_value(data).items()}
+    except (InvalidTagValueList, UnicodeDecodeError) as exc:
+        return f"not a DKIM key record ({exc})"
+    if tags.get("v", "DKIM1") != "DKIM1":
+        return f"v={tags['v']}, not DKIM1"
+    kind = tags.get("k", "rsa").lower()
+    if kind != key.key_type:
+        return f"k={kind}, but the private key is {key.key_type}"
+    hashes = [h.strip().lower() for h in tags.get("h", "sha256").split(":")]
+    if "sha256" not in hashes:
+        return f"h={tags['h']} does not allow sha256"
+    services = [s.strip().lower() for s in tags.get("s", "*").split(":")]
+    if "*" not in services and "email" not in services:
+        return f"s={tags['s']} does not cover email"
+    published = re.sub(r"\s+", "", tags.get("p", ""))
+    if not published:
+        return "p= is empty: the key is revoked"
+    if published == key.public_key_base64():
+        return None
+    try:
+        raw = base64.b64decode(published, validate=True)
+        if key.key_type == "rsa":
+            numbers = serialization.load_der_public_key(raw).public_numbers()
+            if numbers == key.private.public_key().public_numbers():
+                return None  # same key, other DER spelling
+    except (binascii.Error, ValueError, UnsupportedAlgorithm, AttributeError):
+        return "p= is not a public key"
+    return "p= is another key than the private key"

@@ -64,14 +64,14 @@ def test_dns_records_needs_only_the_domain(tmp_path):
     config = write(tmp_path, {"srs": {"domain": "fwd.example"}, "spf": {"egress_ips": ["192.0.2.25"]}})
     out = run_cli("dns-records", "-c", config, check=True).stdout
     assert 'fwd.example. IN TXT "v=spf1 ip4:192.0.2.25 -all"' in out
-    # The key is dns-records' own business: an unreadable one is a comment, not a refusal.
+    # The keys are what dns-records prints records for: an unreadable one is named, exit 1.
     broken = write(
         tmp_path,
         {"srs": {"domain": "fwd.example"}, "dkim": {"selector": "s1", "key_file": str(tmp_path / "missing")}},
         "broken.toml",
     )
-    out = run_cli("dns-records", "-c", broken, check=True).stdout
-    assert "; DKIM key: cannot read it" in out
+    done = run_cli("dns-records", "-c", broken)
+    assert done.returncode == 1 and "dkim.key_file:" in done.stderr and "missing" in done.stderr
 
 
 def test_dkim_keygen_reads_no_configuration(tmp_path):

@@ -25,6 +25,7 @@ while local submission and 127.0.0.1 stay local, as on a real host.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -34,6 +35,7 @@ import struct
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
@@ -47,6 +49,7 @@ from cryptography.hazmat.primitives import serialization
 
 from srsd.protocols.milter_codec import MAX_HEADER_PACKET, MAX_PACKET
 from tests import maildkim
+from tests.dnsserver import zone_records
 from tests.protocols import milter_wire as w
 from tests.srsd_daemon import SrsdDaemon, free_port, run_cli, srs0_pattern, tcp_endpoint
 
@@ -81,27 +84,6 @@ _QUEUED = re.compile(r"queued as ([0-9A-Za-z]+)")
 
 
 # -- keys and DNS ------------------------------------------------------------------------
-
-
-_TXT_LINE = re.compile(r"^(\S+)\.\s+IN\s+TXT\s+(\".*\")\s*$")
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-
-
-def zone_records(text: str) -> dict[str, list[str]]:
-    """The TXT records of zone-file *text* (what dkim-keygen and dns-records print):
-    {name: [character-string, ...]}; every line that is neither empty nor a comment
-    must be one."""
-    records: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith(";"):
-            continue
-        match = _TXT_LINE.match(line)
-        assert match, f"not a TXT record line: {line!r}"
-        strings = [re.sub(r"\\(.)", r"\1", s) for s in _QUOTED.findall(match.group(2))]
-        assert strings and all(len(s.encode()) <= 255 for s in strings), line
-        assert match.group(1) not in records, f"{match.group(1)} printed twice"
-        records[match.group(1)] = strings
-    return records
 
 
 @dataclass(frozen=True)
@@ -186,15 +168,10 @@ class Stack:
         )
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, sink, keys, dns_server_session):
-    maildkim.require()
-    dns_server = dns_server_session
-    dns_server.reset()
-    dns_server.set_zone(base_zone(keys))
-
-    # Fixed ports (Postfix's main.cf names them): a restart comes up on the same ones.
-    ports = {name: free_port() for name in ("tcp_forward", "tcp_reverse")}
+def milter_postfix(sink: SmtpSink, ports: dict[str, int], label: str) -> tuple[PostfixInstance, Path]:
+    """A private Postfix (not started) with ``main.cf.tcp_table`` on *ports* and
+    ``main.cf.milter`` as shipped, relaying to *sink*, and the milter socket directory
+    the snippet describes: (instance, directory)."""
     milter_snippet = render_snippet(
         MILTER_SNIPPET, {}, required=("smtpd_milters", "non_smtpd_milters", "milter_default_action")
     )
@@ -211,7 +188,7 @@ def stack(tmp_path_factory, sink, keys, dns_server_session):
         local_domains=LOCAL_DOMAINS,
         virtual_aliases={FORWARDING_ALIAS: FORWARD_TARGET},
         extra_main_cf=render_snippet("main.cf.tcp_table", ports) + "\n" + milter_snippet,
-        label="dkim",
+        label=label,
     )
     # The snippet's layout: <queue>/srsd owned by srsd's user (root here) and group
     # postfix, mode 750, socket mode 660. The set-group-ID bit gives the socket group
@@ -220,6 +197,29 @@ def stack(tmp_path_factory, sink, keys, dns_server_session):
     socket_dir.mkdir()
     shutil.chown(socket_dir, user="root", group="postfix")
     socket_dir.chmod(0o2750)
+    return postfix, socket_dir
+
+
+def publish_dns_records(srsd: SrsdDaemon, dns_server) -> dict[str, list[str]]:
+    """Publish what ``srsd dns-records`` prints for *srsd*'s config; returns {name: strings}."""
+    printed = srsd.cli("dns-records")
+    assert printed.returncode == 0, printed
+    records = zone_records(printed.stdout)
+    for name, strings in records.items():
+        dns_server.add(name, {"TXT": strings})
+    return records
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, sink, keys, dns_server_session):
+    maildkim.require()
+    dns_server = dns_server_session
+    dns_server.reset()
+    dns_server.set_zone(base_zone(keys))
+
+    # Fixed ports (Postfix's main.cf names them): a restart comes up on the same ones.
+    ports = {name: free_port() for name in ("tcp_forward", "tcp_reverse")}
+    postfix, socket_dir = milter_postfix(sink, ports, "dkim")
     srsd = e2e_srsd(
         tmp_path_factory,
         "srsd-dkim",
@@ -231,25 +231,28 @@ def stack(tmp_path_factory, sink, keys, dns_server_session):
     srsd.prepare()
 
     # Publish what `srsd dns-records` says to publish.
-    printed = srsd.cli("dns-records")
-    assert printed.returncode == 0, printed
-    records = zone_records(printed.stdout)
-    assert sorted(records) == [SRS_DOMAIN, f"{FWD_SELECTOR}._domainkey.{SRS_DOMAIN}"], printed.stdout
-    assert records[SRS_DOMAIN] == [f"v=spf1 ip4:{TRUSTED_IP} -all"], printed.stdout
-    assert len(records[f"{FWD_SELECTOR}._domainkey.{SRS_DOMAIN}"]) == 2, printed.stdout  # 2048 bits: > 255 bytes
-    for name, strings in records.items():
-        dns_server.add(name, {"TXT": strings})
+    records = publish_dns_records(srsd, dns_server)
+    assert sorted(records) == [f"_dmarc.{SRS_DOMAIN}", SRS_DOMAIN, f"{FWD_SELECTOR}._domainkey.{SRS_DOMAIN}"], records
+    assert records[SRS_DOMAIN] == [f"v=spf1 ip4:{TRUSTED_IP} -all"], records
+    assert len(records[f"{FWD_SELECTOR}._domainkey.{SRS_DOMAIN}"]) == 2, records  # 2048 bits: > 255 bytes
 
+    with running(Stack(postfix, srsd, sink, dns_server)) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running(stack: Stack) -> Iterator[Stack]:
+    """srsd and Postfix started for the block; stopped after it, and the DNS zone emptied."""
     try:
-        srsd.start()
-        postfix.start()
-        yield Stack(postfix, srsd, sink, dns_server)
+        stack.srsd.start()
+        stack.postfix.start()
+        yield stack
     finally:
-        postfix.stop(remove=not os.environ.get("SRSD_E2E_KEEP"))
-        returncode = srsd.stop()
-        dns_server.reset()
+        stack.postfix.stop(remove=not os.environ.get("SRSD_E2E_KEEP"))
+        returncode = stack.srsd.stop()
+        stack.dns.reset()
     # None: a test killed it and failed before restarting it
-    assert returncode in (0, None), f"srsd exited {returncode} on SIGTERM\n{srsd.diagnostics()}"
+    assert returncode in (0, None), f"srsd exited {returncode} on SIGTERM\n{stack.srsd.diagnostics()}"
 
 
 # -- messages ---------------------------------------------------------------------------------

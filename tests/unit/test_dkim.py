@@ -567,22 +567,20 @@ def test_cli_dkim_keygen(tmp_path, capsys):
     assert "k=ed25519" in capsys.readouterr().out
 
 
-def test_cli_dns_records(tmp_path, capsys, rsa_key):
+def test_cli_dkim_keygen_writes_the_key_directory_layout(tmp_path, capsys):
+    """Without --out: <key-directory>/<domain>/<selector>.private, where [[dkim.keys]] looks by default."""
     from srsd.cli import main
 
-    (tmp_path / "secrets").write_text("x\n")
-    config = tmp_path / "srsd.toml"
-    config.write_text(
-        f'[srs]\ndomain = "fwd.example"\nsecrets_file = "{tmp_path / "secrets"}"\n'
-        f'[spf]\negress_ips = ["192.0.2.25", "2001:db8::25"]\n'
-        f'[dkim]\nselector = "sel"\nkey_file = "{rsa_key.path}"\n'
-    )
-    assert main(["dns-records", "-c", str(config)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert 'fwd.example. IN TXT "v=spf1 ip4:192.0.2.25 ip6:2001:db8::25 -all"' in lines
-    dkim_line = next(line for line in lines if line.startswith("sel._domainkey.fwd.example. IN TXT "))
-    assert dkim_line.split(" TXT ", 1)[1].replace('" "', "").strip('"') == rsa_key.txt_record()
-    config.write_text(f'[srs]\ndomain = "fwd.example"\nsecrets_file = "{tmp_path / "secrets"}"\n')
-    assert main(["dns-records", "-c", str(config)]) == 0
-    out = capsys.readouterr().out
-    assert "spf.egress_ips is empty" in out and "no dkim.selector configured" in out
+    args = ["dkim-keygen", "--domain", "Example.ORG", "--selector", "r2027", "--key-directory", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    path = tmp_path / "example.org" / "r2027.private"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert out.out.startswith("r2027._domainkey.example.org. IN TXT ")
+    published = out.out.split(" TXT ", 1)[1].strip().replace('" "', "").strip('"')
+    assert published == load_signing_key(str(path)).txt_record()
+    assert '[[dkim.keys]]\n;   domain = "example.org"\n;   selector = "r2027"' in out.err
+    assert 'state = "next"' in out.err
+    with pytest.raises(SystemExit) as exit_status:  # one or the other (argparse)
+        main([*args, "--out", str(tmp_path)])
+    assert exit_status.value.code == 2
