@@ -1,4 +1,4 @@
-"""The ``srsd`` command: serve, forward, reverse, spf, check-config, dkim-keygen, dns-records."""
+"""The ``srsd`` command: serve, forward, reverse, spf, check-config, dkim-keygen, dns-records, postfix-snippet."""
 
 from __future__ import annotations
 
@@ -67,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
 
     records = sub.add_parser("dns-records", help="print the DNS records to publish (SPF, DKIM key)")
     _config_arg(records)
+
+    from srsd.postfix_snippet import MODES
+
+    snippet = sub.add_parser("postfix-snippet", help="print the Postfix lines that wire this config's endpoints in")
+    snippet.add_argument("mode", choices=MODES, help="forwarded-only (docs/forwarding-modes.md) or one endpoint")
+    snippet.add_argument("--master", action="store_true", help="the master.cf lines instead (forwarded-only)")
+    _config_arg(snippet)
     return parser
 
 
@@ -203,6 +210,20 @@ def _dns_records(args: argparse.Namespace) -> int:
     return 0
 
 
+def _postfix_snippet(args: argparse.Namespace) -> int:
+    from srsd.postfix_snippet import snippet
+    from srsd.service import load
+
+    try:
+        text = snippet(load(args.config), args.mode, master=args.master)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        return _fail(f"postfix-snippet: {exc}", 2)
+    sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``srsd`` command. :returns: the exit status (1 on any error)."""
     args = _parser().parse_args(argv)
@@ -219,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             return _dkim_keygen(args)
         if args.command == "dns-records":
             return _dns_records(args)
+        if args.command == "postfix-snippet":
+            return _postfix_snippet(args)
         return _rewrite(args)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}")

@@ -32,6 +32,7 @@ __all__ = [
     "PolicySettings",
     "DKIMSettings",
     "LogSettings",
+    "PostfixSettings",
     "load_config",
     "default_config",
     "state_directory",
@@ -146,6 +147,14 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class PostfixSettings:
+    """The Postfix side, for ``srsd postfix-snippet`` only (srsd itself never reads it)."""
+
+    queue_directory: str = "/var/spool/postfix"  # unix sockets below it are written relative to it
+    forward_pass: str = "127.0.0.1:10006"  # forwarded-only: the second pass's smtpd, IPv4 loopback ADDRESS:PORT
+
+
+@dataclass(frozen=True)
 class Config:
     srs: SRSSettings
     listen: ListenSettings = ListenSettings()
@@ -155,6 +164,7 @@ class Config:
     dkim: DKIMSettings = DKIMSettings()
     limits: LimitsSettings = LimitsSettings()
     log: LogSettings = LogSettings()
+    postfix: PostfixSettings = PostfixSettings()
     #: secrets read from srs.secrets_file, first signs (never printed)
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
     #: srs.local_domains plus the entries of srs.local_domains_file
@@ -172,6 +182,7 @@ _SECTIONS = {
     "dkim": DKIMSettings,
     "limits": LimitsSettings,
     "log": LogSettings,
+    "postfix": PostfixSettings,
 }
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
@@ -304,6 +315,7 @@ def _validate(cfg: Config) -> Config:
         domains += _check_domain_entries(lines, "srs.local_domains_file")
     _validate_spf(cfg)
     _validate_dkim(cfg)
+    _validate_postfix(cfg.postfix)
     lim = cfg.limits
     if not 256 <= lim.max_request_bytes <= 1 << 20:
         raise ConfigError("limits.max_request_bytes: must be 256..1048576")
@@ -424,6 +436,23 @@ def _validate_dkim(cfg: Config) -> None:
             "policy.authserv_id: the milter removes Authentication-Results fields carrying its own "
             f"authserv-id ({authserv}) from incoming mail, the policy service's too; use another "
             "authserv-id or policy.header = 'received-spf'"
+        )
+
+
+def _validate_postfix(pf: PostfixSettings) -> None:
+    if not pf.queue_directory.startswith("/"):
+        raise ConfigError(f"postfix.queue_directory: {pf.queue_directory!r} is not an absolute path")
+    host, _, port = pf.forward_pass.rpartition(":")
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        address = None
+    # An smtpd that relays for its clients: only this host may be one (IPv4 loopback keeps
+    # the master.cf service name and the next hop in their plainest syntax).
+    if address is None or not address.is_loopback or not (port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(
+            f"postfix.forward_pass: {pf.forward_pass!r} must be ADDRESS:PORT with an IPv4 loopback "
+            "address, e.g. 127.0.0.1:10006"
         )
 
 
