@@ -13,6 +13,7 @@ import email.message
 import email.parser
 import email.policy
 import re
+import socket
 import socketserver
 import threading
 import time
@@ -68,6 +69,12 @@ def header_values(data: bytes, name: str) -> list[str]:
 class _SessionHandler(socketserver.StreamRequestHandler):
     timeout = 30
     server: _SinkServer
+
+    def setup(self) -> None:
+        super().setup()
+        # Each reply line is its own write: without TCP_NODELAY, Nagle holds the second
+        # line of a multi-line reply until the client's delayed ACK (~40 ms a message).
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def reply(self, line: str) -> None:
         self.wfile.write(line.encode("ascii") + b"\r\n")
