@@ -1,5 +1,5 @@
 """The ``srsd`` command: serve, forward, reverse, spf, check-config, dkim-keygen, dns-records,
-check-dns, import-postsrsd."""
+check-dns, import-postsrsd, postfix-snippet."""
 
 from __future__ import annotations
 
@@ -96,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     check_dns = sub.add_parser("check-dns", help="check what is published in DNS against dns-records; exit 1 if not")
     check_dns.set_defaults(needs=Needs.SRS_DOMAIN | Needs.DKIM_KEY)
     _config_arg(check_dns)
+
+    from srsd.postfix_snippet import MODES
+
+    snippet = sub.add_parser("postfix-snippet", help="print the Postfix lines that wire this config's endpoints in")
+    snippet.add_argument("mode", choices=MODES, help="forwarded-only (docs/forwarding-modes.md) or one endpoint")
+    snippet.add_argument("--master", action="store_true", help="the master.cf lines instead (forwarded-only)")
+    snippet.set_defaults(needs=Needs.NOTHING)
+    _config_arg(snippet)
     return parser
 
 
@@ -246,6 +254,20 @@ def _check_dns(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _postfix_snippet(args: argparse.Namespace) -> int:
+    from srsd.postfix_snippet import snippet
+    from srsd.service import load
+
+    try:
+        text = snippet(load(args.config, args.needs), args.mode, master=args.master)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        return _fail(f"postfix-snippet: {exc}", 2)
+    sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``srsd`` command. :returns: the exit status (1 on any error)."""
     args = _parser().parse_args(argv)
@@ -266,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             return _import_postsrsd(args)
         if args.command == "check-dns":
             return _check_dns(args)
+        if args.command == "postfix-snippet":
+            return _postfix_snippet(args)
         return _rewrite(args)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}")

@@ -38,6 +38,7 @@ __all__ = [
     "LogSettings",
     "DaemonSettings",
     "Needs",
+    "PostfixSettings",
     "load_config",
     "default_config",
     "state_directory",
@@ -195,6 +196,14 @@ class Needs(enum.Flag):
 
 
 @dataclass(frozen=True)
+class PostfixSettings:
+    """The Postfix side, for ``srsd postfix-snippet`` only (srsd itself never reads it)."""
+
+    queue_directory: str = "/var/spool/postfix"  # unix sockets below it are written relative to it
+    forward_pass: str = "127.0.0.1:10006"  # forwarded-only: the second pass's smtpd, IPv4 loopback ADDRESS:PORT
+
+
+@dataclass(frozen=True)
 class Config:
     srs: SRSSettings
     listen: ListenSettings = ListenSettings()
@@ -205,6 +214,7 @@ class Config:
     limits: LimitsSettings = LimitsSettings()
     log: LogSettings = LogSettings()
     daemon: DaemonSettings = DaemonSettings()
+    postfix: PostfixSettings = PostfixSettings()
     #: secrets read from srs.secrets_file, first signs (never printed)
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
     #: srs.local_domains plus the entries of srs.local_domains_file
@@ -227,6 +237,7 @@ _SECTIONS = {
     "limits": LimitsSettings,
     "log": LogSettings,
     "daemon": DaemonSettings,
+    "postfix": PostfixSettings,
 }
 
 #: annotations of array-of-tables fields -> the dataclass of one table (numbered from 1 in errors)
@@ -404,6 +415,7 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
         where = "dkim.key_file" if entry.where == "dkim.selector" else f"{entry.where}.key_file"
         warnings += _file_mode_warnings(entry.key.path, where, groups, "can sign mail as your domain")
     _check_no_mail_domains(cfg, dkim_keys)
+    _validate_postfix(cfg.postfix)
     lim = cfg.limits
     if not 256 <= lim.max_request_bytes <= 1 << 20:
         raise ConfigError("limits.max_request_bytes: must be 256..1048576")
@@ -601,6 +613,23 @@ def _dkim_keys(cfg: Config) -> tuple[Any, ...]:
             f"dkim.arc: ARC sets are rsa-sha256 only (RFC 8617); {forwarder} has no RSA key: add one or set arc = false"
         )
     return tuple(keys)
+
+
+def _validate_postfix(pf: PostfixSettings) -> None:
+    if not pf.queue_directory.startswith("/"):
+        raise ConfigError(f"postfix.queue_directory: {pf.queue_directory!r} is not an absolute path")
+    host, _, port = pf.forward_pass.rpartition(":")
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        address = None
+    # An smtpd that relays for its clients: only this host may be one (IPv4 loopback keeps
+    # the master.cf service name and the next hop in their plainest syntax).
+    if address is None or not address.is_loopback or not (port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(
+            f"postfix.forward_pass: {pf.forward_pass!r} must be ADDRESS:PORT with an IPv4 loopback "
+            "address, e.g. 127.0.0.1:10006"
+        )
 
 
 def parse_config(data: dict[str, Any], source: str = "<string>", needs: Needs = Needs.EVERYTHING) -> Config:

@@ -112,8 +112,8 @@ def test_port_taken_exits_1_naming_the_endpoint(srsd_factory, taken):
         daemon = srsd_factory(start=False, listen={taken: f"tcp:{port}:interface=127.0.0.1"})
         daemon.prepare()
         daemon.spawn()
-        code = daemon.wait_exit(timeout=3)
-        assert code is not None, f"srsd serve still running 3 s after failing to bind listen.{taken}"
+        code = daemon.wait_exit(timeout=30)
+        assert code is not None, f"srsd serve still running 30 s after failing to bind listen.{taken}"
         assert code == 1
         log = daemon.log_text()
         assert f"listen.{taken}" in log
@@ -124,7 +124,7 @@ def test_unix_socket_in_missing_directory_exits_1(srsd_factory, short_tmp):
     daemon = srsd_factory(start=False, listen={"socketmap": f"unix:{short_tmp}/no/such/dir/sm.sock"})
     daemon.prepare()
     daemon.spawn()
-    code = daemon.wait_exit(timeout=3)
+    code = daemon.wait_exit(timeout=30)
     assert code == 1, f"exit status {code} (None = still running)"
     assert "listen.socketmap" in daemon.log_text()
 

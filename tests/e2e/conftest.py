@@ -48,8 +48,16 @@ def srsd(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=sorted(SNIPPETS))
 def postfix(request, sink, srsd):
-    """A running private Postfix configured with one snippet file as shipped."""
-    snippet = render_snippet(SNIPPETS[request.param], srsd.ports)
+    """A running private Postfix configured with ``srsd postfix-snippet MODE`` as printed
+    for this srsd's config: the settings of the shipped snippet file, with this srsd's ports."""
+    printed = srsd.cli("postfix-snippet", request.param)
+    assert printed.returncode == 0, printed
+    snippet = printed.stdout
+
+    def settings(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+    assert settings(snippet) == settings(render_snippet(SNIPPETS[request.param], srsd.ports)), snippet
     instance = PostfixInstance(
         relay_port=sink.port,
         local_domains=LOCAL_DOMAINS,

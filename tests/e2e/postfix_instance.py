@@ -113,8 +113,8 @@ inet_protocols = ipv4
 mynetworks = {mynetworks}
 relayhost = [127.0.0.1]:{relay_port}
 
-alias_maps =
-alias_database =
+alias_maps = {alias_maps}
+alias_database = {alias_maps}
 virtual_alias_maps = texthash:{virtual}
 
 # No DNS at all.
@@ -149,8 +149,10 @@ class PostfixInstance:
         extra_main_cf: str,
         label: str = "postfix",
         mynetworks: str = "127.0.0.0/8",
+        extra_master_cf: str = "",
+        aliases: dict[str, str] | None = None,
     ) -> None:
-        for tool in ("postfix", "postconf", "postqueue", "postmap", "timeout"):
+        for tool in ("postfix", "postconf", "postqueue", "postmap", "postalias", "postsuper", "timeout"):
             find_tool(tool)
         if os.geteuid() != 0:
             raise PostfixError("the Postfix e2e tests must run as root")
@@ -175,7 +177,15 @@ class PostfixInstance:
 
         virtual = self.config_dir / "virtual"
         virtual.write_text("".join(f"{alias} {target}\n" for alias, target in virtual_aliases.items()))
-        (self.config_dir / "master.cf").write_text(MASTER_CF.format(smtpd_listen=f"127.0.0.1:{self.smtpd_port}"))
+        master_cf = MASTER_CF.format(smtpd_listen=f"127.0.0.1:{self.smtpd_port}")
+        (self.config_dir / "master.cf").write_text(f"{master_cf}# --- appended for this test ---\n{extra_master_cf}")
+        # aliases(5) for local(8); none: alias_maps stays empty (local-recipient checks
+        # would answer 451 for a missing database)
+        alias_maps = ""
+        if aliases is not None:
+            alias_file = self.config_dir / "aliases"
+            alias_file.write_text("".join(f"{name}: {targets}\n" for name, targets in aliases.items()))
+            alias_maps = f"hash:{alias_file}"
         main_cf = MAIN_CF.format(
             root=self.root,
             queue=self.queue_dir,
@@ -185,8 +195,11 @@ class PostfixInstance:
             relay_port=relay_port,
             virtual=virtual,
             mynetworks=mynetworks,
+            alias_maps=alias_maps,
         )
         (self.config_dir / "main.cf").write_text(f"{main_cf}\n# --- appended for this test ---\n{extra_main_cf}")
+        if alias_maps:
+            self._run("postalias", alias_maps)
 
     # -- commands -------------------------------------------------------
 
@@ -237,6 +250,10 @@ class PostfixInstance:
             self._started = False
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def postsuper(self, *args: str) -> None:
+        """postsuper(1) on this instance's queue, e.g. ``postsuper("-H", "ALL")``."""
+        self._run("postsuper", *args, timeout=20)
 
     def flush(self) -> None:
         """Ask Postfix to retry deferred mail now (postqueue -f)."""

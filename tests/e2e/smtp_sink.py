@@ -2,7 +2,8 @@
 
 It stands in for "the rest of the Internet": the private Postfix relays all
 non-local mail to it. Only what the tests need: HELO/EHLO, MAIL, RCPT, DATA,
-RSET, NOOP, QUIT, no extensions beyond 8BITMIME, no TLS, no AUTH.
+RSET, NOOP, QUIT, no extensions beyond 8BITMIME, no TLS, no AUTH. Recipients in
+``refused_recipients`` get 550 at RCPT, as a remote site's unknown user.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import email.message
 import email.parser
 import email.policy
 import re
+import socket
 import socketserver
 import threading
 import time
@@ -34,6 +36,19 @@ class ReceivedMessage:
         return f"MAIL FROM:<{self.mail_from}> RCPT TO:{list(self.rcpt_tos)} Subject: {self.headers.get('Subject')!r}"
 
 
+def marked_message(marker: str, sender: str, recipients: list[str]) -> bytes:
+    """A small test message (CRLF) whose Subject and Message-ID carry *marker*, the
+    string the tests find it by; From: is *sender*, To: the *recipients*."""
+    return (
+        f"From: {sender}\r\n"
+        f"To: {', '.join(recipients)}\r\n"
+        f"Subject: {marker}\r\n"
+        f"Message-ID: <{marker}@client.test>\r\n"
+        "\r\n"
+        f"Test message {marker}.\r\n"
+    ).encode("ascii")
+
+
 def header_fields(data: bytes) -> list[tuple[str, str]]:
     """The header fields of message *data* as they arrived: (name, value) in order,
     values unfolded and stripped."""
@@ -54,6 +69,12 @@ def header_values(data: bytes, name: str) -> list[str]:
 class _SessionHandler(socketserver.StreamRequestHandler):
     timeout = 30
     server: _SinkServer
+
+    def setup(self) -> None:
+        super().setup()
+        # Each reply line is its own write: without TCP_NODELAY, Nagle holds the second
+        # line of a multi-line reply until the client's delayed ACK (~40 ms a message).
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def reply(self, line: str) -> None:
         self.wfile.write(line.encode("ascii") + b"\r\n")
@@ -85,8 +106,10 @@ class _SessionHandler(socketserver.StreamRequestHandler):
                     self.reply("250 2.1.0 Ok")
                 elif mail_from is None:
                     self.reply("503 5.5.1 MAIL first")
+                elif self.server.sink.refuses(address := match.group(2).decode("utf-8", "replace")):
+                    self.reply(f"550 5.1.1 <{address}>: Recipient address rejected: User unknown")
                 else:
-                    rcpts.append(match.group(2).decode("utf-8", "replace"))
+                    rcpts.append(address)
                     self.reply("250 2.1.5 Ok")
             elif verb == b"DATA":
                 if mail_from is None or not rcpts:
@@ -137,6 +160,8 @@ class SmtpSink:
 
     def __init__(self) -> None:
         self._messages: list[ReceivedMessage] = []
+        #: RCPT TO addresses (lower case) answered 550, as a remote site refuses a user
+        self.refused_recipients: set[str] = set()
         self._changed = threading.Condition()
         self._server = _SinkServer(self)
         self.port: int = self._server.server_address[1]
@@ -150,6 +175,9 @@ class SmtpSink:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+
+    def refuses(self, recipient: str) -> bool:
+        return recipient.lower() in self.refused_recipients
 
     def record(self, message: ReceivedMessage) -> None:
         with self._changed:

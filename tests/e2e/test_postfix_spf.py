@@ -27,7 +27,7 @@ from tests.srsd_daemon import serving
 
 from .conftest import FORWARD_TARGET, FORWARDING_ALIAS, LOCAL_DOMAINS, SNIPPETS, e2e_srsd
 from .postfix_instance import SNIPPETS_DIR, PostfixInstance, render_snippet
-from .smtp_sink import ReceivedMessage, header_fields, header_values
+from .smtp_sink import ReceivedMessage, header_fields, header_values, marked_message
 
 # -- DNS ---------------------------------------------------------------------------
 
@@ -81,17 +81,6 @@ def unique_sender(domain: str) -> Sent:
     return Sent(marker, f"{marker}@{domain}")
 
 
-def message(marker: str, sender: str, recipients: list[str]) -> bytes:
-    return (
-        f"From: {sender}\r\n"
-        f"To: {', '.join(recipients)}\r\n"
-        f"Subject: {marker}\r\n"
-        f"Message-ID: <{marker}@client.test>\r\n"
-        "\r\n"
-        f"Test message {marker}.\r\n"
-    ).encode("ascii")
-
-
 def submit(postfix: PostfixInstance, sent: Sent, recipients: list[str]) -> None:
     """Send one message; every reply must be 2xx/3xx."""
     with postfix.smtp() as client:
@@ -100,7 +89,7 @@ def submit(postfix: PostfixInstance, sent: Sent, recipients: list[str]) -> None:
         for rcpt in recipients:
             reply = client.rcpt(rcpt)
             assert reply[0] == 250, f"RCPT TO:<{rcpt}> -> {reply}"
-        reply = client.data(message(sent.marker, sent.sender, recipients))
+        reply = client.data(marked_message(sent.marker, sent.sender, recipients))
         assert reply[0] == 250, f"DATA -> {reply}"
 
 
