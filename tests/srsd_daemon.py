@@ -148,6 +148,8 @@ class SrsdDaemon:
         Every other endpoint is disabled.
     :param sections: further config sections (``limits``, ``log``, ``dns``, ...).
     :param probe: after READY_MARKER, every endpoint must accept a connection.
+    :param open_files: srsd's soft RLIMIT_NOFILE when it starts (a login shell's 1024,
+        say); None: this process's own.
     """
 
     def __init__(
@@ -161,6 +163,7 @@ class SrsdDaemon:
         sections: dict[str, dict[str, Any]] | None = None,
         workers: int = 1,
         probe: bool = False,
+        open_files: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.config_path = workdir / "srsd.toml"
@@ -171,6 +174,7 @@ class SrsdDaemon:
         self.sections = sections or {}
         self.workers = workers
         self.probe = probe
+        self.open_files = open_files
         self.endpoints: dict[str, str] = {}
         self.ports: dict[str, int] = {}
         self.unix_paths: dict[str, str] = {}
@@ -222,9 +226,16 @@ class SrsdDaemon:
                 stderr=log,
                 cwd=self.workdir,
                 env=environment(),
+                preexec_fn=None if self.open_files is None else self._limit_open_files,
             )
         self.returncode, self._stopped = None, False
         return self.process
+
+    def _limit_open_files(self) -> None:  # in the child, before exec
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def start(self, timeout: float = START_TIMEOUT, attempts: int = 3) -> SrsdDaemon:
         """Write the config, start, wait for READY_MARKER (and with ``probe`` for every
