@@ -46,6 +46,17 @@ def test_max_connections_answers_temp_and_closes(srsd):
     assert outcome.answers == outcome.inputs, outcome.report()
 
 
+@pytest.mark.parametrize("endpoint", ["tcp_forward", "socketmap", "policy", "milter"])
+def test_client_that_never_reads_is_not_read_from(srsd, endpoint):
+    """Requests pipelined without reading a reply: srsd stops reading once its replies
+    back up (the client's sends block), its memory stays put, and once the client
+    reads, every request it sent has its answer."""
+    outcome = hostile.never_reading(srsd, endpoint)
+    assert_served(outcome)
+    assert "srsd stopped reading" in outcome.notes[0], outcome.report()
+    assert outcome.answers == outcome.inputs > 0, outcome.report()
+
+
 def test_huge_lines_and_length_fields(srsd):
     outcome = hostile.huge_inputs(srsd)
     assert_served(outcome)
