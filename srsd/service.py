@@ -40,7 +40,16 @@ from srsd.protocols.tcp_table import TcpTableFactory
 from srsd.rewrite import FOUND, NOTFOUND, REVERSE_NOT_OURS, Answer, Rewriter, rewriter_from_config
 from srsd.spf import SPFAwareForward, SPFChecker
 
-__all__ = ["Daemon", "EndpointSpec", "ListenError", "endpoint_specs", "setup_logging", "load", "serve"]
+__all__ = [
+    "Daemon",
+    "EndpointSpec",
+    "ListenError",
+    "endpoint_specs",
+    "setup_logging",
+    "load",
+    "raise_open_files_limit",
+    "serve",
+]
 
 log = Logger(namespace="srsd")
 
@@ -350,6 +359,40 @@ def sd_notify(state: str) -> bool:
     return True
 
 
+def raise_open_files_limit(config: Config) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, so that every endpoint can hold
+    ``limits.max_connections`` clients; warn when even that is too low.
+
+    A shell or service manager gives 1024 soft for select()'s sake; srsd's reactor
+    uses epoll, and systemd.exec(5) asks such programs to raise it themselves. At
+    1024, about 1000 clients on *all* endpoints together made every new client of
+    every endpoint get a reset (accept() fails with EMFILE), not the documented TEMP.
+
+    :returns: the soft limit now in force.
+    """
+    import resource
+
+    needed = len(endpoint_specs(config)) * config.limits.max_connections + 100  # listeners, DNS, logs
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, needed) if hard == resource.RLIM_INFINITY else hard
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warn("cannot raise the open files limit from {soft}: {error}", soft=soft, error=exc)
+    if soft < needed:
+        log.warn(
+            "limits.max_connections: {n} endpoint(s) x {m} clients need about {needed} open files, "
+            "RLIMIT_NOFILE allows {soft} (raise LimitNOFILE= or ulimit -n); past it new clients are reset",
+            n=len(endpoint_specs(config)),
+            m=config.limits.max_connections,
+            needed=needed,
+            soft=soft,
+        )
+    return soft
+
+
 def _auth(config: Config) -> AuthSettings | None:
     """The milter's settings when the milter is enabled (reads the DKIM key)."""
     return auth_settings(config) if config.listen.milter else None
@@ -394,6 +437,7 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
                 "this host has no fully qualified name: SRS addresses are minted at "
                 "localhost.localdomain, which no other host can reach; set srs.domain in a config file"
             )
+    raise_open_files_limit(config)
     daemon = Daemon(config, config_path)
     status = {"code": 0}
     pool: list[WorkerPool] = []

@@ -40,6 +40,12 @@ def test_slowloris_hundreds_of_trickling_connections(srsd):
     assert f"{outcome.inputs} of {outcome.inputs} still open" in outcome.notes[0], outcome.report()
 
 
+def test_idle_connections_past_a_1024_file_limit(srsd):
+    """1100 idle clients, ~220 an endpoint (each far under max_connections): at srsd's
+    inherited 1024 open files every new client of every endpoint was reset."""
+    assert_served(hostile.idle_flood(srsd, connections=1100, hold=2.0))
+
+
 def test_max_connections_answers_temp_and_closes(srsd):
     outcome = hostile.over_max_connections(srsd, limit=1000, extra=20)
     assert_served(outcome, tuple(e for e in ENDPOINTS if e != "tcp_forward"))
