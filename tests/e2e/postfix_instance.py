@@ -113,7 +113,7 @@ inet_protocols = ipv4
 mynetworks = {mynetworks}
 relayhost = [127.0.0.1]:{relay_port}
 
-alias_maps =
+alias_maps = {alias_maps}
 alias_database =
 virtual_alias_maps = texthash:{virtual}
 
@@ -149,7 +149,10 @@ class PostfixInstance:
         extra_main_cf: str,
         label: str = "postfix",
         mynetworks: str = "127.0.0.0/8",
+        aliases: dict[str, str] | None = None,
     ) -> None:
+        """*aliases*: aliases(5) entries (local part -> target) for local(8), which
+        forwards such mail through cleanup again; None: no alias_maps."""
         for tool in ("postfix", "postconf", "postqueue", "postmap", "timeout"):
             find_tool(tool)
         if os.geteuid() != 0:
@@ -175,6 +178,12 @@ class PostfixInstance:
 
         virtual = self.config_dir / "virtual"
         virtual.write_text("".join(f"{alias} {target}\n" for alias, target in virtual_aliases.items()))
+        alias_maps = ""
+        if aliases:
+            alias_file = self.config_dir / "aliases"
+            # texthash: reads postmap(1) syntax ("key value"), not postalias(1)'s "key: value"
+            alias_file.write_text("".join(f"{name} {target}\n" for name, target in aliases.items()))
+            alias_maps = f"texthash:{alias_file}"
         (self.config_dir / "master.cf").write_text(MASTER_CF.format(smtpd_listen=f"127.0.0.1:{self.smtpd_port}"))
         main_cf = MAIN_CF.format(
             root=self.root,
@@ -185,6 +194,7 @@ class PostfixInstance:
             relay_port=relay_port,
             virtual=virtual,
             mynetworks=mynetworks,
+            alias_maps=alias_maps,
         )
         (self.config_dir / "main.cf").write_text(f"{main_cf}\n# --- appended for this test ---\n{extra_main_cf}")
 

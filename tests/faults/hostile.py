@@ -151,6 +151,7 @@ _UNREAD = {
     # every event answered: no SMFIP_NR_* flags offered; HELO again and again
     "milter": ("milter", w.helo("client.example"), attacks.milter_negotiation() + w.connect(), 2),
 }
+UNREAD_ENDPOINTS = tuple(_UNREAD)
 
 
 def never_reading(srsd: SrsdDaemon, endpoint: str, max_bytes: int = 256 * 1024 * 1024) -> Outcome:

@@ -84,7 +84,8 @@ class Outcome:
     :ivar lost: messages neither delivered nor still queued/retrying (mail faults).
     :ivar peak_rss_kb: srsd's VmHWM over the fault, KiB.
     :ivar latencies: answer times by client (e.g. the normal client per endpoint).
-    :ivar notes: other counts worth printing (temporary refusals, bytes sent ...).
+    :ivar notes: other figures worth printing (temporary refusals, bytes sent ...).
+    :ivar counts: some of them by name, for the tests (``temp_refusals``, ``retried``).
     """
 
     case: str
@@ -97,6 +98,7 @@ class Outcome:
     start_rss_kb: int | None = None  # srsd's RSS when the fault began
     latencies: dict[str, Latencies] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # named figures tests assert on
     errors: list[str] = field(default_factory=list)  # the first few failures, for the report
 
     def fail(self, text: str) -> None:

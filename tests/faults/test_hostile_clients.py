@@ -52,7 +52,7 @@ def test_max_connections_answers_temp_and_closes(srsd):
     assert outcome.answers == outcome.inputs, outcome.report()
 
 
-@pytest.mark.parametrize("endpoint", ["tcp_forward", "socketmap", "policy", "milter"])
+@pytest.mark.parametrize("endpoint", hostile.UNREAD_ENDPOINTS)
 def test_client_that_never_reads_is_not_read_from(srsd, endpoint):
     """Requests pipelined without reading a reply: srsd stops reading once its replies
     back up (the client's sends block), its memory stays put, and once the client
