@@ -134,10 +134,16 @@ class EndpointFactory(protocol.Factory):
             self._sweeper.stop()
 
     def close_idle(self) -> None:
-        """Close clients silent for longer than ``idle_timeout`` seconds."""
+        """Close clients silent for longer than ``idle_timeout`` seconds.
+
+        Aborted, not closed: loseConnection() first writes what is buffered, which
+        never happens for a client that stopped reading, so such a client kept its
+        slot (and max_connections counted it) for ever.
+        """
         cutoff = time.monotonic() - self.idle_timeout
         for conn in [c for c in self.connections if c.last_active < cutoff]:
-            conn.transport.loseConnection()
+            abort = getattr(conn.transport, "abortConnection", None)
+            (abort or conn.transport.loseConnection)()
 
 
 @implementer(IPushProducer)

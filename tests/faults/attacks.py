@@ -140,6 +140,8 @@ def never_read(
             n = sock.send(view)
         except BlockingIOError:
             continue
+        except (ConnectionResetError, BrokenPipeError):
+            break  # the server closed it (reset: blocked stays False)
         sent += n
         view = view[n:]
     return Unread(sock, len(request), sent, blocked)

@@ -143,9 +143,10 @@ def _soft_nofile(pid: int) -> str:
 
 #: a sender whose SRS form is ~450 bytes: the kernel's socket buffers (~4 MiB) fill with fewer replies
 _LONG_SENDER = b"s" * 400 + b"@remote.example"
+LONG_FORWARD_REQUEST = b"get " + _LONG_SENDER + b"\n"
 #: per endpoint: (reply kind for attacks.drain, one request, what goes first, replies to it)
 _UNREAD = {
-    "tcp_forward": ("tcp", b"get " + _LONG_SENDER + b"\n", b"", 0),
+    "tcp_forward": ("tcp", LONG_FORWARD_REQUEST, b"", 0),
     "socketmap": ("socketmap", netstring(b"forward " + _LONG_SENDER), b"", 0),
     "policy": ("policy", policy_request("p" * 1000 + "@remote.example", "x@local.example", "127.0.0.2", ""), b"", 0),
     # every event answered: no SMFIP_NR_* flags offered; HELO again and again

@@ -8,11 +8,13 @@ systemd's default) gives; srsd raises it itself. Sizes are CI-sized; the full ru
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from tests.faults import hostile
+from tests.faults import attacks, hostile
 from tests.faults.clients import ENDPOINTS
-from tests.srsd_daemon import serving
+from tests.srsd_daemon import SrsdDaemon, serving, srs0_pattern
 
 #: how far srsd's RSS may rise during one attack (the never-reading clients pushed
 #: it up by ~2 MiB per MiB they sent, without bound, before back-pressure)
@@ -61,6 +63,29 @@ def test_client_that_never_reads_is_not_read_from(srsd, endpoint):
     assert_served(outcome)
     assert "srsd stopped reading" in outcome.notes[0], outcome.report()
     assert outcome.answers == outcome.inputs > 0, outcome.report()
+
+
+def test_idle_timeout_frees_the_slots_of_clients_that_never_read(tmp_path):
+    """limits.idle_timeout closes a client that stopped reading: the idle sweeper's
+    graceful close waited for its replies to be written, which never happens, so such
+    clients kept their slots past the timeout and max_connections locked everyone out."""
+    daemon = SrsdDaemon(tmp_path, sections={"limits": {"idle_timeout": 1, "max_connections": 2}})
+    with serving(daemon):
+        address = daemon.address("tcp_forward")
+        unread = [attacks.never_read(address, hostile.LONG_FORWARD_REQUEST, 64 << 20, block_wait=0.5) for _ in range(2)]
+        try:
+            deadline = time.monotonic() + 20
+            while True:  # the sweeper runs every idle_timeout seconds
+                status, text = daemon.lookup("tcp_table", "forward", "after@remote.example")
+                if status != "temp" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert status == "found" and srs0_pattern("after@remote.example").match(text), (status, text)
+            for client in unread:
+                assert attacks.closed_by_server(client.sock), "a client that never read is still connected"
+        finally:
+            for client in unread:
+                client.sock.close()
 
 
 def test_huge_lines_and_length_fields(srsd):
