@@ -182,6 +182,7 @@ class Daemon:
         self.spf_aware: SPFAwareForward | None = None
         self.policy: PolicyService | None = None
         self.mailauth: MailAuth | None = None
+        self._reload_lock = defer.DeferredLock()
         self._apply(config, rewriter_from_config(config), _auth(config))
 
     def _apply(self, config: Config, rewriter: Rewriter, auth: AuthSettings | None = None) -> None:
@@ -307,20 +308,47 @@ class Daemon:
         raise ListenError(f"listen.{name}: cannot listen on {description!r}: {failure.getErrorMessage()}")
 
     def reload(self) -> bool:
-        """Re-read the configuration, secrets and domains (SIGHUP).
+        """Re-read the configuration, secrets and domains (SIGHUP), on this thread.
 
         A config that does not load is refused with a log line; the running one
         stays. Endpoint changes need a restart (connections are never dropped).
 
         :returns: True when the new configuration is in force.
         """
+        return self._apply_reload(self._read_for_reload())
+
+    def reload_off_reactor(self) -> defer.Deferred:
+        """:meth:`reload`, the files read and checked on a thread, the result applied on
+        the reactor: lookups go on meanwhile. Reading blocks (a secrets file on a slow
+        mount) and checking costs (~0.13 s of RSA key checks per DKIM key load); on the
+        reactor every endpoint waited for it. Reloads run one after another.
+
+        :returns: a Deferred firing with True when the new configuration is in force.
+        """
+        from twisted.internet import threads
+
+        return self._reload_lock.run(
+            lambda: threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), self._read_for_reload
+            ).addCallback(self._apply_reload)
+        )
+
+    def _read_for_reload(self) -> tuple[Config, Rewriter, AuthSettings | None] | None:
+        """The new configuration, or None (logged) when it does not load. Touches no
+        state of the running daemon: it may run on any thread."""
         try:
             config = load(self.config_path)
             rewriter = rewriter_from_config(config)
             auth = _auth(config)  # reads the DKIM key: a bad one refuses the reload
         except (ConfigError, ValueError) as exc:
             log.error("reload refused, keeping the running configuration: {error}", error=exc)
+            return None
+        return config, rewriter, auth
+
+    def _apply_reload(self, loaded: tuple[Config, Rewriter, AuthSettings | None] | None) -> bool:
+        if loaded is None:
             return False
+        config, rewriter, auth = loaded
         if config.listen != self.config.listen or config.limits != self.config.limits:
             log.warn("reload: [listen] and [limits] changes take effect on restart only")
         if self.checker is not None and (
@@ -462,10 +490,15 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
 
     def on_sighup() -> None:
         sd_notify("RELOADING=1")
-        daemon.reload()
-        sd_notify("READY=1")
-        if pool:
-            pool[0].signal_all(signal.SIGHUP)
+
+        def reloaded(_: Any) -> None:
+            sd_notify("READY=1")
+            if pool:
+                pool[0].signal_all(signal.SIGHUP)
+
+        d = daemon.reload_off_reactor()
+        d.addErrback(lambda failure: log.failure("reload failed; keeping the running configuration", failure))
+        d.addCallback(reloaded)
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
     d = daemon.listen(reactor, parse_inherit(inherit) if inherit else None, reuseport=workers > 1)
