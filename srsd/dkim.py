@@ -144,6 +144,9 @@ def load_signing_key(path: str, algorithm: str = "rsa-sha256") -> SigningKey:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise DKIMKeyError(f"{path}: cannot read: {exc.strerror}") from None
+    loaded = _loaded_keys.get((path, algorithm))
+    if loaded is not None and loaded[0] == data:
+        return loaded[1]
     if b"-----BEGIN" in data:
         private = _from_pem(path, data)
     else:
@@ -180,7 +183,16 @@ def load_signing_key(path: str, algorithm: str = "rsa-sha256") -> SigningKey:
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
         dkimpy_key = base64.b64encode(raw)
-    return SigningKey(path, algorithm, private, dkimpy_key, bits, tuple(warnings))
+    key = SigningKey(path, algorithm, private, dkimpy_key, bits, tuple(warnings))
+    _loaded_keys[(path, algorithm)] = (data, key)
+    return key
+
+
+#: (path, algorithm) -> (the file's bytes, the key loaded from them). The same bytes
+#: give the same key: a reload (SIGHUP) loads the key twice (validation, then the
+#: milter's settings) and cryptography's RSA key checks take ~0.13 s each, holding the
+#: GIL, so every endpoint stalled for them (tests/faults/rotation.py).
+_loaded_keys: dict[tuple[str, str], tuple[bytes, SigningKey]] = {}
 
 
 def generate_key(path: str, algorithm: str = "rsa-sha256", bits: int = 2048) -> SigningKey:
