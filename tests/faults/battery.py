@@ -118,7 +118,7 @@ def machine() -> str:
         f"{platform.node()}: {os.cpu_count()} x {cpu}, {int(memory) // 1024} MiB RAM, "
         f"{first(['sh', '-c', '. /etc/os-release && echo $PRETTY_NAME'])}, kernel {platform.release()}, "
         f"Python {platform.python_version()}, Twisted {twisted.__version__}, "
-        f"Postfix {first(['postconf', '-h', 'mail_version'])}"
+        f"Postfix {first(['postconf', '-d', '-h', 'mail_version'])}"
     )
 
 
@@ -138,6 +138,8 @@ def kill_group(sizes: Sizes, work: Path) -> Iterator[Outcome]:
 
 
 def sighup_group(sizes: Sizes, work: Path) -> Iterator[Outcome]:
+    # With --workers, the two-step rotation docs/reliability.md recommends (one step:
+    # reverses fail for a moment, see there).
     for protocol, workers in (("tcp_table", 1), ("socketmap", 1), ("socketmap", 2)):
         stack = ForwardingStack(work / f"sighup-{protocol}-{workers}", protocol, workers=workers)
         with running(stack):
@@ -147,6 +149,7 @@ def sighup_group(sizes: Sizes, work: Path) -> Iterator[Outcome]:
                 messages=sizes.rotation_messages,
                 threads=sizes.rotation_threads,
                 interval=sizes.rotation_interval,
+                two_step=workers > 1,
             )
         if workers > 1:
             for outcome in (lookups, mail):

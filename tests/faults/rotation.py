@@ -109,18 +109,28 @@ def minted_with(address: str, generations: list[str]) -> int | None:
 
 
 def sighup_rotation(
-    stack: ForwardingStack, reloads: int = 10, messages: int = 100, threads: int = 4, interval: float = 0.3
+    stack: ForwardingStack,
+    reloads: int = 10,
+    messages: int = 100,
+    threads: int = 4,
+    interval: float = 0.3,
+    two_step: bool = False,
 ) -> tuple[Outcome, Outcome]:
-    """*reloads* SIGHUPs, each with a new first secret (the older ones stay listed),
+    """*reloads* rotations, each a new first secret (the older ones stay listed),
     *interval* s apart, while :class:`LookupLoad` runs and a batch of *messages* goes
     through Postfix. Then every generation's addresses must still reverse (in srsd,
     and as a bounce through Postfix); once the oldest half is retired, theirs must not.
 
+    :param two_step: each rotation in two SIGHUPs: the new secret on the second line
+        (it verifies), then moved to the first (it signs). With ``--workers`` a reload
+        reaches the processes one after another; in one step, an address minted by a
+        process that has reloaded does not reverse in one that has not yet.
     :returns: (the lookups' outcome, the mail's outcome).
     """
     srsd = stack.srsd
     generations = [line for line in srsd.secrets_path.read_text().splitlines() if line]  # oldest first
-    lookups = Outcome(f"SIGHUP with a new secret x{reloads} under lookup load ({stack.protocol})")
+    how = " in two steps each" if two_step else ""
+    lookups = Outcome(f"SIGHUP with a new secret x{reloads}{how} under lookup load ({stack.protocol})")
     mail = Outcome(f"mail through Postfix during the {reloads} reloads ({stack.protocol})")
     reset_peak_rss(srsd.pid)
     load = LookupLoad(srsd, lookups, threads).start()
@@ -129,7 +139,12 @@ def sighup_rotation(
     try:
         for _ in range(reloads):
             time.sleep(interval)
-            generations.append(secrets.token_urlsafe(24))
+            new = secrets.token_urlsafe(24)
+            if two_step:
+                srsd.write_secrets([generations[-1], new, *reversed(generations[:-1])])
+                srsd.reload()
+                time.sleep(interval)
+            generations.append(new)
             srsd.write_secrets(list(reversed(generations)))
             srsd.reload()
         time.sleep(interval)
