@@ -501,7 +501,7 @@ def author_domains(from_values: Sequence[str]) -> AuthorDomains:
 
 class DKIMLike(Protocol):
     """A verified signature: ``result`` (RFC 8601 2.7.1), ``domain`` (d=), ``selector`` (s=).
-    :class:`DKIMOutcome` and :class:`srsd.dkim.SignatureResult` both are."""
+    :class:`DKIMOutcome` and :class:`srsd.mailauth.verify.SignatureResult` both are."""
 
     result: str
     domain: str

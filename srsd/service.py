@@ -47,7 +47,16 @@ from srsd.srs_maps import SRSMaps
 if TYPE_CHECKING:
     from srsd.privileges import Account
 
-__all__ = ["Daemon", "EndpointSpec", "ListenError", "endpoint_specs", "setup_logging", "load", "serve"]
+__all__ = [
+    "Daemon",
+    "EndpointSpec",
+    "ListenError",
+    "endpoint_specs",
+    "setup_logging",
+    "load",
+    "raise_open_files_limit",
+    "serve",
+]
 
 log = Logger(namespace="srsd")
 
@@ -181,6 +190,7 @@ class Daemon:
         self.checker: SPFChecker | None = None
         self.policy: PolicyService | None = None
         self.mailauth: MailAuth | None = None
+        self._reload_lock = defer.DeferredLock()
         self._apply(config, rewriter_from_config(config), _auth(config))
 
     def _apply(self, config: Config, rewriter: Rewriter, auth: AuthSettings | None = None) -> None:
@@ -285,20 +295,47 @@ class Daemon:
         raise ListenError(f"listen.{name}: cannot listen on {description!r}: {failure.getErrorMessage()}")
 
     def reload(self) -> bool:
-        """Re-read the configuration, secrets and domains (SIGHUP).
+        """Re-read the configuration, secrets and domains (SIGHUP), on this thread.
 
         A config that does not load is refused with a log line; the running one
         stays. Endpoint changes need a restart (connections are never dropped).
 
         :returns: True when the new configuration is in force.
         """
+        return self._apply_reload(self._read_for_reload())
+
+    def reload_off_reactor(self) -> defer.Deferred:
+        """:meth:`reload`, the files read and checked on a thread, the result applied on
+        the reactor: lookups go on meanwhile. Reading blocks (a secrets file on a slow
+        mount) and checking costs (~0.13 s of RSA key checks per DKIM key load); on the
+        reactor every endpoint waited for it. Reloads run one after another.
+
+        :returns: a Deferred firing with True when the new configuration is in force.
+        """
+        from twisted.internet import threads
+
+        return self._reload_lock.run(
+            lambda: threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), self._read_for_reload
+            ).addCallback(self._apply_reload)
+        )
+
+    def _read_for_reload(self) -> tuple[Config, Rewriter, AuthSettings | None] | None:
+        """The new configuration, or None (logged) when it does not load. Touches no
+        state of the running daemon: it may run on any thread."""
         try:
             config = load(self.config_path)
             rewriter = rewriter_from_config(config)
             auth = _auth(config)  # reads the DKIM key: a bad one refuses the reload
         except (ConfigError, ValueError) as exc:
             log.error("reload refused, keeping the running configuration: {error}", error=exc)
+            return None
+        return config, rewriter, auth
+
+    def _apply_reload(self, loaded: tuple[Config, Rewriter, AuthSettings | None] | None) -> bool:
+        if loaded is None:
             return False
+        config, rewriter, auth = loaded
         if config.listen != self.config.listen or config.limits != self.config.limits:
             log.warn("reload: [listen] and [limits] changes take effect on restart only")
         threads_changed = self.checker is not None and config.spf.threads != self.config.spf.threads
@@ -335,6 +372,40 @@ def sd_notify(state: str) -> bool:
         log.warn("cannot notify systemd ({state}): {error}", state=state, error=exc)
         return False
     return True
+
+
+def raise_open_files_limit(config: Config) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, so that every endpoint can hold
+    ``limits.max_connections`` clients; warn when even that is too low.
+
+    A shell or service manager gives 1024 soft for select()'s sake; srsd's reactor
+    uses epoll, and systemd.exec(5) asks such programs to raise it themselves. At
+    1024, about 1000 clients on *all* endpoints together made every new client of
+    every endpoint get a reset (accept() fails with EMFILE), not the documented TEMP.
+
+    :returns: the soft limit now in force.
+    """
+    import resource
+
+    needed = len(endpoint_specs(config)) * config.limits.max_connections + 100  # listeners, DNS, logs
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, needed) if hard == resource.RLIM_INFINITY else hard
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warn("cannot raise the open files limit from {soft}: {error}", soft=soft, error=exc)
+    if soft < needed:
+        log.warn(
+            "limits.max_connections: {n} endpoint(s) x {m} clients need about {needed} open files, "
+            "RLIMIT_NOFILE allows {soft} (raise LimitNOFILE= or ulimit -n); past it new clients are reset",
+            n=len(endpoint_specs(config)),
+            m=config.limits.max_connections,
+            needed=needed,
+            soft=soft,
+        )
+    return soft
 
 
 def _auth(config: Config) -> AuthSettings | None:
@@ -414,6 +485,7 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
                 "localhost.localdomain, which no other host can reach; set srs.domain in a config file"
             )
         log_warnings(config)
+    raise_open_files_limit(config)
     daemon = Daemon(config, config_path)
     status = {"code": 0}
     pool: list[WorkerPool] = []
@@ -443,10 +515,15 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
 
     def on_sighup() -> None:
         sd_notify("RELOADING=1")
-        daemon.reload()
-        sd_notify("READY=1")
-        if pool:
-            pool[0].signal_all(signal.SIGHUP)
+
+        def reloaded(_: Any) -> None:
+            sd_notify("READY=1")
+            if pool:
+                pool[0].signal_all(signal.SIGHUP)
+
+        d = daemon.reload_off_reactor()
+        d.addErrback(lambda failure: log.failure("reload failed; keeping the running configuration", failure))
+        d.addCallback(reloaded)
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # a worker starts with it blocked

@@ -153,6 +153,8 @@ class SrsdDaemon:
     :param probe: after READY_MARKER, every endpoint must accept a connection.
     :param wrapper: a command that execs ``srsd serve ...`` (its arguments follow), e.g.
         one that hands over listening sockets as systemd does; *pass_fds* stay open for it.
+    :param open_files: srsd's soft RLIMIT_NOFILE when it starts (a login shell's 1024,
+        say); None: this process's own.
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class SrsdDaemon:
         probe: bool = False,
         wrapper: Iterable[str] = (),
         pass_fds: Iterable[int] = (),
+        open_files: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.config_path = workdir / "srsd.toml"
@@ -180,6 +183,7 @@ class SrsdDaemon:
         self.probe = probe
         self.wrapper = list(wrapper)
         self.pass_fds = tuple(pass_fds)
+        self.open_files = open_files
         self.endpoints: dict[str, str] = {}
         self.ports: dict[str, int] = {}
         self.unix_paths: dict[str, str] = {}
@@ -240,9 +244,16 @@ class SrsdDaemon:
                 cwd=self.workdir,
                 env=environment(),
                 pass_fds=self.pass_fds,
+                preexec_fn=None if self.open_files is None else self._limit_open_files,
             )
         self.returncode, self._stopped = None, False
         return self.process
+
+    def _limit_open_files(self) -> None:  # in the child, before exec
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def start(self, timeout: float = START_TIMEOUT, attempts: int = 3) -> SrsdDaemon:
         """Write the config, start, wait for READY_MARKER (and with ``probe`` for every

@@ -104,6 +104,9 @@ def load_signing_key(path: str, algorithm: str | None = "rsa-sha256") -> Signing
         data = Path(path).read_bytes()
     except OSError as exc:
         raise DKIMKeyError(f"{path}: cannot read: {exc.strerror}") from None
+    loaded = _loaded_keys.get((path, algorithm))
+    if loaded is not None and loaded[0] == data:
+        return loaded[1]
     if b"-----BEGIN" in data:
         private = _from_pem(path, data)
     else:
@@ -120,6 +123,7 @@ def load_signing_key(path: str, algorithm: str | None = "rsa-sha256") -> Signing
         found = "ed25519"
     else:
         raise DKIMKeyError(f"{path}: a {type(private).__name__}; DKIM keys are RSA or ed25519")
+    requested = algorithm
     if algorithm is None:
         algorithm = f"{found}-sha256"
     elif found != ALGORITHMS[algorithm]:
@@ -141,7 +145,15 @@ def load_signing_key(path: str, algorithm: str | None = "rsa-sha256") -> Signing
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
         dkimpy_key = base64.b64encode(raw)
-    return SigningKey(path, algorithm, private, dkimpy_key, bits, tuple(warnings))
+    key = SigningKey(path, algorithm, private, dkimpy_key, bits, tuple(warnings))
+    _loaded_keys[(path, requested)] = (data, key)
+    return key
+
+
+#: (path, algorithm asked for) -> (the file's bytes, the key loaded from them). The same
+#: bytes give the same key: a reload (SIGHUP) would otherwise run cryptography's RSA key
+#: checks again (~0.13 s each, holding the GIL: every endpoint stalled, tests/faults/rotation.py).
+_loaded_keys: dict[tuple[str, str | None], tuple[bytes, SigningKey]] = {}
 
 
 def generate_key(path: str, algorithm: str = "rsa-sha256", bits: int = 2048) -> SigningKey:

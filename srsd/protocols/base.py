@@ -7,6 +7,11 @@ SPF-aware rewriting, SPF checks). Postfix may pipeline requests on one connectio
 so replies are written strictly in request order: a fast answer queues behind a
 slow one (:class:`RequestProtocol`). A decision that raises or fails is answered
 with the protocol's temporary failure and logged; the connection goes on.
+Back-pressure: a client that sends requests and does not read the replies gets
+no more of its requests read once more than 64 KiB of replies wait for it
+(Twisted's transport ``bufferSize``), or more than :data:`MAX_PENDING` replies
+wait for a slow answer ahead of them; reading resumes as they go out. Without it
+srsd read on and buffered replies without bound (tests/faults/hostile.py).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITCPTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -34,6 +39,7 @@ __all__ = [
     "LookupFactory",
     "LookupProtocol",
     "LineBuffer",
+    "MAX_PENDING",
     "write_now",
 ]
 
@@ -41,6 +47,10 @@ __all__ = [
 Lookup = Callable[[str, str], "Answer | Deferred[Answer]"]
 
 log = Logger(namespace="srsd.protocol")
+
+#: replies a connection may have waiting behind a slow one before srsd stops reading
+#: its requests (Postfix sends one request and waits for its answer)
+MAX_PENDING = 1000
 
 
 class LineBuffer:
@@ -80,14 +90,15 @@ def write_now(transport: Any, data: bytes) -> None:
     lookup costs (bench/README.md). This uses Twisted's FileDescriptor internals
     (``dataBuffer``, ``_tempDataBuffer``, ``writeSomeData``) when they are there
     and empty; anything else (a non-TCP/unix transport, a backlog, a closing
-    connection) takes the normal path, as does whatever the socket did not take.
+    connection) takes the normal path, as does whatever the socket did not take
+    (write() then pauses the protocol, the transport's producer, if that backlog
+    is over its bufferSize).
     """
     if (
         not getattr(transport, "dataBuffer", True)
         and not getattr(transport, "_tempDataBuffer", True)
         and getattr(transport, "connected", False)
         and not transport.disconnecting
-        and getattr(transport, "producer", None) is None
     ):
         sent = transport.writeSomeData(data)
         if type(sent) is int:
@@ -126,22 +137,36 @@ class EndpointFactory(protocol.Factory):
             self._sweeper.stop()
 
     def close_idle(self) -> None:
-        """Close clients silent for longer than ``idle_timeout`` seconds."""
+        """Close clients silent for longer than ``idle_timeout`` seconds.
+
+        Aborted, not closed: loseConnection() first writes what is buffered, which
+        never happens for a client that stopped reading, so such a client kept its
+        slot (and max_connections counted it) for ever.
+        """
         cutoff = time.monotonic() - self.idle_timeout
         for conn in [c for c in self.connections if c.last_active < cutoff]:
-            conn.transport.loseConnection()
+            abort = getattr(conn.transport, "abortConnection", None)
+            (abort or conn.transport.loseConnection)()
 
 
+@implementer(IPushProducer)
 class EndpointProtocol(protocol.Protocol):
     """One client of an :class:`EndpointFactory`: counted against its limit
     (``overloaded`` is set on the one too many), TCP_NODELAY on TCP, and
-    ``last_active`` for the idle sweeper (subclasses update it on traffic)."""
+    ``last_active`` for the idle sweeper (subclasses update it on traffic).
+
+    It is its own transport's producer: the transport pauses it when more than
+    its ``bufferSize`` of replies is unwritten, and reading stops until they are
+    written (:meth:`hold_reading`).
+    """
 
     factory: EndpointFactory
     overloaded = False
+    _read_closed = False
 
     def __init__(self) -> None:
         self.last_active = time.monotonic()
+        self._holds: set[str] = set()  # why reading is paused
 
     def connectionMade(self) -> None:  # noqa: N802
         factory = self.factory
@@ -156,9 +181,35 @@ class EndpointProtocol(protocol.Protocol):
         if ITCPTransport.providedBy(self.transport):
             # Small request/reply pairs: Nagle + delayed ACK would cost ~40 ms each.
             self.transport.setTcpNoDelay(True)
+        self.transport.registerProducer(self, True)
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         self.factory.connections.discard(self)
+
+    def hold_reading(self, reason: str, hold: bool) -> None:
+        """Stop reading requests while any *reason* holds; read again once none does."""
+        if hold:
+            self._holds.add(reason)
+            if not self.transport.disconnecting:
+                self.transport.pauseProducing()
+        elif reason in self._holds:
+            self._holds.discard(reason)
+            if not self._holds and not self._read_closed:
+                self.transport.resumeProducing()
+
+    # IPushProducer, called by our own transport
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.hold_reading("replies unwritten", True)
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self.transport.disconnecting:
+            # loseConnection() waits for a registered producer: let it close now.
+            self.transport.unregisterProducer()
+        else:
+            self.hold_reading("replies unwritten", False)
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
 
 
 class RequestFactory(EndpointFactory):
@@ -244,6 +295,8 @@ class RequestProtocol(EndpointProtocol):
                     slot[0] = None
                     reply.addCallback(self._fill, slot)
             self._flush()
+            if len(self._queue) > MAX_PENDING:
+                self.hold_reading("replies pending", True)
         if self.overloaded and replies:
             self.transport.loseConnection()
 
@@ -257,6 +310,8 @@ class RequestProtocol(EndpointProtocol):
             out.append(self._queue.popleft()[0])
         if out:
             write_now(self.transport, b"".join(out))
+            if len(self._queue) <= MAX_PENDING // 2:
+                self.hold_reading("replies pending", False)
         if self._read_closed and not self._queue:
             self.transport.loseConnection()
 
