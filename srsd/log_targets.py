@@ -73,6 +73,11 @@ class SyslogSender:
 
     def __init__(self, socket_path: str, facility: str) -> None:
         handler = logging.handlers.SysLogHandler(address=socket_path, facility=facility)
+        sock = getattr(handler, "socket", None)
+        if sock is None or sock.fileno() < 0:
+            # SysLogHandler would retry at every line and lose them all: refuse at start.
+            handler.close()
+            raise OSError(f"no syslog socket to connect to at {socket_path}")
         handler.append_nul = False
         handler.setFormatter(logging.Formatter("srsd[%(process)d]: %(message)s"))
         self.handler = handler

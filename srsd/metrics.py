@@ -4,9 +4,9 @@ The decision points count into this process's :data:`TALLY`: plain ``int`` and
 ``float`` increments on the reactor thread, ~0.1 µs each. prometheus-client's own
 metric objects take a lock per ``inc()``/``observe()`` (2.4-11 µs each on the
 project's 2-core machine, docs/operations.md "Metrics"), too much for a lookup that
-costs ~20 µs in all; so nothing here touches prometheus-client until a scrape, when
-:class:`TallyCollector` turns the counts (this process's, and the worker processes'
-reported ones: :mod:`srsd.metrics_workers`) into metric families.
+costs ~20 µs in all; so nothing here touches prometheus-client: at a scrape,
+:class:`srsd.metrics_http.TallyCollector` turns the counts (this process's, and the worker
+processes' reported ones: :mod:`srsd.metrics_workers`) into metric families.
 
 Labels are bounded: map and endpoint names, result keywords, reason names from fixed
 tables, and srsd's own signing domains (from the configuration). Nothing an SMTP
@@ -19,12 +19,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from time import perf_counter
 from typing import Any
-
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 
 __all__ = [
     "BUCKETS",
@@ -32,7 +29,6 @@ __all__ = [
     "EndpointStats",
     "Tally",
     "TALLY",
-    "TallyCollector",
     "endpoint_stats",
     "merge_snapshots",
     "as_snapshot",
@@ -271,74 +267,3 @@ def as_snapshot(merged: dict[str, Any]) -> dict[str, Any]:
             for name, e in merged["endpoints"].items()
         },
     }
-
-
-def _lookup_families(lookups: dict[tuple, int]) -> Iterator[CounterMetricFamily]:
-    total = CounterMetricFamily(
-        "srsd_lookups", "Lookups answered by the SRS maps (found, notfound, temp)", labels=("map", "result")
-    )
-    forward = CounterMetricFamily(
-        "srsd_forward_unchanged",
-        "Forward lookups answered not found (the sender left alone), by reason",
-        labels=("reason",),
-    )
-    reverse = CounterMetricFamily(
-        "srsd_reverse_unchanged",
-        "Reverse lookups of ordinary recipients answered not found (not_srs, other_domain)",
-        labels=("reason",),
-    )
-    refusals = CounterMetricFamily(
-        "srsd_srs_refusals", "SRS addresses at the SRS domain refused on reverse, by reason", labels=("reason",)
-    )
-    results: defaultdict[tuple[str, str], int] = defaultdict(int)
-    for (map_name, outcome), n in sorted(lookups.items()):
-        result = outcome if outcome in (FOUND_OUTCOME, TEMP_OUTCOME) else "notfound"
-        results[map_name, result] += n
-        if result != "notfound":
-            continue
-        if map_name == "forward":
-            forward.add_metric((outcome,), n)
-        elif outcome in REVERSE_ORDINARY:
-            reverse.add_metric((outcome,), n)
-        else:
-            refusals.add_metric((outcome,), n)
-    for labels, n in sorted(results.items()):
-        total.add_metric(labels, n)
-    yield from (total, forward, reverse, refusals)
-
-
-def families(merged: dict[str, Any]) -> Iterator[Any]:
-    """Prometheus metric families for merged counts (:func:`merge_snapshots`)."""
-    yield from _lookup_families(merged["lookups"])
-    for name, (help_text, labels) in COUNTERS.items():
-        family = CounterMetricFamily("srsd_" + name, help_text, labels=labels)
-        for key, n in sorted(merged["counters"].get(name, {}).items()):
-            family.add_metric(key, n)
-        yield family
-    durations = HistogramMetricFamily(
-        "srsd_request_duration_seconds",
-        "Time from a parsed request (a lookup, a policy request, a milter end-of-message) to its answer",
-        labels=("endpoint",),
-    )
-    for name, e in sorted(merged["endpoints"].items()):
-        buckets, acc = [], 0
-        for bound, n in zip((*BUCKETS, float("inf")), e["counts"], strict=True):
-            acc += n
-            buckets.append((_bound(bound), acc))
-        durations.add_metric((name,), buckets, e["sum"])
-    yield durations
-
-
-def _bound(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(bound)
-
-
-class TallyCollector(Collector):
-    """A prometheus-client collector over this process's :data:`TALLY` and *others*
-    (a callable returning further snapshots: the workers', :mod:`srsd.metrics_workers`)."""
-
-    def __init__(self, others: Callable[[], Iterable[dict[str, Any]]] = tuple) -> None:
-        self.others = others
-
-    def collect(self) -> Iterator[Any]:
-        yield from families(merge_snapshots([TALLY.snapshot(), *self.others()]))
