@@ -197,3 +197,25 @@ def test_worker_snapshots_add_up_and_never_go_back():
     successor.endpoints["tcp_forward"].since(time.perf_counter())
     counts.received(json.dumps({"pid": 102, "snapshot": successor.snapshot()}).encode())
     check(20, 3)
+
+
+def test_spf_aware_decisions_count_one_result_per_egress_ip():
+    from twisted.internet.defer import succeed
+
+    from srsd.spf import SPFResult
+    from srsd.spf_aware import SPFAwareForward
+
+    class Checker:
+        def check(self, ip, sender, helo, budget=None):
+            return succeed(SPFResult("pass" if sender.endswith("@ok.example") else "fail", "", "mailfrom", ttl=300))
+
+    aware = SPFAwareForward(Checker(), ["192.0.2.25", "192.0.2.26"])
+    maps = SRSMaps(rewriter(), aware)
+    kept = maps.lookup("forward", "alice@ok.example")
+    rewritten = maps.lookup("forward", "bob@bad.example")
+    assert kept.result.status == "notfound" and rewritten.result.status == "found"
+    got = samples()
+    assert got["srsd_spf_results_total", (("identity", "mailfrom"), ("result", "pass"), ("where", "aware"))] == 2
+    assert got["srsd_spf_results_total", (("identity", "mailfrom"), ("result", "fail"), ("where", "aware"))] == 2
+    assert got["srsd_forward_unchanged_total", (("reason", "spf_pass"),)] == 1
+    assert got["srsd_lookups_total", (("map", "forward"), ("result", "found"))] == 1
