@@ -9,9 +9,9 @@
   :class:`~logging.handlers.QueueListener`), so a stalled syslog daemon never stalls
   the reactor; past :data:`QUEUE_LINES` lines waiting, new ones are dropped and counted.
 
-:class:`LogOutput` is the one observer; :func:`setup_logging` installs it at start
-(stderr, before the configuration is read) and :func:`apply_log_settings` points it
-at the configured target.
+:class:`LogOutput` is the one observer (:data:`OUTPUT`); :func:`setup_logging` installs
+it at start (stderr, before the configuration is read), ``srsd serve`` points it at syslog
+when configured (:meth:`LogOutput.use_syslog`), and :func:`set_log_level` follows reloads.
 """
 
 from __future__ import annotations
