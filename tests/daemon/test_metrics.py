@@ -43,9 +43,9 @@ def serving_pids(daemon) -> set[str]:
     return set(re.findall(r"srsd\[(\d+)\] info: forward \S+ -> \S+: rewritten", daemon.log_text()))
 
 
-def drive_lookups(daemon, workers: int, counts: dict) -> list[str]:
+def drive_lookups(daemon, workers: int, counts: dict, between=lambda: None) -> list[str]:
     """Forward lookups over new connections (so SO_REUSEPORT spreads them) until every
-    process has answered some; the minted addresses."""
+    process has answered some; the minted addresses. *between* runs after each connection."""
     minted = []
     deadline = time.monotonic() + 30
     n = 0
@@ -60,6 +60,7 @@ def drive_lookups(daemon, workers: int, counts: dict) -> list[str]:
             counts["forward_found"] += 3
             counts["local_domain"] += 1
         n += 1
+        between()
     return minted
 
 
@@ -68,11 +69,12 @@ def test_metrics_count_what_was_sent(srsd_factory, dns_server, dkim_key, workers
     port = daemon.ports["metrics"]
     before = scrape(port)
     assert value(before, "srsd_lookups_total", map="forward", result="found") == 0
-    scraper = Scraper(port)
+    scraper = Scraper(port)  # scrapes concurrently with the requests in flight
     scraper.start()
+    between = Between(port)  # and between the steps of the traffic, for sure
     counts = dict.fromkeys(("forward_found", "local_domain"), 0)
     try:
-        minted = drive_lookups(daemon, workers, counts)
+        minted = drive_lookups(daemon, workers, counts, between)
         srs = SRS([daemon.secrets_path.read_text().strip()], SRS_DOMAIN)
         expired = srs.forward("old@orig.example", time.time() - 40 * 86400)
         forged = minted[0][:5] + next(c for c in "ABC" if c != minted[0][5].upper()) + minted[0][6:]
@@ -83,6 +85,7 @@ def test_metrics_count_what_was_sent(srsd_factory, dns_server, dkim_key, workers
                 assert rev.lookup("reverse", address)[0] == "notfound"
             rev.send(b"bogus request\n")
             assert rev.read()[0] == "notfound"
+        between()
         with daemon.socketmap() as sm:
             assert sm.lookup("forward", "carol@orig.example")[0] == "found"
             assert sm.lookup("reverse", minted[1])[0] == "found"
@@ -95,6 +98,7 @@ def test_metrics_count_what_was_sent(srsd_factory, dns_server, dkim_key, workers
                 assert recv_until(pol, b"\n\n").startswith(b"action=PREPEND Received-SPF: ")
             pol.sendall(policy_request(sender="", instance="null"))  # the HELO identity
             assert recv_until(pol, b"\n\n").startswith(b"action=PREPEND")
+        between()
         local, incoming = ("127.0.0.1", "bob@remote.example"), ("192.0.2.1", "bob@local.example")
         for i, (address, rcpt) in enumerate([local, incoming] * 2):
             sender = "alice@local.example" if address == "127.0.0.1" else "alice@orig.example"
@@ -105,6 +109,7 @@ def test_metrics_count_what_was_sent(srsd_factory, dns_server, dkim_key, workers
                 replies = milter_message(mil, session)
                 mil.sendall(w.QUIT)
             assert any(r[0] == "i" and r[-2] == "DKIM-Signature" for r in replies), replies
+            between()
     finally:
         scraper.stop()
 
@@ -143,9 +148,26 @@ def test_metrics_count_what_was_sent(srsd_factory, dns_server, dkim_key, workers
     # Nothing counted that was not sent.
     assert value(samples, "srsd_request_errors_total", endpoint="tcp_forward", kind="internal_error") == 0
     assert sum(v for (n, _), v in samples.items() if n == "srsd_lookups_total") == f + counts["local_domain"] + 15
-    assert scraper.scrapes >= 3 and not scraper.problems, (scraper.scrapes, scraper.problems[:5])
+    assert between.scrapes >= 40 + 2 + 4, between.scrapes  # lookups, reverse, policy, each milter message
+    assert not scraper.problems, scraper.problems[:5]
     if workers > 1:
         assert len(serving_pids(daemon)) == workers
+
+
+class Between:
+    """A scrape each time it is called, checking that no count went down meanwhile."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.last: dict = {}
+        self.scrapes = 0
+
+    def __call__(self) -> None:
+        samples = scrape(self.port)
+        self.scrapes += 1
+        went_down = {k: (v, samples.get(k, 0.0)) for k, v in self.last.items() if samples.get(k, 0.0) < v}
+        assert not went_down, went_down
+        self.last = {k: v for k, v in samples.items() if k[0].endswith(("_total", "_count", "_bucket"))}
 
 
 @pytest.fixture(params=[1, 2], ids=["1-process", "2-workers"])
