@@ -6,7 +6,9 @@
 Times, in µs per lookup over the same key mix as bench/lookups.py: the HMAC
 alone, SRS.forward/reverse, Rewriter.forward/reverse, Daemon.lookup and
 TcpTableProtocol.dataReceived over a StringTransport (one request a call, as
-in request/response traffic). The difference between the last line and the
+in request/response traffic); then the metrics and log instrumentation alone
+(srsd.lookup_outcomes, srsd.metrics: what each lookup pays for being counted),
+next to the cost of an empty call of the measuring loop. The difference between the last line and the
 server CPU per lookup that bench/lookups.py reports is the reactor and the
 kernel (epoll, recv, send, TCP over loopback).
 """
@@ -36,6 +38,32 @@ def per_call(fn, keys, n: int) -> float:
             fn(k)
         best = min(best, time.perf_counter() - t)
     return best / n * 1e6
+
+
+def instrumentation_rows(daemon, fkeys: list[str], rkeys: list[str]) -> list:
+    """What counting and logging add to each lookup, measured alone (none before srsd.metrics)."""
+    try:
+        from srsd.metrics import endpoint_stats
+    except ImportError:
+        return []
+    from time import perf_counter
+
+    outcomes = daemon.maps.outcomes
+    stats = endpoint_stats("bench")
+    answered = {
+        "forward": [(k, daemon.lookup("forward", k)) for k in fkeys],
+        "reverse": [(k, daemon.lookup("reverse", k)) for k in rkeys],
+    }
+    rows = [("(an empty call: the loop's own cost)", lambda item: None, answered["forward"])]
+    for map_name, items in answered.items():
+        rows.append((
+            f"instrumentation: outcome counted and logged ({map_name})",
+            lambda item, m=map_name: outcomes.record(m, item[0], item[1]),
+            items,
+        ))  # fmt: skip
+    rows.append(("instrumentation: request duration (2 clock reads, histogram)", lambda k: stats.since(perf_counter()),
+                 fkeys))  # fmt: skip
+    return rows
 
 
 def main() -> int:
@@ -99,6 +127,7 @@ def main() -> int:
 
         rows.append((f"TcpTableProtocol.dataReceived ({map_name})", received, requests))
 
+    rows += instrumentation_rows(daemon, fkeys, rkeys)
     label = f" (variant {args.variant})" if args.variant else ""
     print(f"µs per lookup, in-process{label}, Python {sys.version.split()[0]}")
     for name, fn, keys in rows:

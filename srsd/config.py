@@ -76,6 +76,7 @@ class ListenSettings:
     socketmap: str = "tcp:10003:interface=127.0.0.1"
     policy: str = ""  # Postfix policy delegation (check_policy_service), e.g. tcp:10004
     milter: str = ""  # DKIM/ARC milter (smtpd_milters), e.g. unix:/var/spool/postfix/srsd/milter.sock
+    metrics: str = ""  # Prometheus metrics over HTTP (GET /metrics), e.g. tcp:9129:interface=127.0.0.1
 
 
 @dataclass(frozen=True)
@@ -164,9 +165,18 @@ class LimitsSettings:
     idle_timeout: int = 1800  # seconds before an idle client is closed; 0 = never
 
 
+#: [log] facility names (syslog(3)); Python's SysLogHandler knows these
+LOG_FACILITIES = ("mail", "daemon", "user", *(f"local{n}" for n in range(8)))
+
+
 @dataclass(frozen=True)
 class LogSettings:
     level: str = "info"  # "debug" logs every lookup
+    target: str = "stderr"  # or "syslog" (the journal gets stderr under systemd)
+    syslog_socket: str = "/dev/log"  # with target = "syslog"
+    facility: str = "mail"  # with target = "syslog"
+    rate_limit: float = 20.0  # decision lines a second per kind (0 = no limit)
+    burst: int = 200  # lines a kind may write at once after a quiet spell
 
 
 @dataclass(frozen=True)
@@ -423,15 +433,31 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
         raise ConfigError("limits.max_connections: must be at least 1")
     if lim.idle_timeout < 0:
         raise ConfigError("limits.idle_timeout: must be >= 0 (0 = never)")
-    if cfg.log.level not in ("debug", "info", "warn", "error"):
-        raise ConfigError("log.level: must be debug, info, warn or error")
+    _validate_log(cfg)
     if cfg.daemon.group and not cfg.daemon.user:
         raise ConfigError("daemon.group: needs daemon.user")
-    if not any(dataclasses.astuple(cfg.listen)) and Needs.LISTEN in needs:
+    serving = [value for name, value in dataclasses.asdict(cfg.listen).items() if name != "metrics"]
+    if not any(serving) and Needs.LISTEN in needs:
         raise ConfigError("listen: every endpoint is disabled")
     return dataclasses.replace(
         cfg, secrets=secrets, local_domains=tuple(domains), dkim_keys=dkim_keys, warnings=tuple(warnings)
     )
+
+
+def _validate_log(cfg: Config) -> None:
+    lo = cfg.log
+    if lo.level not in ("debug", "info", "warn", "error"):
+        raise ConfigError("log.level: must be debug, info, warn or error")
+    if lo.target not in ("stderr", "syslog"):
+        raise ConfigError("log.target: must be 'stderr' or 'syslog'")
+    if not lo.syslog_socket.startswith("/"):
+        raise ConfigError("log.syslog_socket: must be the absolute path of a unix socket (/dev/log)")
+    if lo.facility not in LOG_FACILITIES:
+        raise ConfigError(f"log.facility: must be one of {', '.join(LOG_FACILITIES)}")
+    if not 0 <= lo.rate_limit <= 100000:
+        raise ConfigError("log.rate_limit: must be 0 (no limit) .. 100000 lines a second")
+    if not 1 <= lo.burst <= 1000000:
+        raise ConfigError("log.burst: must be 1..1000000")
 
 
 def _networks(values: tuple[str, ...], key: str) -> None:

@@ -17,7 +17,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from srsd import metrics
 from srsd.config import PolicySettings
+from srsd.log_limit import LimitedLog
 from srsd.spf import SPFResult
 from srsd.spf_policy import (
     DUNNO,
@@ -35,6 +37,7 @@ from srsd.spf_policy import (
 __all__ = ["PolicyService"]
 
 log = Logger(namespace="srsd.policy")
+limited = LimitedLog(log)
 
 
 @dataclass
@@ -88,8 +91,11 @@ class PolicyService:
         rules = self.rules
         request = parse_request(attrs)
         if isinstance(request, Verdict):
-            level = log.debug if request.reason.startswith("nothing to check") else log.info
-            level("policy: {reason}: DUNNO", reason=request.reason)
+            metrics.count_policy_action(request.action)
+            if request.reason.startswith("nothing to check"):
+                log.debug("policy: {reason}: DUNNO", reason=request.reason)
+            else:
+                limited.info("policy", "policy: {reason}: DUNNO", reason=request.reason)
             return defer.succeed(request.action)
         key = request.message_key
         known = self._messages.get(key) if key is not None else None
@@ -135,6 +141,7 @@ class PolicyService:
 
         def combine(results: list[Any]) -> Verdict:
             helo, mail_from, *listed = results
+            metrics.count_spf("policy", (helo, mail_from))
             passes = [dom for dom, r in zip(plan.whitelist_domains, listed, strict=True) if r.result == "pass"]
             passed = passes[0] if passes else ""
             return decide(request, rules, helo, mail_from, passed)
@@ -160,13 +167,16 @@ class PolicyService:
         return action
 
     def _log(self, request: PolicyRequest, verdict: Verdict) -> None:
+        metrics.count_policy_action(verdict.action)
         if verdict.action == DUNNO and verdict.result == "skipped":
             log.debug(
                 "policy {instance}: {ip}: {reason}", instance=request.instance, ip=request.ip, reason=verdict.reason
             )
             return
-        log.info(
-            "policy {instance}: client={ip} helo={helo!r} from=<{sender}>: {reason} -> {action}",
+        limited.info(
+            "policy",
+            "{qid}: policy {instance}: client={ip} helo={helo!r} from=<{sender}>: {reason} -> {action}",
+            qid=request.queue_id or "NOQUEUE",
             instance=request.instance or "-",
             ip=request.ip,
             helo=request.helo,

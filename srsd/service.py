@@ -13,25 +13,17 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, endpoints
-from twisted.logger import (
-    FilteringLogObserver,
-    ILogObserver,
-    Logger,
-    LogLevel,
-    LogLevelFilterPredicate,
-    formatEvent,
-    globalLogBeginner,
-)
-from zope.interface import provider
+from twisted.logger import Logger
 
 from srsd.config import Config, ConfigError, Needs, default_config, load_config
 from srsd.dns import Resolver
+from srsd.log_limit import LIMITER
+from srsd.log_targets import OUTPUT, set_log_level, setup_logging
 from srsd.mailauth.handler import GRACE, AuthSettings, MailAuth, auth_settings
 from srsd.policy_service import PolicyService
 from srsd.protocols.base import EndpointFactory
@@ -59,44 +51,6 @@ __all__ = [
 ]
 
 log = Logger(namespace="srsd")
-
-_LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error}
-_level_filter = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-
-
-def setup_logging(stream: Any = None) -> None:
-    """Log lines an admin can read, on stderr: ``TIME srsd[PID] LEVEL: text``.
-
-    Under systemd (``$JOURNAL_STREAM`` set) the time is left to the journal.
-    """
-    stream = stream or sys.stderr
-    journald = bool(os.environ.get("JOURNAL_STREAM"))
-
-    @provider(ILogObserver)
-    def observer(event: dict) -> None:
-        text = formatEvent(event)
-        if event.get("log_failure") is not None:
-            text += "\n" + event["log_failure"].getTraceback()
-        level = event.get("log_level", LogLevel.info).name
-        prefix = f"srsd[{os.getpid()}] {level}: "
-        if not journald:
-            from time import gmtime, strftime
-
-            prefix = strftime("%Y-%m-%dT%H:%M:%SZ ", gmtime(event.get("log_time", 0))) + prefix
-        stream.write(prefix + text.replace("\n", "\n    ") + "\n")
-        stream.flush()
-
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [_level_filter])], redirectStandardIO=False)
-
-
-def set_log_level(name: str) -> None:
-    level = _LEVELS[name]
-    _level_filter.setLogLevelForNamespace("", level)
-    # Twisted's own per-port and per-factory chatter only when debugging.
-    quiet = LogLevel.warn if name == "info" else level
-    for namespace in ("twisted", "log_legacy"):
-        _level_filter.setLogLevelForNamespace(namespace, quiet)
-
 
 def load(path: str | None, needs: Needs = Needs.EVERYTHING) -> Config:
     """The config at *path*, or the embedded default when *path* is None; *needs*:
@@ -191,11 +145,14 @@ class Daemon:
         self.policy: PolicyService | None = None
         self.mailauth: MailAuth | None = None
         self._reload_lock = defer.DeferredLock()
+        #: further metrics snapshots for /metrics (the workers', set by serve)
+        self.metric_sources: Callable[[], list[dict[str, Any]]] = list
         self._apply(config, rewriter_from_config(config), _auth(config))
 
     def _apply(self, config: Config, rewriter: Rewriter, auth: AuthSettings | None = None) -> None:
         self.config = config
         set_log_level(config.log.level)
+        LIMITER.configure(config.log.rate_limit, config.log.burst)
         spf_aware = None
         if config.spf.aware:
             spf_aware = SPFAwareForward(
@@ -284,7 +241,20 @@ class Daemon:
             d.addCallback(self._listening, spec.name, description)
             d.addErrback(self._listen_failed, spec.name, description)
             results.append(d)
+        if inherited is None and self.config.listen.metrics:  # the parent alone serves /metrics
+            results.append(self._listen_metrics(reactor, self.config.listen.metrics))
         return defer.gatherResults(results, consumeErrors=True).addErrback(lambda f: f.value.subFailure)
+
+    def _listen_metrics(self, reactor: Any, description: str) -> defer.Deferred:
+        from srsd.metrics_http import metrics_registry, metrics_site
+
+        site = metrics_site(metrics_registry(lambda: self.metric_sources()))
+        try:
+            d = endpoints.serverFromString(reactor, description).listen(site)
+        except Exception as exc:  # bad endpoint syntax
+            d = defer.fail(exc)
+        d.addCallback(self._listening, "metrics", description)
+        return d.addErrback(self._listen_failed, "metrics", description)
 
     def _listening(self, port: Any, name: str, description: str) -> Any:
         self.ports[name] = port
@@ -338,6 +308,10 @@ class Daemon:
         config, rewriter, auth = loaded
         if config.listen != self.config.listen or config.limits != self.config.limits:
             log.warn("reload: [listen] and [limits] changes take effect on restart only")
+        old_log, new_log = self.config.log, config.log
+        if (old_log.target, old_log.syslog_socket, old_log.facility) != (new_log.target, new_log.syslog_socket,
+                                                                         new_log.facility):  # fmt: skip
+            log.warn("reload: log.target, log.syslog_socket and log.facility changes take effect on restart only")
         threads_changed = self.checker is not None and config.spf.threads != self.config.spf.threads
         if self.resolver is not None and (config.dns != self.config.dns or threads_changed):
             log.warn("reload: [dns] and spf.threads changes take effect on restart only")
@@ -458,7 +432,10 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
         invalid or an endpoint cannot be bound (the log line names it).
     """
     from twisted.internet import reactor
+    from twisted.internet.task import LoopingCall
 
+    from srsd import log_limit
+    from srsd.metrics_workers import Reporter, WorkerCounts
     from srsd.privileges import target_account
     from srsd.workers import WorkerPool, parse_inherit, watch_parent
 
@@ -469,6 +446,15 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
     except ConfigError as exc:
         log.critical("configuration error: {error}", error=exc)
         return 1
+    if config.log.target == "syslog":
+        try:
+            OUTPUT.use_syslog(config.log.syslog_socket, config.log.facility)
+        except OSError as exc:
+            log.critical("log.syslog_socket: cannot send to {path}: {error}", path=config.log.syslog_socket, error=exc)
+            return 1
+        import atexit
+
+        atexit.register(OUTPUT.close)  # what is still queued goes out
     if workers < 1:
         log.critical("--workers: must be at least 1")
         return 1
@@ -489,13 +475,26 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
     daemon = Daemon(config, config_path)
     status = {"code": 0}
     pool: list[WorkerPool] = []
+    inherited = parse_inherit(inherit) if inherit else None
+    report = inherited.pop("report", None) if inherited else None
+    worker_counts = WorkerCounts() if inherit is None and workers > 1 else None
+    if worker_counts is not None:
+        daemon.metric_sources = worker_counts.snapshots
+    LoopingCall(log_limit.tick).start(1.0, now=False)
 
     def started(ports: Any) -> None:
         if inherit is not None:
             watch_parent(reactor)
-        elif workers > 1:  # started while still root: each worker switches on its own, as below
+            if report is not None:
+                Reporter(report[1]).start(reactor)
+        elif worker_counts is not None:  # started while still root: each worker switches on its own, as below
             argv = ["-c", config_path] if config_path else []
-            pool.append(WorkerPool(reactor, workers, argv, daemon.ports, frozenset(daemon.reuseport)))
+            shared = {name: port for name, port in daemon.ports.items() if name != "metrics"}
+            worker_counts.start(reactor)
+            pool.append(
+                WorkerPool(reactor, workers, argv, shared, frozenset(daemon.reuseport),
+                           report_fd=worker_counts.child_fd, on_ended=worker_counts.retire)
+            )  # fmt: skip
             pool[0].start()
         if account is not None and not _switch_user(account, config_path, daemon.ports):
             status["code"] = 1
@@ -530,7 +529,7 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
     # SO_REUSEPORT sockets must all belong to one uid, and a worker restarted after the
     # switch binds as the new user: with a switch, workers inherit the sockets instead.
     reuseport = workers > 1 and account is None
-    d = daemon.listen(reactor, parse_inherit(inherit) if inherit else None, reuseport=reuseport)
+    d = daemon.listen(reactor, inherited, reuseport=reuseport)
     d.addCallbacks(started, failed)
     reactor.run()
     return status["code"]

@@ -90,6 +90,7 @@ class PolicyRequest:
     client_name: str = ""  # Postfix's forward-confirmed client hostname, or "unknown"
     sasl_username: str = ""
     recipient: str = ""
+    queue_id: str = ""  # Postfix sends it once the queue file exists (not for a message's first RCPT)
 
     @property
     def sender_domain(self) -> str:
@@ -155,6 +156,7 @@ def parse_request(attrs: dict[str, str]) -> PolicyRequest | Verdict:
         client_name=attrs.get("client_name", ""),
         sasl_username=attrs.get("sasl_username", ""),
         recipient=attrs.get("recipient", ""),
+        queue_id=attrs.get("queue_id", ""),
     )
 
 

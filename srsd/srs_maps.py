@@ -5,24 +5,23 @@
   keep the sender after all (not found);
 * ``reverse`` (``recipient_canonical_maps``): the Rewriter's decision.
 
-Each decision an admin asks about is logged here too: SPF-aware keeps and rewrites,
-refused SRS addresses at our domain (forged, stale, mangled); every lookup at
-``log.level = "debug"``. One :class:`SRSMaps` per configuration: a reload builds a
-new one. The wire adapters reach it through :meth:`srsd.service.Daemon.lookup`.
+Every answer is counted and, when an admin would ask about it (a rewrite, a reversal,
+an SPF-aware keep, a refused SRS address), logged by :mod:`srsd.lookup_outcomes`. One
+:class:`SRSMaps` per configuration: a reload builds a new one. The wire adapters reach
+it through :meth:`srsd.service.Daemon.lookup`.
 """
 
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
-from srsd.rewrite import FOUND, NOTFOUND, REVERSE_NOT_OURS, Answer, Rewriter
+from srsd import metrics
+from srsd.lookup_outcomes import SPF_KEPT, LookupOutcomes
+from srsd.rewrite import FOUND, NOTFOUND, Answer, Rewriter
 from srsd.spf import SPFResult
 from srsd.spf_aware import SPFAwareForward
 
 __all__ = ["SRSMaps", "MAPS"]
-
-log = Logger(namespace="srsd")
 
 #: the map names the lookup endpoints serve
 MAPS = ("forward", "reverse")
@@ -40,6 +39,7 @@ class SRSMaps:
         self.rewriter = rewriter
         self.spf_aware = spf_aware
         self.debug = debug
+        self.outcomes = LookupOutcomes(debug=debug)
 
     def lookup(self, map_name: str, key: str) -> Answer | defer.Deferred:
         """Answer one lookup of map ``forward`` or ``reverse``: an Answer, or (SPF-aware
@@ -50,13 +50,7 @@ class SRSMaps:
                 return self._spf_aware(key, answer)
         else:
             answer = self.rewriter.reverse(key)
-        if self.debug:
-            log.debug("{map} {key!r}: {status} {text}", map=map_name, key=key, status=answer.status, text=answer.text)
-        elif answer.status == NOTFOUND and map_name == "reverse" and answer.text not in REVERSE_NOT_OURS:
-            # An SRS address at our domain that does not verify: forged, stale or
-            # mangled. Worth an admin's eye; it is answered not-found.
-            log.info("reverse {key!r} refused: {reason}", key=key, reason=answer.text)
-        return answer
+        return self.outcomes.record(map_name, key, answer)
 
     def _spf_aware(self, sender: str, rewritten: Answer) -> Answer | defer.Deferred:
         aware = self.spf_aware
@@ -67,10 +61,5 @@ class SRSMaps:
 
     def _spf_decided(self, results: list[SPFResult], sender: str, rewritten: Answer) -> Answer:
         keep, summary = self.spf_aware.keep_sender(results)
-        if keep:
-            log.info(
-                "forward {sender}: kept, its SPF authorizes our egress ({summary})", sender=sender, summary=summary
-            )
-            return Answer(NOTFOUND, "SPF of the sender authorizes our egress IPs")
-        log.info("forward {sender} -> {srs}: rewritten ({summary})", sender=sender, srs=rewritten.text, summary=summary)
-        return rewritten
+        metrics.count_spf("aware", results)
+        return self.outcomes.record("forward", sender, Answer(NOTFOUND, SPF_KEPT) if keep else rewritten, summary)

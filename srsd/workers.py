@@ -15,6 +15,7 @@ import signal
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import endpoints, protocol, tcp, unix
@@ -135,12 +136,24 @@ class WorkerPool:
     :param ports: {endpoint name: listening port object} from the parent.
     :param reuseport: endpoint names the workers bind themselves (SO_REUSEPORT);
         the others are inherited as file descriptors.
+    :param report_fd: a descriptor each worker inherits to report its metrics on
+        (``report=fd:N``, :mod:`srsd.metrics_workers`).
+    :param on_ended: called with the pid of each worker that ended.
     """
 
     def __init__(
-        self, reactor: Any, count: int, argv: list[str], ports: dict[str, Any], reuseport: frozenset[str] = frozenset()
+        self,
+        reactor: Any,
+        count: int,
+        argv: list[str],
+        ports: dict[str, Any],
+        reuseport: frozenset[str] = frozenset(),
+        report_fd: int | None = None,
+        on_ended: Callable[[int], None] | None = None,
     ) -> None:
         self.reactor = reactor
+        self.report_fd = report_fd
+        self.on_ended = on_ended
         self.count = count
         self.argv = argv
         self.fds = {name: port.fileno() for name, port in ports.items() if name not in reuseport}
@@ -157,10 +170,13 @@ class WorkerPool:
         inherit = ",".join(
             [f"{name}=fd:{fd}" for name, fd in self.fds.items()]
             + [f"{name}=port:{port}" for name, port in self.tcp_ports.items()]
+            + ([f"report=fd:{self.report_fd}"] if self.report_fd is not None else [])
         )
         args = [sys.executable, "-m", "srsd", "serve", *self.argv, "--inherit", inherit]
         child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2}
         child_fds.update({fd: fd for fd in self.fds.values()})
+        if self.report_fd is not None:
+            child_fds[self.report_fd] = self.report_fd
         # A SIGHUP relayed while the worker is still starting up would kill it (the default
         # action): it starts with SIGHUP blocked and unblocks it once its handler is set (serve).
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
@@ -173,7 +189,9 @@ class WorkerPool:
         log.info("worker {index} started (pid {pid})", index=index, pid=self.processes[index].pid)
 
     def ended(self, index: int, reason: Any) -> None:
-        self.processes.pop(index, None)
+        process = self.processes.pop(index, None)
+        if process is not None and self.on_ended is not None:
+            self.on_ended(process.pid)
         if self.stopping:
             return
         log.error("worker {index} ended ({reason}); restarting it in 1 s", index=index, reason=reason.getErrorMessage())

@@ -42,9 +42,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from srsd import metrics
 from srsd.config import Config
 from srsd.dns import Resolver
 from srsd.domains import DomainSet, Networks
+from srsd.log_limit import LimitedLog
 from srsd.mailauth import dkimpy_setup
 from srsd.mailauth.author import author_domain
 from srsd.mailauth.key_lookup import txt_lookup
@@ -69,6 +71,7 @@ from srsd.workpool import BoundedPool, PoolOverloaded
 __all__ = ["LOCAL", "FORWARDED", "OTHER", "AuthSettings", "auth_settings", "classify", "MailAuth"]
 
 log = Logger(namespace="srsd.mailauth")
+limited = LimitedLog(log)
 
 LOCAL = "local"
 FORWARDED = "forwarded"
@@ -296,6 +299,7 @@ class MailAuth:
         try:
             kind, why = classify(envelope, settings)
             if kind == OTHER:
+                metrics.count_message(kind, "left_alone")
                 log.debug("{qid}: left alone: {why}", qid=envelope.queue_id or "-", why=why)
                 return defer.succeed([])
             forged = forged_results(message.headers, settings.authserv_id)
@@ -306,12 +310,15 @@ class MailAuth:
             else:
                 d = self._forwarded(settings, table, envelope, kept, message.body, deadline)
         except Exception:
-            return defer.succeed(self._error(settings, envelope, Failure(), started))
+            return defer.succeed(self._error(settings, envelope, Failure(), started, "unclassified"))
 
         def done(result: tuple[list[HeaderField], str]) -> list[Action]:
             added, summary = result
             inserts: list[Action] = [InsertHeader(0, name, value) for name, value in reversed(added)]
-            log.info(
+            metrics.count_message(kind, "handled")
+            metrics.count_signatures(added)
+            limited.info(
+                "milter",
                 "{qid}: {kind} ({why}): {summary}{deleted} in {ms:.1f} ms",
                 qid=envelope.queue_id or "-",
                 kind=kind,
@@ -323,7 +330,7 @@ class MailAuth:
             return deletes + inserts
 
         d.addCallback(done)
-        d.addErrback(lambda failure: self._error(settings, envelope, failure, started))
+        d.addErrback(lambda failure: self._error(settings, envelope, failure, started, kind))
         return d
 
     def _local(
@@ -359,6 +366,10 @@ class MailAuth:
         def verified_cb(results: list[Any]) -> Any:
             spf_result, checked = results
             arc = checked.arc
+            metrics.count_spf("milter", (spf_result,))
+            metrics.count_dkim(checked.signatures)
+            if arc is not None:
+                metrics.count_arc("temperror" if arc.temporary else arc.cv)
             seal_now = seal
             if arc is not None and arc.temporary:
                 if settings.on_error == "tempfail":
@@ -392,20 +403,23 @@ class MailAuth:
 
         return both.addCallback(verified_cb)
 
-    def _error(self, settings: AuthSettings, envelope: Envelope, failure: Any, started: float) -> Any:
+    def _error(self, settings: AuthSettings, envelope: Envelope, failure: Any, started: float, kind: str) -> Any:
         if failure.check(defer.CancelledError):
             return failure  # the caller cancelled (the MTA went away, or its own timeout): its business
         if failure.check(_ARCUnverifiable):
-            log.warn("{qid}: deferred: cannot validate its ARC chain now ({why})", qid=envelope.queue_id or "-",
-                     why=failure.getErrorMessage())  # fmt: skip
+            metrics.count_message(kind, "deferred")
+            limited.warn("milter_deferred", "{qid}: deferred: cannot validate its ARC chain now ({why})",
+                         qid=envelope.queue_id or "-", why=failure.getErrorMessage())  # fmt: skip
             return [TempFail("temporary DNS failure validating the ARC chain, try again later", enhanced="4.4.3")]
         if failure.check(PoolOverloaded):
-            log.warn("{qid}: mail authentication overloaded ({why})", qid=envelope.queue_id or "-",
-                     why=failure.getErrorMessage())  # fmt: skip
+            limited.warn("milter_error", "{qid}: mail authentication overloaded ({why})", qid=envelope.queue_id or "-",
+                         why=failure.getErrorMessage())  # fmt: skip
         elif failure.check(defer.TimeoutError):
-            log.warn("{qid}: mail authentication {why}", qid=envelope.queue_id or "-", why=failure.getErrorMessage())
+            limited.warn("milter_error", "{qid}: mail authentication {why}", qid=envelope.queue_id or "-",
+                         why=failure.getErrorMessage())  # fmt: skip
         else:
             log.failure("{qid}: mail authentication failed", failure, qid=envelope.queue_id or "-")
+        metrics.count_message(kind, "failed_" + settings.on_error)
         if settings.on_error == "tempfail":
             return [TempFail("temporary failure in DKIM/ARC processing, try again later")]
         return []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from twisted.internet import protocol
@@ -28,6 +29,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from srsd.log_limit import LimitedLog
+from srsd.metrics import endpoint_stats
 from srsd.rewrite import TEMP, Answer
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
 Lookup = Callable[[str, str], "Answer | Deferred[Answer]"]
 
 log = Logger(namespace="srsd.protocol")
+limited = LimitedLog(log)  # a connection flood must not flood the log too
 
 #: replies a connection may have waiting behind a slow one before srsd stops reading
 #: its requests (Postfix sends one request and waits for its answer)
@@ -122,6 +126,7 @@ class EndpointFactory(protocol.Factory):
 
     def __init__(self, name: str, *, max_connections: int = 1000, idle_timeout: float = 1800) -> None:
         self.name = name
+        self.stats = endpoint_stats(name)  # request durations and errors (srsd.metrics)
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.connections: set[EndpointProtocol] = set()
@@ -172,7 +177,9 @@ class EndpointProtocol(protocol.Protocol):
         factory = self.factory
         if len(factory.connections) >= factory.max_connections:
             self.overloaded = True
-            log.warn(
+            factory.stats.error("overload")
+            limited.warn(
+                "overload",
                 "{endpoint}: {n} clients connected (limits.max_connections); answering TEMP and closing a new one",
                 endpoint=factory.name,
                 n=len(factory.connections),
@@ -267,18 +274,23 @@ class RequestProtocol(EndpointProtocol):
     def answer(self, decide: Callable[..., Any], args: tuple, encode: Callable[[Any], bytes]) -> bytes | Deferred:
         """``encode(decide(*args))``, now or when its Deferred fires; never raises:
         a decision that raises or fails is logged and answered with
-        :meth:`temporary_failure`."""
+        :meth:`temporary_failure`. Its duration and failures are counted (srsd.metrics)."""
+        started = perf_counter()
         try:
             result = decide(*args)
         except Exception:
+            self.factory.stats.error("internal_error")
             log.failure("{endpoint}: {what} failed", endpoint=self.factory.name, what=self.describe(args))
             return self.temporary_failure()
         # type() first: isinstance(x, Deferred) is slow (Deferred's metaclass is ABCMeta).
         if type(result) is Deferred or isinstance(result, Deferred):
-            return result.addCallbacks(encode, self._failed, errbackArgs=(args,))
+            result.addCallbacks(encode, self._failed, errbackArgs=(args,))
+            return result.addCallback(self.factory.stats.since_later, started)
+        self.factory.stats.since(started)
         return encode(result)
 
     def _failed(self, failure: Any, args: tuple) -> bytes:
+        self.factory.stats.error("internal_error")
         log.failure("{endpoint}: {what} failed", failure, endpoint=self.factory.name, what=self.describe(args))
         return self.temporary_failure()
 

@@ -36,6 +36,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.logger import Logger
 
+from srsd.log_limit import LimitedLog
 from srsd.mailauth.message import DeleteHeader, Envelope, InsertHeader, Message, Reject, TempFail
 from srsd.protocols import milter_codec as mc
 from srsd.protocols.base import EndpointFactory, EndpointProtocol
@@ -43,6 +44,7 @@ from srsd.protocols.base import EndpointFactory, EndpointProtocol
 __all__ = ["MilterFactory", "MilterProtocol", "DEFAULT_MACROS"]
 
 log = Logger(namespace="srsd.milter")
+limited = LimitedLog(log)
 
 #: Macros srsd asks for in its OPTNEG reply, per stage. Postfix then sends these
 #: instead of its milter_*_macros lists (for this milter only).
@@ -174,6 +176,7 @@ class MilterProtocol(EndpointProtocol):
             self._protocol_error(exc, replies)
             return
         except Exception:  # a bug here must not pass the message on unhandled
+            self.factory.stats.error("internal_error")
             log.failure("{endpoint}: internal error; answering TEMPFAIL and closing", endpoint=self.factory.name)
             self._abandon(replies)
             return
@@ -184,7 +187,9 @@ class MilterProtocol(EndpointProtocol):
             self.transport.loseConnection()
 
     def _protocol_error(self, exc: mc.MilterProtocolError, replies: list[bytes]) -> None:
-        log.warn(
+        self.factory.stats.protocol_error(type(exc).__name__)
+        limited.warn(
+            "milter_protocol",
             "{endpoint}: milter protocol error ({kind}: {error}); answering TEMPFAIL and closing",
             endpoint=self.factory.name,
             kind=type(exc).__name__,
@@ -351,7 +356,9 @@ class MilterProtocol(EndpointProtocol):
         self._add_body(eom.data)
         queue_id = self._queue_id()
         factory = self.factory
+        started = time.perf_counter()
         if self._oversize:
+            factory.stats.error("too_large")
             log.warn(
                 "{endpoint}: message {queue_id} is larger than max_message_bytes ({limit}): "
                 "not handled, answering {action}",
@@ -369,15 +376,18 @@ class MilterProtocol(EndpointProtocol):
         try:
             result = factory.handler.end_of_message(envelope, message)
         except Exception:
+            factory.stats.error("internal_error")
             log.failure("{endpoint}: handler failed on message {queue_id}", endpoint=factory.name, queue_id=queue_id)
             return self._error_reply()
         if not isinstance(result, Deferred):
+            factory.stats.since(started)
             return self._encode_actions(result, queue_id)
         if factory.timeout > 0:
             result.addTimeout(factory.timeout, factory.reactor)
         result.addCallbacks(
             self._encode_actions, self._failed, callbackArgs=(queue_id,), errbackArgs=(serial, queue_id)
         )
+        result.addCallback(factory.stats.since_later, started)
         # A Deferred that has already fired answers now, in this read's one write
         # and after the replies before it; otherwise the answer is written later.
         now: list[bytes] = []
@@ -402,6 +412,7 @@ class MilterProtocol(EndpointProtocol):
         if failure.check(CancelledError) and (serial != self._serial or self._closed):
             return b""  # we cancelled it: the connection went away
         if failure.check(TimeoutError):
+            factory.stats.error("timeout")
             log.error(
                 "{endpoint}: handler took longer than {timeout} s on message {queue_id}; answering {action}",
                 endpoint=factory.name,
@@ -410,6 +421,7 @@ class MilterProtocol(EndpointProtocol):
                 action=factory.on_error,
             )
         else:
+            factory.stats.error("internal_error")
             log.failure(
                 "{endpoint}: handler failed on message {queue_id}", failure, endpoint=factory.name, queue_id=queue_id
             )

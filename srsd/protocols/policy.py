@@ -20,11 +20,13 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from srsd.log_limit import LimitedLog
 from srsd.protocols.base import LineBuffer, RequestFactory, RequestProtocol
 
 __all__ = ["PolicyProtocol", "PolicyFactory", "encode_action"]
 
 log = Logger(namespace="srsd.protocol")
+limited = LimitedLog(log)
 
 
 def encode_action(action: str) -> bytes:
@@ -97,7 +99,9 @@ class PolicyProtocol(RequestProtocol):
 
     def malformed(self, reason: str, attrs: dict[str, str]) -> bytes:
         action = self.factory.service.error_action()
-        log.warn(
+        self.factory.stats.protocol_error("malformed")
+        limited.warn(
+            "policy_malformed",
             "{endpoint}: malformed policy request from {peer} ({reason}; instance={instance!r}): {action}",
             endpoint=self.factory.name,
             peer=self._peer(),

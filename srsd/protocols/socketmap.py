@@ -39,6 +39,7 @@ class SocketmapProtocol(LookupProtocol):
             requests = self._decoder.feed(data)
         except NetstringError as exc:
             # Not a netstring stream: answer PERM and close; resynchronising is guesswork.
+            self.factory.stats.protocol_error("framing")
             replies = [self.request(r) for r in exc.decoded]
             replies.append(netstring(b"PERM " + str(exc).encode()))
             self.send(replies)
@@ -51,10 +52,12 @@ class SocketmapProtocol(LookupProtocol):
         """Answer one request payload ``NAME SPACE KEY``."""
         if payload is TOO_LONG:
             # No address of ours is this long: NOTFOUND (PERM would defer the mail).
+            self.factory.stats.protocol_error("too_long")
             return self.encode(Answer(NOTFOUND, "request too long"))
         name, _, key = payload.partition(b" ")
         map_name = name.decode("ascii", "replace")
         if map_name not in MAPS:
+            self.factory.stats.protocol_error("unknown_map")
             return netstring(b"PERM unknown map name; this server has: " + " ".join(MAPS).encode())
         return self.run_lookup(map_name, key.decode("utf-8", "surrogateescape"))
 

@@ -69,6 +69,7 @@ class TcpTableProtocol(LookupProtocol):
         lines, overflow = self._lines.feed(data, limit + 1)
         replies = [self.request(line) for line in lines]
         if overflow:
+            self.factory.stats.protocol_error("too_long")
             replies.append(self.encode(Answer(NOTFOUND, f"request longer than {limit} bytes")))
         if replies:
             self.send(replies)
@@ -78,12 +79,15 @@ class TcpTableProtocol(LookupProtocol):
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > self.factory.max_request_bytes:
+            self.factory.stats.protocol_error("too_long")
             return self.encode(Answer(NOTFOUND, f"request longer than {self.factory.max_request_bytes} bytes"))
         if not line.startswith(b"get "):
+            self.factory.stats.protocol_error("unsupported_request")
             return self.encode(Answer(NOTFOUND, "unsupported request: only 'get KEY' is served"))
         try:
             key = unquote(line[4:]).decode("utf-8", "surrogateescape")
         except ValueError:
+            self.factory.stats.protocol_error("bad_escape")
             return self.encode(Answer(NOTFOUND, "malformed %XX encoding in key"))
         return self.run_lookup(self.factory.map_name, key)
 

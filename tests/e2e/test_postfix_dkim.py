@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives import serialization
 from srsd.protocols.milter_codec import MAX_HEADER_PACKET, MAX_PACKET
 from tests import maildkim
 from tests.dnsserver import zone_records
+from tests.metrics_scrape import scrape, value
 from tests.protocols import milter_wire as w
 from tests.srsd_daemon import SrsdDaemon, free_port, run_cli, srs0_pattern, tcp_endpoint
 
@@ -225,7 +226,7 @@ def stack(tmp_path_factory, sink, keys, dns_server_session):
         "srsd-dkim",
         endpoints=(),
         listen={name: tcp_endpoint(port) for name, port in ports.items()}
-        | {"milter": f"unix:{socket_dir / 'milter.sock'}:mode=660"},
+        | {"milter": f"unix:{socket_dir / 'milter.sock'}:mode=660", "metrics": tcp_endpoint(free_port())},
         sections=srsd_sections(dns_server.address, keys.fwd_key_file),
     )
     srsd.prepare()
@@ -460,6 +461,42 @@ def test_forwarded_message_keeps_its_signature_and_gets_ours_and_an_arc_set(stac
     logged = [line for line in stack.srsd.log_text().splitlines() if f" {queue_id}: " in line]
     assert len(logged) == 1 and "forwarded (recipient fwd-user@fwd.example)" in logged[0], logged
     assert "spf=pass dkim=pass arc=none; sealed i=1; signed d=fwd.example" in logged[0], logged
+
+
+def test_metrics_and_decision_lines_follow_postfix_traffic(stack, keys):
+    """Through Postfix: every message the milter handled is counted once, with its two
+    signatures; every lookup Postfix made is answered, counted and timed; the sender's
+    rewrite is logged once, however many messages it sends."""
+    port = stack.srsd.ports["metrics"]
+    before = scrape(port)
+    sent = []
+    for _ in range(3):
+        marker = new_marker()
+        sent.append((send(stack, orig_signed(compose(marker), keys)), marker))
+    received = [delivered(stack, marker) for _, marker in sent]
+    after = scrape(port)
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("srsd_messages_total", **{"class": "forwarded", "outcome": "handled"}) == 3
+    assert delta("srsd_request_duration_seconds_count", endpoint="milter") == 3
+    assert delta("srsd_signatures_total", type="dkim", domain=SRS_DOMAIN, algorithm="rsa-sha256") == 3
+    assert delta("srsd_signatures_total", type="arc", domain=SRS_DOMAIN, algorithm="rsa-sha256") == 3
+    assert delta("srsd_dkim_results_total", result="pass") == 3
+    assert delta("srsd_arc_results_total", result="none") == 3
+    assert delta("srsd_spf_results_total", where="milter", identity="mailfrom", result="pass") == 3
+    # cleanup asks the forward map for the sender, then again for its result
+    found = delta("srsd_lookups_total", map="forward", result="found")
+    assert found >= 3 and delta("srsd_forward_unchanged_total", reason="already_rewritten") >= 3
+    forward = sum(delta("srsd_lookups_total", map="forward", result=r) for r in ("found", "notfound", "temp"))
+    assert delta("srsd_request_duration_seconds_count", endpoint="tcp_forward") == forward
+    assert delta("srsd_request_errors_total", endpoint="milter", kind="internal_error") == 0
+
+    log = stack.srsd.log_text()
+    for queue_id, _ in sent:
+        assert f" {queue_id}: forwarded (recipient {FORWARDING_ALIAS})" in log, queue_id  # Postfix's queue id
+    assert log.count(f"forward {SENDER} -> {received[0].mail_from}: rewritten") == 1, "once per sender and day"
 
 
 # -- 2. Authentication-Results of incoming mail -----------------------------------------------

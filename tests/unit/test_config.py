@@ -64,6 +64,27 @@ def test_unknown_section(secrets):
 def test_every_endpoint_disabled(secrets):
     with pytest.raises(ConfigError, match="^listen:"):
         parse_config({**cfg(secrets), "listen": {"tcp_forward": "", "tcp_reverse": "", "socketmap": ""}})
+    with pytest.raises(ConfigError, match="^listen:"):  # metrics of nothing
+        off = {"tcp_forward": "", "tcp_reverse": "", "socketmap": "", "metrics": "tcp:9129"}
+        parse_config({**cfg(secrets), "listen": off})
+
+
+@pytest.mark.parametrize(
+    ("log", "key"),
+    [
+        ({"level": "verbose"}, "log.level"),
+        ({"target": "file"}, "log.target"),
+        ({"syslog_socket": "dev/log"}, "log.syslog_socket"),
+        ({"facility": "kern"}, "log.facility"),
+        ({"rate_limit": -1}, "log.rate_limit"),
+        ({"rate_limit": "fast"}, "log.rate_limit"),
+        ({"burst": 0}, "log.burst"),
+    ],
+)
+def test_log_errors_name_the_key(secrets, log, key):
+    with pytest.raises(ConfigError) as info:
+        parse_config({**cfg(secrets), "log": log})
+    assert str(info.value).startswith(key + ":")
 
 
 def test_secrets_read_like_postsrsd(tmp_path):
