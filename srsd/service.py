@@ -30,6 +30,7 @@ from twisted.logger import (
 )
 from zope.interface import provider
 
+from srsd.answer_cache import AnswerCache
 from srsd.config import Config, ConfigError, Needs, default_config, load_config
 from srsd.dns import Resolver
 from srsd.mailauth.handler import GRACE, AuthSettings, MailAuth, auth_settings
@@ -112,6 +113,10 @@ class EndpointSpec:
     make_factory: Callable[[Daemon], EndpointFactory]
 
 
+#: the endpoints the lookup processes serve (srsd.lookup_loop)
+LOOKUP_ENDPOINTS = ("tcp_forward", "tcp_reverse", "socketmap")
+
+
 def _limits(daemon: Daemon) -> dict[str, Any]:
     lim = daemon.config.limits
     return {
@@ -121,20 +126,25 @@ def _limits(daemon: Daemon) -> dict[str, Any]:
     }
 
 
+def _lookup_options(daemon: Daemon) -> dict[str, Any]:
+    """A lookup endpoint's limits, its own answer cache and the rule of what goes in it."""
+    return {**_limits(daemon), "cache": daemon.answer_cache(), "cacheable": daemon.cacheable}
+
+
 def endpoint_specs(config: Config) -> list[tuple[EndpointSpec, str]]:
     """The enabled endpoints of *config* as (spec, endpoint string) pairs."""
     specs = [
         EndpointSpec(
             "tcp_forward",
-            lambda d: TcpTableFactory(d.lookup, "tcp_forward", "forward", **_limits(d)),
+            lambda d: TcpTableFactory(d.lookup, "tcp_forward", "forward", **_lookup_options(d)),
         ),
         EndpointSpec(
             "tcp_reverse",
-            lambda d: TcpTableFactory(d.lookup, "tcp_reverse", "reverse", **_limits(d)),
+            lambda d: TcpTableFactory(d.lookup, "tcp_reverse", "reverse", **_lookup_options(d)),
         ),
         EndpointSpec(
             "socketmap",
-            lambda d: SocketmapFactory(d.lookup, "socketmap", **_limits(d)),
+            lambda d: SocketmapFactory(d.lookup, "socketmap", **_lookup_options(d)),
         ),
         EndpointSpec(
             "milter",
@@ -168,20 +178,33 @@ class Daemon:
 
     :param config: the loaded configuration.
     :param config_path: where SIGHUP re-reads it from (None = embedded default).
+    :param serves: the endpoints this process serves (None: every one enabled); the
+        policy service and the milter's handler are built only where they are served.
     """
 
-    def __init__(self, config: Config, config_path: str | None = None, reactor: Any = None) -> None:
+    def __init__(
+        self, config: Config, config_path: str | None = None, reactor: Any = None, serves: frozenset[str] | None = None
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.config_path = config_path
+        self.serves = serves
         self.ports: dict[str, Any] = {}
         self.reuseport: set[str] = set()  # endpoints bound with SO_REUSEPORT
         self.resolver: Resolver | None = None
         self.checker: SPFChecker | None = None
         self.policy: PolicyService | None = None
         self.mailauth: MailAuth | None = None
-        self._apply(config, rewriter_from_config(config), _auth(config))
+        self.caches: list[AnswerCache] = []  # one per lookup endpoint, emptied on reload
+        self._apply(config, rewriter_from_config(config), self._auth(config))
+
+    def _serving(self, name: str) -> bool:
+        return self.serves is None or name in self.serves
+
+    def _auth(self, config: Config) -> AuthSettings | None:
+        """The milter's settings when the milter is enabled and served here."""
+        return auth_settings(config) if config.listen.milter and self._serving("milter") else None
 
     def _apply(self, config: Config, rewriter: Rewriter, auth: AuthSettings | None = None) -> None:
         self.config = config
@@ -196,7 +219,9 @@ class Daemon:
                 helo=config.spf.receiver or config.srs.domain,
             )
         self.maps = SRSMaps(rewriter, spf_aware, debug=config.log.level == "debug")
-        if config.listen.policy:
+        for cache in self.caches:
+            cache.clear()  # answers of the configuration just replaced
+        if config.listen.policy and self._serving("policy"):
             receiver = config.spf.receiver or config.srs.domain
             if self.policy is None:
                 self.policy = PolicyService(config.policy, self.spf_checker(), receiver)
@@ -235,6 +260,19 @@ class Daemon:
         configuration's :class:`~srsd.srs_maps.SRSMaps`."""
         return self.maps.lookup(map_name, key)
 
+    def cacheable(self, map_name: str, answer: Answer) -> bool:
+        """Whether *answer* holds until the day ends (:meth:`~srsd.srs_maps.SRSMaps.cacheable`)."""
+        return self.maps.cacheable(map_name, answer)
+
+    def answer_cache(self) -> AnswerCache | None:
+        """A new answer cache for one lookup endpoint (``limits.answer_cache`` entries),
+        emptied on every reload; None when the limit is 0."""
+        if self.config.limits.answer_cache == 0:
+            return None
+        cache = AnswerCache(self.config.limits.answer_cache)
+        self.caches.append(cache)
+        return cache
+
     # -- life cycle -------------------------------------------------------------
 
     def listen(
@@ -252,6 +290,8 @@ class Daemon:
 
         results = []
         for spec, description in endpoint_specs(self.config):
+            if inherited is not None and spec.name not in inherited:
+                continue  # served by other processes (the lookup processes)
             factory = spec.make_factory(self)
             try:
                 if inherited is not None:
@@ -281,18 +321,21 @@ class Daemon:
     def _listen_failed(self, failure: Any, name: str, description: str) -> None:
         raise ListenError(f"listen.{name}: cannot listen on {description!r}: {failure.getErrorMessage()}")
 
-    def reload(self) -> bool:
+    def reload(self, announce: bool = True) -> bool:
         """Re-read the configuration, secrets and domains (SIGHUP).
 
         A config that does not load is refused with a log line; the running one
         stays. Endpoint changes need a restart (connections are never dropped).
 
+        :param announce: log the new configuration's warnings and the "reloaded" line
+            now (False: a child process, or a parent that waits for its children
+            first and then calls :meth:`announce_reload`).
         :returns: True when the new configuration is in force.
         """
         try:
             config = load(self.config_path)
             rewriter = rewriter_from_config(config)
-            auth = _auth(config)  # reads the DKIM key: a bad one refuses the reload
+            auth = self._auth(config)  # builds the signing settings: a bad one refuses the reload
         except (ConfigError, ValueError) as exc:
             log.error("reload refused, keeping the running configuration: {error}", error=exc)
             return False
@@ -302,14 +345,23 @@ class Daemon:
         if self.resolver is not None and (config.dns != self.config.dns or threads_changed):
             log.warn("reload: [dns] and spf.threads changes take effect on restart only")
         self._apply(config, rewriter, auth)
+        if announce:
+            self.announce_reload()
+        return True
+
+    def announce_reload(self, lagging: int = 0) -> None:
+        """Log the running configuration's warnings and that it is in force (*lagging*:
+        child processes that did not report the reload in time)."""
+        config = self.config
         log_warnings(config)
+        if lagging:
+            log.warn("reload: {n} child process(es) did not report the new configuration in time", n=lagging)
         log.info(
             "reloaded {source}: {n} secrets, {d} local domains",
             source=config.source,
             n=len(config.secrets),
-            d=len(rewriter.local_domains),
+            d=len(self.maps.rewriter.local_domains),
         )
-        return True
 
 
 def sd_notify(state: str) -> bool:
@@ -332,11 +384,6 @@ def sd_notify(state: str) -> bool:
         log.warn("cannot notify systemd ({state}): {error}", state=state, error=exc)
         return False
     return True
-
-
-def _auth(config: Config) -> AuthSettings | None:
-    """The milter's settings when the milter is enabled."""
-    return auth_settings(config) if config.listen.milter else None
 
 
 def _switch_user(account: Account, config_path: str | None, ports: dict[str, Any]) -> bool:
@@ -373,20 +420,21 @@ class ListenError(RuntimeError):
     """An endpoint could not be bound; the message names it."""
 
 
-def serve(config_path: str | None, workers: int = 1, inherit: str | None = None) -> int:
+def serve(config_path: str | None, workers: int = 1, inherit: str | None = None, status_fd: int | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT (``srsd serve``).
 
     :param config_path: TOML file, or None for the embedded default.
     :param workers: processes in all, sharing the listening sockets.
     :param inherit: (workers only) ``name=fd:N,name=port:N``: sockets to adopt,
         TCP ports to bind with SO_REUSEPORT.
+    :param status_fd: (workers only) the pipe to the parent (:func:`srsd.workers.tell_parent`).
     :returns: exit status: 0 after a clean stop, 1 when the configuration is
         invalid or an endpoint cannot be bound (the log line names it).
     """
     from twisted.internet import reactor
 
     from srsd.privileges import target_account
-    from srsd.workers import WorkerPool, parse_inherit, watch_parent
+    from srsd.workers import WorkerPool, parse_inherit, tell_parent, watch_parent
 
     setup_logging()
     try:
@@ -411,6 +459,8 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
                 "localhost.localdomain, which no other host can reach; set srs.domain in a config file"
             )
         log_warnings(config)
+    lookups = config.daemon.lookup_processes if inherit is None else 0
+    lookup_names = frozenset(name for spec, _ in endpoint_specs(config) if (name := spec.name) in LOOKUP_ENDPOINTS)
     daemon = Daemon(config, config_path)
     status = {"code": 0}
     pool: list[WorkerPool] = []
@@ -418,19 +468,41 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
     def started(ports: Any) -> None:
         if inherit is not None:
             watch_parent(reactor)
-        elif workers > 1:  # started while still root: each worker switches on its own, as below
+        elif workers > 1 or (lookups and lookup_names):
+            # Started while still root: each child switches on its own, as below.
             argv = ["-c", config_path] if config_path else []
-            pool.append(WorkerPool(reactor, workers, argv, daemon.ports, frozenset(daemon.reuseport)))
+            if lookups:
+                for name in lookup_names:
+                    port = daemon.ports[name]
+                    port.stopReading()  # its lookup processes accept, not this one
+                    # Not among the reactor's readers any more: closed (a unix path removed) here.
+                    reactor.addSystemEventTrigger("before", "shutdown", port.stopListening)
+            pool.append(
+                WorkerPool(reactor, workers, argv, daemon.ports, frozenset(daemon.reuseport), lookups, lookup_names)
+            )
             pool[0].start()
         if account is not None and not _switch_user(account, config_path, daemon.ports):
             status["code"] = 1
             reactor.callWhenRunning(reactor.stop)
             return
         if inherit is not None:
+            tell_parent(status_fd, "ready")
             return
-        log.info("srsd ready: {n} endpoint(s), {w} process(es)", n=len(daemon.ports), w=workers)
+        if pool:
+            pool[0].ready.addCallbacks(lambda _: ready(), not_ready)
+        else:
+            ready()
+
+    def ready() -> None:
+        n = 1 + (len(pool[0].processes) if pool else 0)
+        log.info("srsd ready: {n} endpoint(s), {w} process(es)", n=len(daemon.ports), w=n)
         sd_notify("READY=1")
         reactor.addSystemEventTrigger("before", "shutdown", lambda: log.info("srsd stopping"))
+
+    def not_ready(failure: Any) -> None:
+        log.critical("{error}; srsd stops (the lookup process's lines above say why)", error=failure.getErrorMessage())
+        status["code"] = 1
+        reactor.stop()
 
     def failed(failure: Any) -> None:
         log.critical("{error}", error=failure.getErrorMessage())
@@ -439,17 +511,22 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
         reactor.callWhenRunning(reactor.stop)
 
     def on_sighup() -> None:
+        if inherit is not None:  # a worker
+            tell_parent(status_fd, "reloaded" if daemon.reload(announce=False) else "refused")
+            return
         sd_notify("RELOADING=1")
-        daemon.reload()
-        sd_notify("READY=1")
-        if pool:
-            pool[0].signal_all(signal.SIGHUP)
+        if not daemon.reload(announce=False):
+            sd_notify("READY=1")  # refused (logged): the children keep the running one too
+            return
+        # "reloaded" once every child runs the new configuration: a lookup right after it gets new answers.
+        lagging = pool[0].reload() if pool else defer.succeed(0)
+        lagging.addCallback(daemon.announce_reload).addBoth(lambda _: sd_notify("READY=1"))
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # a worker starts with it blocked
     # SO_REUSEPORT sockets must all belong to one uid, and a worker restarted after the
     # switch binds as the new user: with a switch, workers inherit the sockets instead.
-    reuseport = workers > 1 and account is None
+    reuseport = (workers > 1 or lookups > 1) and account is None
     d = daemon.listen(reactor, parse_inherit(inherit) if inherit else None, reuseport=reuseport)
     d.addCallbacks(started, failed)
     reactor.run()

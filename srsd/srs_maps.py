@@ -16,7 +16,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from srsd.rewrite import FOUND, NOTFOUND, REVERSE_NOT_OURS, Answer, Rewriter
+from srsd.rewrite import FOUND, NOTFOUND, REVERSE_NOT_OURS, TEMP, Answer, Rewriter
 from srsd.spf import SPFResult
 from srsd.spf_aware import SPFAwareForward
 
@@ -26,6 +26,7 @@ log = Logger(namespace="srsd")
 
 #: the map names the lookup endpoints serve
 MAPS = ("forward", "reverse")
+_KEPT = "SPF of the sender authorizes our egress IPs"
 
 
 class SRSMaps:
@@ -58,6 +59,18 @@ class SRSMaps:
             log.info("reverse {key!r} refused: {reason}", key=key, reason=answer.text)
         return answer
 
+    def cacheable(self, map_name: str, answer: Answer) -> bool:
+        """Whether *answer*, just returned at once by :meth:`lookup` of *map_name*, is
+        the answer to the same key until 00:00 UTC or a reload (srsd.answer_cache):
+        the Rewriter's answers are (key, configuration, day number). Not those that
+        rest on SPF (its data has a TTL), TEMP, nor those logged on every lookup
+        (refused SRS addresses, everything at ``log.level = "debug"``)."""
+        if self.debug or answer.status == TEMP:
+            return False
+        if map_name == "forward":
+            return self.spf_aware is None or (answer.status == NOTFOUND and answer.text != _KEPT)
+        return answer.status == FOUND or answer.text in REVERSE_NOT_OURS
+
     def _spf_aware(self, sender: str, rewritten: Answer) -> Answer | defer.Deferred:
         aware = self.spf_aware
         results = aware.results(sender)
@@ -71,6 +84,6 @@ class SRSMaps:
             log.info(
                 "forward {sender}: kept, its SPF authorizes our egress ({summary})", sender=sender, summary=summary
             )
-            return Answer(NOTFOUND, "SPF of the sender authorizes our egress IPs")
+            return Answer(NOTFOUND, _KEPT)
         log.info("forward {sender} -> {srs}: rewritten ({summary})", sender=sender, srs=rewritten.text, summary=summary)
         return rewritten

@@ -50,8 +50,16 @@ class TcpTableProtocol(LookupProtocol):
         status, text = answer
         return _CODES.get(status, b"400 ") + quote(text.encode("utf-8", "surrogateescape")) + b"\n"
 
+    def at_boundary(self) -> bool:
+        return not self._lines.partial and not self._lines.discarding
+
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        # The usual read: one whole plain request (Postfix waits for each answer).
+        # The usual read: one whole plain request (Postfix waits for each answer),
+        # often asked before (cleanup looks every result up again).
+        reply = self.cached(data)
+        if reply is not None:
+            self.write_reply(reply)
+            return
         if (
             data[-1:] == b"\n"
             and data.startswith(b"get ")
@@ -62,7 +70,8 @@ class TcpTableProtocol(LookupProtocol):
             and b"\r" not in data
             and len(data) <= self.factory.max_request_bytes + 1
         ):
-            self.send([self.run_lookup(self.factory.map_name, data[4:-1].decode("utf-8", "surrogateescape"))])
+            key = data[4:-1].decode("utf-8", "surrogateescape")
+            self.send([self.run_lookup(self.factory.map_name, key, data)])
             return
         limit = self.factory.max_request_bytes
         # +1: an unfinished line may still end in the "\r" of a CRLF.
