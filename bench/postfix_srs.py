@@ -13,7 +13,8 @@ postfix-snippets/main.cf.tcp_table. Each run sends ``--messages`` messages from
 off-host, from a sender of its own (no two lookups alike within a run), and waits
 until the SMTP sink has them all; the envelope sender of every delivered message
 must be the SRS0 address the daemon's own lookup gives (checked, not timed).
-Rounds alternate PostSRSd, srsd, PostSRSd, srsd ... and each prints the ratio.
+Rounds alternate PostSRSd, srsd, then srsd, PostSRSd (the order flips every round),
+and each prints the ratio.
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ def main() -> int:
         ratios = []
         serial = 0
         for number in range(1, args.rounds + 1):
-            for server, instance in zip(servers, instances, strict=True):
+            pairs = list(zip(servers, instances, strict=True))
+            # A B, then B A: neither side always runs right after the other's queue drained.
+            for server, instance in pairs if number % 2 else pairs[::-1]:
                 senders = [f"user{serial + i}@orig{(serial + i) % 97}.example" for i in range(args.messages)]
                 serial += args.messages
                 rates[server.name].append(run(instance, sink, server, senders, args.clients))

@@ -337,7 +337,8 @@ class LookupProtocol(RequestProtocol):
             answer = factory.lookup(map_name, key)
         except Exception:
             return self._failed(Failure(), (map_name, key))
-        if type(answer) is Deferred or isinstance(answer, Deferred):
+        # type() first: isinstance(x, Deferred) is slow (Deferred's metaclass is ABCMeta).
+        if type(answer) is not Answer and isinstance(answer, Deferred):
             return answer.addCallbacks(self.encode, self._failed, errbackArgs=((map_name, key),))
         reply = self.encode(answer)
         if request is not None and factory.cache is not None and factory.cacheable(map_name, answer):
