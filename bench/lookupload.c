@@ -1,7 +1,7 @@
 /*
  * lookupload: a tcp_table(5) load generator for bench/lookups.py.
  *
- *   lookupload PORT CONNS WARMUP_S MEASURE_S DEPTH KEYS_FILE
+ *   lookupload PORT CONNS WARMUP_S MEASURE_S DEPTH KEYS_FILE [RATE]
  *
  * Opens CONNS connections to 127.0.0.1:PORT and keeps DEPTH requests
  * outstanding on each: DEPTH=1 is request/response, as Postfix's tcp_table
@@ -9,6 +9,11 @@
  * one epoll loop for all connections (a blocking read when CONNS=1), so the
  * client costs a few microseconds of CPU a lookup and the 2 cores go to the
  * servers.
+ *
+ * RATE (optional, lookups/s over all connections; request/response only): each
+ * connection sends its next request on a fixed schedule (RATE/CONNS a second)
+ * instead of at once, or at once when its reply came later than that: latency at a
+ * given load rather than the most a server can do (bench/isolation.py).
  *
  * KEYS_FILE: one "KEY<TAB>EXPECTED" a line. Every reply is checked: EXPECTED
  * "200 ..." must be matched exactly, anything else ("500") as a prefix.
@@ -54,6 +59,7 @@ struct conn {
     uint64_t *sent_at; /* ring of DEPTH send times (ns) */
     size_t *sent_key;  /* ring of DEPTH key indexes */
     size_t head, count;
+    uint64_t next_at; /* paced: when the next request is due (ns) */
 };
 
 static struct key *keys;
@@ -157,13 +163,17 @@ static int cmp_u32(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: %s PORT CONNS WARMUP_S MEASURE_S DEPTH KEYS_FILE\n", argv[0]);
+    if (argc != 7 && argc != 8) {
+        fprintf(stderr, "usage: %s PORT CONNS WARMUP_S MEASURE_S DEPTH KEYS_FILE [RATE]\n", argv[0]);
         return 2;
     }
     int port = atoi(argv[1]), nconn = atoi(argv[2]);
     double warmup = atof(argv[3]), measure = atof(argv[4]);
     depth = atoi(argv[5]);
+    double rate = argc == 8 ? atof(argv[7]) : 0;
+    if (rate > 0) depth = 1;
+    uint64_t interval = rate > 0 ? (uint64_t)(1e9 * nconn / rate) : 0;
+    int use_epoll = nconn > 1 || rate > 0;
     if (nconn < 1 || nconn > MAXCONN || depth < 1 || depth > 4096) {
         fprintf(stderr, "lookupload: bad CONNS or DEPTH\n");
         return 2;
@@ -188,7 +198,7 @@ int main(int argc, char **argv) {
         c->sent_at = malloc((size_t)depth * sizeof *c->sent_at);
         c->sent_key = malloc((size_t)depth * sizeof *c->sent_key);
         c->next_key = (nkeys * (size_t)i) / (size_t)nconn;
-        if (nconn > 1) {
+        if (use_epoll) {
             struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
             if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl");
         }
@@ -200,15 +210,53 @@ int main(int argc, char **argv) {
     uint64_t start = t0 + (uint64_t)(warmup * 1e9), end = start + (uint64_t)(measure * 1e9);
     int started = 0, stopping = 0;
     double cpu_start = 0, cpu_end = 0;
-    for (int i = 0; i < nconn; i++) fill(&conns[i]);
+    for (int i = 0; i < nconn; i++) {
+        conns[i].next_at = t0 + interval * (uint64_t)i / (uint64_t)nconn;
+        if (!interval) fill(&conns[i]);
+    }
     latcap = 1 << 20;
     lat = malloc(latcap * sizeof *lat);
 
-    size_t outstanding = (size_t)nconn * (size_t)depth;
+    size_t outstanding = interval ? 0 : (size_t)nconn * (size_t)depth;
     struct epoll_event evs[MAXCONN];
-    while (outstanding) {
+    while (outstanding || (interval && !stopping)) {
         int nready;
-        if (nconn == 1) {
+        if (interval) { /* paced: send what is due, then wait for replies or the next due time */
+            uint64_t t = now_ns(), soonest = UINT64_MAX;
+            for (int i = 0; i < nconn; i++) {
+                struct conn *c = &conns[i];
+                if (c->count || stopping) continue;
+                if (c->next_at <= t) {
+                    c->next_at += interval;
+                    if (c->next_at + interval < t) c->next_at = t; /* far behind: no catching up in bursts */
+                    fill(c);
+                    outstanding += c->count;
+                } else if (c->next_at < soonest) {
+                    soonest = c->next_at;
+                }
+            }
+            if (!outstanding && stopping) break;
+            if (!started && t >= start) {
+                started = 1;
+                cpu_start = cpu_s();
+                fputs("START\n", stdout);
+                fflush(stdout);
+            }
+            if (!stopping && t >= end) {
+                stopping = 1;
+                cpu_end = cpu_s();
+                fputs("END\n", stdout);
+                fflush(stdout);
+                if (!outstanding) break;
+            }
+            int wait_ms = soonest == UINT64_MAX ? 100 : (int)((soonest - t + 999999) / 1000000);
+            nready = epoll_wait(ep, evs, MAXCONN, wait_ms);
+            if (nready < 0) {
+                if (errno == EINTR) continue;
+                die("epoll_wait");
+            }
+            if (nready == 0) continue;
+        } else if (nconn == 1) {
             nready = 1;
             evs[0].data.u32 = 0;
         } else {
@@ -284,7 +332,7 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "lookupload: reply line too long\n");
                 return 3;
             }
-            if (!stopping) {
+            if (!stopping && !interval) {
                 size_t before = c->count;
                 fill(c);
                 outstanding += c->count - before;

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """Lookups per second: srsd against PostSRSd 1.10, tcp_table, on this machine.
 
-    python bench/lookups.py [--seconds 5] [--connections 1,8] [--workers 1,2]
+    python bench/lookups.py [--seconds 5] [--connections 1,8] [--srsd l2,w1] [--answer-cache N] [--keys N]
                             [--maps forward,reverse] [--rounds 1] [--pipelined [DEPTH]]
                             [--variants nodelay-off,...] [--json FILE]
 
 Starts PostSRSd (``/usr/sbin/postsrsd``, forks per connection) and one srsd per
-``--workers`` value, all on free loopback ports with the same secret, SRS
+``--srsd`` layout (from this checkout), all on free loopback ports with the same secret, SRS
 domain and local domain; compiles the C load generator ``bench/lookupload.c``
 into a temporary directory and runs it against each daemon in turn, with the
-same keys in the same order. Request/response by default (one request in flight
+same keys in the same order, alternating (every round runs each daemon once, and
+prints srsd's ratio to PostSRSd of that round). Request/response by default (one request in flight
 per connection, as Postfix's tcp_table client), ``--pipelined`` for reference.
 
 Every reply is checked by the load generator against an answer computed here
@@ -223,13 +224,30 @@ def start_postsrsd(workdir: Path, secrets_path: Path) -> Server:
     return server
 
 
-def start_srsd(workdir: Path, secrets_path: Path, workers: int, variant: str = "") -> Server:
-    """srsd with *workers* processes; *variant*: bench/srsd_variant.py patches
-    applied to every process through bench/variant_site/sitecustomize.py."""
-    name = f"srsd w{workers}" + (f" {variant}" if variant else "")
+def parse_srsd(spec: str) -> tuple[int, int]:
+    """``lN`` = N lookup processes (the default layout), ``wN`` = N Twisted processes
+    serving the lookups themselves (``lookup_processes = 0``, ``--workers N``; what srsd
+    did before the lookup processes). :returns: (lookup_processes, workers)."""
+    kind, number = spec[:1], int(spec[1:])
+    if kind == "l":
+        return number, 1
+    if kind == "w":
+        return 0, number
+    raise ValueError(f"--srsd: {spec!r} is neither lN nor wN")
+
+
+def start_srsd(
+    workdir: Path, secrets_path: Path, spec: str, variant: str = "", answer_cache: int | None = None
+) -> Server:
+    """srsd laid out as *spec* (:func:`parse_srsd`); *variant*: bench/srsd_variant.py
+    patches applied to every process through bench/variant_site/sitecustomize.py;
+    *answer_cache*: ``limits.answer_cache`` (None: srsd's default)."""
+    lookup_processes, workers = parse_srsd(spec)
+    name = f"srsd {spec}" + (f" {variant}" if variant else "")
     tag = name.replace(" ", "-")
     fwd, rev = free_port(), free_port()
     config = workdir / f"{tag}.toml"
+    cache = "" if answer_cache is None else f"[limits]\nanswer_cache = {answer_cache}\n"
     config.write_text(
         "[srs]\n"
         f'domain = "{SRS_DOMAIN}"\n'
@@ -241,26 +259,23 @@ def start_srsd(workdir: Path, secrets_path: Path, workers: int, variant: str = "
         'socketmap = ""\n'
         "[log]\n"
         'level = "info"\n'
+        f"[daemon]\nlookup_processes = {lookup_processes}\n{cache}"
     )
     log = workdir / f"{tag}.log"
     cmd = [sys.executable, "-m", "srsd", "serve", "-c", str(config), "--workers", str(workers)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     if variant:
         site = str(BENCH / "variant_site")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH", "")) if p)
         env["SRSD_BENCH_VARIANT"] = variant
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=env, cwd=REPO)
     server = Server(name, fwd, rev, proc, log)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         text = log.read_text(errors="replace")
-        # Every process (parent and workers) logs its own "listening" lines.
-        listening = {
-            line.split("srsd[")[1].split("]")[0]
-            for line in text.splitlines()
-            if "listen.tcp_reverse: listening" in line
-        }
-        if "srsd ready" in text and len(listening) >= workers:
+        # The parent says ready once every process serves (workers and lookup processes).
+        if "srsd ready" in text:
             return server
         if proc.poll() is not None or time.monotonic() > deadline:
             server.stop()
@@ -328,6 +343,7 @@ class Result:
     mismatches: int
     n500: int
     lookups: int
+    round: int = 0
 
 
 PINS = {
@@ -426,6 +442,34 @@ def progress_line(r: Result) -> str:
     )
 
 
+def pair_line(pair: list[Result], number: int) -> str:
+    """One round's rates and each srsd's ratio to PostSRSd of the same round."""
+    base = next((r for r in pair if r.server == "PostSRSd"), None)
+    cells = []
+    for r in pair:
+        cell = f"{r.server} {r.rate:,.0f}/s"
+        if base is not None and r is not base:
+            cell += f" ({r.rate / base.rate:.2f}x)"
+        cells.append(cell)
+    return f"  round {number}: " + ", ".join(cells)
+
+
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def pair_ratios(results: list[Result], map_name: str, conns: int, pin: str, name: str) -> list[float]:
+    """srsd *name* / PostSRSd, round by round (same cell)."""
+
+    def cell(server: str) -> dict[int, float]:
+        return {r.round: r.rate for r in results if (r.map, r.conns, r.pin, r.server) == (map_name, conns, pin, server)}
+
+    base, mine = cell("PostSRSd"), cell(name)
+    return [mine[k] / base[k] for k in sorted(mine) if k in base and base[k]]
+
+
 def median_result(results: list[Result]) -> tuple[Result, float, float]:
     rates = [r.rate for r in results]
     med = sorted(results, key=lambda r: r.rate)[len(results) // 2]
@@ -441,7 +485,7 @@ def print_tables(results: list[Result], servers: list[str], args) -> None:
     rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
     print(
         f"\nlookups/s ({mode}, {args.seconds:g} s each after {args.warmup:g} s warm-up{rounds}); "
-        "(ratio to PostSRSd); p50/p99 latency in µs"
+        "(median of the round-by-round ratios to PostSRSd, their range); p50/p99 latency in µs"
     )
     print("| map | conns | pin | " + " | ".join(servers) + " |")
     print("|" + "---|" * (3 + len(servers)))
@@ -452,8 +496,9 @@ def print_tables(results: list[Result], servers: list[str], args) -> None:
         for name in servers:
             med, lo, hi = median_result(groups[(map_name, conns, pin, name)])
             cell = f"{med.rate:,.0f}"
-            if base_rate and name != "PostSRSd":
-                cell += f" ({med.rate / base_rate:.2f}x)"
+            ratios = pair_ratios(results, map_name, conns, pin, name) if base_rate and name != "PostSRSd" else []
+            if ratios:
+                cell += f" ({median(ratios):.2f}x, {min(ratios):.2f}-{max(ratios):.2f})"
             cells.append(cell + f" {med.p50:.0f}/{med.p99:.0f}")
         print(f"| {map_name} | {conns} | {pin} | " + " | ".join(cells) + " |")
     print(
@@ -486,7 +531,20 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5, help="measured seconds per run (default 5)")
     p.add_argument("--warmup", type=float, default=1, help="unmeasured seconds before each run (default 1)")
     p.add_argument("--connections", type=int_list, default=[1, 8], help="comma list (default 1,8)")
-    p.add_argument("--workers", type=int_list, default=[1, 2], help="srsd --workers values (default 1,2)")
+    p.add_argument(
+        "--srsd",
+        type=lambda s: [v for v in s.split(",") if v],
+        default=["l2"],
+        help="srsd layouts, comma list: lN = N lookup processes (uvloop), wN = lookups in N Twisted processes "
+        "(lookup_processes = 0, --workers N: srsd before the lookup processes); default l2",
+    )
+    p.add_argument(
+        "--answer-cache",
+        type=int,
+        default=None,
+        metavar="N",
+        help="srsd's limits.answer_cache (replies kept per endpoint and process; 0 = none; default: srsd's 20000)",
+    )
     p.add_argument(
         "--maps",
         type=lambda s: s.split(","),
@@ -561,11 +619,11 @@ def main() -> int:
     try:
         if not args.no_postsrsd:
             servers.append(start_postsrsd(workdir, secrets_path))
-        for workers in args.workers:
-            servers.append(start_srsd(workdir, secrets_path, workers))
-        for spec in args.variants:
+        for spec in args.srsd:
+            servers.append(start_srsd(workdir, secrets_path, spec, answer_cache=args.answer_cache))
+        for spec in args.variants:  # patches of Twisted's path: lookups in the Twisted processes
             variant, _, workers = spec.partition(":")
-            servers.append(start_srsd(workdir, secrets_path, int(workers or 1), variant))
+            servers.append(start_srsd(workdir, secrets_path, f"w{workers or 1}", variant, args.answer_cache))
         ncpu = os.cpu_count()
         print(
             f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {ncpu} cores ({cpu_model()}), Python {sys.version.split()[0]}, "
@@ -578,10 +636,13 @@ def main() -> int:
             print(line)
         results = []
         depth = args.pipelined or 1
-        for _ in range(args.rounds):
-            for map_name in args.maps:
-                for conns in args.connections:
-                    for pin in args.pin:
+        # Alternating: every round runs each daemon once, one after the other (A B A B ...),
+        # so a change of load on the machine hits both sides of a pair alike.
+        for map_name in args.maps:
+            for conns in args.connections:
+                for pin in args.pin:
+                    for number in range(1, args.rounds + 1):
+                        pair = []
                         for server in servers:
                             tries = []
                             for _ in range(1 + max(args.retries, 0)):
@@ -592,7 +653,10 @@ def main() -> int:
                                 if tries[-1].other <= args.max_other:
                                     break
                             r = min(tries, key=lambda t: t.other)
+                            r.round = number
                             results.append(r)
+                            pair.append(r)
+                        print(pair_line(pair, number), flush=True)
         print_tables(results, [s.name for s in servers], args)
         if args.json:
             Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=1))

@@ -87,7 +87,7 @@ def main() -> int:
         stats_path = workdir / "srsd.prof"
         os.environ["SRSD_PROFILE"] = str(stats_path)
         variant = "+".join(v for v in ("profile", args.variant) if v)
-        server = lookups.start_srsd(workdir, secrets_path, 1, variant)
+        server = lookups.start_srsd(workdir, secrets_path, "w1", variant)  # profiles the Twisted path
         try:
             lookups.set_affinity(lookups.tree(server.process.pid, lookups.proc_table()), {1})
             load = subprocess.run(

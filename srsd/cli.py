@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(serve)
     serve.add_argument("--workers", type=int, default=1, metavar="N", help="processes sharing the sockets (default 1)")
     serve.add_argument("--inherit", help=argparse.SUPPRESS)  # worker processes only
+    serve.add_argument("--lookups", action="store_true", help=argparse.SUPPRESS)  # a lookup process
+    serve.add_argument("--status-fd", type=int, help=argparse.SUPPRESS)  # a child's pipe to its parent
 
     for name, text in (
         ("forward", "print the SRS address a sender is rewritten to"),
@@ -273,9 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
+            if args.lookups:
+                from srsd.lookup_loop import serve_lookups
+
+                return serve_lookups(args.config, args.inherit or "", args.status_fd)
             from srsd.service import serve
 
-            return serve(args.config, workers=args.workers, inherit=args.inherit)
+            return serve(args.config, workers=args.workers, inherit=args.inherit, status_fd=args.status_fd)
         if args.command == "check-config":
             return _check_config(args)
         if args.command == "spf":

@@ -161,8 +161,9 @@ class DKIMSettings:
 @dataclass(frozen=True)
 class LimitsSettings:
     max_request_bytes: int = 4096  # longest tcp_table line / socketmap netstring
-    max_connections: int = 1000  # per endpoint; beyond it requests get TEMP
+    max_connections: int = 1000  # per endpoint and process; beyond it requests get TEMP
     idle_timeout: int = 1800  # seconds before an idle client is closed; 0 = never
+    answer_cache: int = 20000  # replies kept per lookup endpoint and process (srsd.answer_cache); 0 = none
 
 
 #: [log] facility names (syslog(3)); Python's SysLogHandler knows these
@@ -179,12 +180,19 @@ class LogSettings:
     burst: int = 200  # lines a kind may write at once after a quiet spell
 
 
+MAX_LOOKUP_PROCESSES = 64
+
+
 @dataclass(frozen=True)
 class DaemonSettings:
-    """Who ``srsd serve`` runs as once its endpoints are bound (see srsd.privileges)."""
+    """Who ``srsd serve`` runs as once its endpoints are bound (see srsd.privileges), and
+    how many processes serve the lookup endpoints (srsd.workers)."""
 
     user: str = ""  # started as root: this user; "" = "srsd" when that user exists, else stay root
     group: str = ""  # "" = the user's primary group (supplementary groups: the user's, initgroups(3))
+    #: processes of their own serving tcp_table and socketmap (srsd.lookup_loop); 0 = the
+    #: Twisted process(es) serve them beside policy and milter
+    lookup_processes: int = 2
 
 
 class Needs(enum.Flag):
@@ -433,7 +441,11 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
         raise ConfigError("limits.max_connections: must be at least 1")
     if lim.idle_timeout < 0:
         raise ConfigError("limits.idle_timeout: must be >= 0 (0 = never)")
+    if lim.answer_cache < 0:
+        raise ConfigError("limits.answer_cache: must be >= 0 (0 = no cache)")
     _validate_log(cfg)
+    if not 0 <= cfg.daemon.lookup_processes <= MAX_LOOKUP_PROCESSES:
+        raise ConfigError(f"daemon.lookup_processes: must be 0..{MAX_LOOKUP_PROCESSES}")
     if cfg.daemon.group and not cfg.daemon.user:
         raise ConfigError("daemon.group: needs daemon.user")
     serving = [value for name, value in dataclasses.asdict(cfg.listen).items() if name != "metrics"]

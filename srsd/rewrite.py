@@ -14,7 +14,6 @@ No sockets and no reactor: protocol adapters map :class:`Answer` onto their wire
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -90,17 +89,18 @@ class Rewriter:
         if not at or not local or not domain:
             return Answer(NOTFOUND, "not a complete address")
         lowered = domain.lower()
-        if lowered == self.srs_domain and srs_tag(local):
+        tag = srs_tag(local)
+        if lowered == self.srs_domain and tag:
             # Our own result coming back for re-lookup.
             return Answer(NOTFOUND, "already rewritten")
         if not self.always_rewrite and (lowered == self.srs_domain or lowered in self.local_domains):
             return Answer(NOTFOUND, "local domain")
-        if now is None:
-            now = time.time()
         try:
-            return Answer(FOUND, self.srs.forward(sender, now))
+            if "@" in local:  # as SRS.forward would say
+                raise MalformedAddress(f"not local@domain: {sender!r}")
+            return Answer(FOUND, self.srs.forward_parts(local, domain, tag, now))
         except MalformedAddress as exc:
-            if srs_tag(local) != "SRS1":
+            if tag != "SRS1":
                 return Answer(NOTFOUND, str(exc))
             # A malformed foreign SRS1 cannot be re-signed into anything whose
             # bounce is deliverable; wrap it whole so the bounce returns to it.

@@ -11,6 +11,7 @@ sockets and accept from the same queues: see :mod:`srsd.workers`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from srsd.answer_cache import AnswerCache
 from srsd.config import Config, ConfigError, Needs, default_config, load_config
 from srsd.dns import Resolver
 from srsd.log_limit import LIMITER
@@ -75,6 +77,10 @@ class EndpointSpec:
     make_factory: Callable[[Daemon], EndpointFactory]
 
 
+#: the endpoints the lookup processes serve (srsd.lookup_loop)
+LOOKUP_ENDPOINTS = ("tcp_forward", "tcp_reverse", "socketmap")
+
+
 def _limits(daemon: Daemon) -> dict[str, Any]:
     lim = daemon.config.limits
     return {
@@ -84,20 +90,25 @@ def _limits(daemon: Daemon) -> dict[str, Any]:
     }
 
 
+def _lookup_options(daemon: Daemon) -> dict[str, Any]:
+    """A lookup endpoint's limits, its own answer cache and the rule of what goes in it."""
+    return {**_limits(daemon), "cache": daemon.answer_cache(), "cacheable": daemon.cacheable}
+
+
 def endpoint_specs(config: Config) -> list[tuple[EndpointSpec, str]]:
     """The enabled endpoints of *config* as (spec, endpoint string) pairs."""
     specs = [
         EndpointSpec(
             "tcp_forward",
-            lambda d: TcpTableFactory(d.lookup, "tcp_forward", "forward", **_limits(d)),
+            lambda d: TcpTableFactory(d.lookup, "tcp_forward", "forward", **_lookup_options(d)),
         ),
         EndpointSpec(
             "tcp_reverse",
-            lambda d: TcpTableFactory(d.lookup, "tcp_reverse", "reverse", **_limits(d)),
+            lambda d: TcpTableFactory(d.lookup, "tcp_reverse", "reverse", **_lookup_options(d)),
         ),
         EndpointSpec(
             "socketmap",
-            lambda d: SocketmapFactory(d.lookup, "socketmap", **_limits(d)),
+            lambda d: SocketmapFactory(d.lookup, "socketmap", **_lookup_options(d)),
         ),
         EndpointSpec(
             "milter",
@@ -131,13 +142,18 @@ class Daemon:
 
     :param config: the loaded configuration.
     :param config_path: where SIGHUP re-reads it from (None = embedded default).
+    :param serves: the endpoints this process serves (None: every one enabled); the
+        policy service and the milter's handler are built only where they are served.
     """
 
-    def __init__(self, config: Config, config_path: str | None = None, reactor: Any = None) -> None:
+    def __init__(
+        self, config: Config, config_path: str | None = None, reactor: Any = None, serves: frozenset[str] | None = None
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.config_path = config_path
+        self.serves = serves
         self.ports: dict[str, Any] = {}
         self.reuseport: set[str] = set()  # endpoints bound with SO_REUSEPORT
         self.resolver: Resolver | None = None
@@ -145,9 +161,18 @@ class Daemon:
         self.policy: PolicyService | None = None
         self.mailauth: MailAuth | None = None
         self._reload_lock = defer.DeferredLock()
-        #: further metrics snapshots for /metrics (the workers', set by serve)
+        self._promotion: Rewriter | None = None  # the new signer a reload holds back (promote)
+        #: further metrics snapshots for /metrics (the children's, set by serve)
         self.metric_sources: Callable[[], list[dict[str, Any]]] = list
-        self._apply(config, rewriter_from_config(config), _auth(config))
+        self.caches: list[AnswerCache] = []  # one per lookup endpoint, emptied on reload
+        self._apply(config, rewriter_from_config(config), self._auth(config))
+
+    def _serving(self, name: str) -> bool:
+        return self.serves is None or name in self.serves
+
+    def _auth(self, config: Config) -> AuthSettings | None:
+        """The milter's settings when the milter is enabled and served here."""
+        return auth_settings(config) if config.listen.milter and self._serving("milter") else None
 
     def _apply(self, config: Config, rewriter: Rewriter, auth: AuthSettings | None = None) -> None:
         self.config = config
@@ -163,7 +188,9 @@ class Daemon:
                 helo=config.spf.receiver or config.srs.domain,
             )
         self.maps = SRSMaps(rewriter, spf_aware, debug=config.log.level == "debug")
-        if config.listen.policy:
+        for cache in self.caches:
+            cache.clear()  # answers of the configuration just replaced
+        if config.listen.policy and self._serving("policy"):
             receiver = config.spf.receiver or config.srs.domain
             if self.policy is None:
                 self.policy = PolicyService(config.policy, self.spf_checker(), receiver)
@@ -205,6 +232,19 @@ class Daemon:
         configuration's :class:`~srsd.srs_maps.SRSMaps`."""
         return self.maps.lookup(map_name, key)
 
+    def cacheable(self, map_name: str, answer: Answer) -> bool:
+        """Whether *answer* holds until the day ends (:meth:`~srsd.srs_maps.SRSMaps.cacheable`)."""
+        return self.maps.cacheable(map_name, answer)
+
+    def answer_cache(self) -> AnswerCache | None:
+        """A new answer cache for one lookup endpoint (``limits.answer_cache`` entries),
+        emptied on every reload; None when the limit is 0."""
+        if self.config.limits.answer_cache == 0:
+            return None
+        cache = AnswerCache(self.config.limits.answer_cache)
+        self.caches.append(cache)
+        return cache
+
     # -- life cycle -------------------------------------------------------------
 
     def listen(
@@ -222,6 +262,8 @@ class Daemon:
 
         results = []
         for spec, description in endpoint_specs(self.config):
+            if inherited is not None and spec.name not in inherited:
+                continue  # served by other processes (the lookup processes)
             factory = spec.make_factory(self)
             try:
                 if inherited is not None:
@@ -264,22 +306,52 @@ class Daemon:
     def _listen_failed(self, failure: Any, name: str, description: str) -> None:
         raise ListenError(f"listen.{name}: cannot listen on {description!r}: {failure.getErrorMessage()}")
 
-    def reload(self) -> bool:
+    def _held_signer(self, config: Config, rewriter: Rewriter) -> Rewriter:
+        """*rewriter*, but still signing with the running first secret when the new
+        configuration lists it (among the verifying ones): the first phase of a reload
+        that other processes make too (:meth:`promote` ends it). Between two processes'
+        reloads, an address one mints must reverse in the other: so the new first
+        secret verifies everywhere before anyone signs with it."""
+        current = self.config.secrets[:1]
+        if not current or config.secrets[:1] == current or current[0] not in config.secrets:
+            return rewriter
+        self._promotion = rewriter
+        held = (current[0], *(secret for secret in config.secrets if secret != current[0]))
+        return rewriter_from_config(dataclasses.replace(config, secrets=held))
+
+    def promote(self) -> bool:
+        """Sign with the new first secret of the last reload (its second phase; SIGUSR1
+        from the parent once every process has the new secrets). :returns: whether
+        there was a signer held back."""
+        rewriter, self._promotion = self._promotion, None
+        if rewriter is None:
+            return False
+        self.maps = SRSMaps(rewriter, self.maps.spf_aware, debug=self.maps.debug)
+        for cache in self.caches:
+            cache.clear()  # forward answers signed with the previous secret
+        return True
+
+    def reload(self, announce: bool = True) -> bool:
         """Re-read the configuration, secrets and domains (SIGHUP), on this thread.
 
         A config that does not load is refused with a log line; the running one
         stays. Endpoint changes need a restart (connections are never dropped).
 
+        :param announce: log the new configuration's warnings and the "reloaded" line
+            now (False: a child process, or a parent that waits for its children
+            first and then calls :meth:`announce_reload`).
         :returns: True when the new configuration is in force.
         """
-        return self._apply_reload(self._read_for_reload())
+        return self._apply_reload(self._read_for_reload(), announce)
 
-    def reload_off_reactor(self) -> defer.Deferred:
+    def reload_off_reactor(self, announce: bool = True, hold_signer: bool = False) -> defer.Deferred:
         """:meth:`reload`, the files read and checked on a thread, the result applied on
         the reactor: lookups go on meanwhile. Reading blocks (a secrets file on a slow
         mount) and checking costs (~0.13 s of RSA key checks per DKIM key load); on the
         reactor every endpoint waited for it. Reloads run one after another.
 
+        :param hold_signer: one of several processes reloading: keep signing with the
+            running first secret until :meth:`promote` (:meth:`_held_signer`).
         :returns: a Deferred firing with True when the new configuration is in force.
         """
         from twisted.internet import threads
@@ -287,7 +359,7 @@ class Daemon:
         return self._reload_lock.run(
             lambda: threads.deferToThreadPool(
                 self.reactor, self.reactor.getThreadPool(), self._read_for_reload
-            ).addCallback(self._apply_reload)
+            ).addCallback(self._apply_reload, announce, hold_signer)
         )
 
     def _read_for_reload(self) -> tuple[Config, Rewriter, AuthSettings | None] | None:
@@ -296,16 +368,21 @@ class Daemon:
         try:
             config = load(self.config_path)
             rewriter = rewriter_from_config(config)
-            auth = _auth(config)  # reads the DKIM key: a bad one refuses the reload
+            auth = self._auth(config)  # builds the signing settings: a bad one refuses the reload
         except (ConfigError, ValueError) as exc:
             log.error("reload refused, keeping the running configuration: {error}", error=exc)
             return None
         return config, rewriter, auth
 
-    def _apply_reload(self, loaded: tuple[Config, Rewriter, AuthSettings | None] | None) -> bool:
+    def _apply_reload(
+        self, loaded: tuple[Config, Rewriter, AuthSettings | None] | None, announce: bool = True, hold: bool = False
+    ) -> bool:
         if loaded is None:
             return False
         config, rewriter, auth = loaded
+        self._promotion = None
+        if hold:
+            rewriter = self._held_signer(config, rewriter)
         if config.listen != self.config.listen or config.limits != self.config.limits:
             log.warn("reload: [listen] and [limits] changes take effect on restart only")
         old_log, new_log = self.config.log, config.log
@@ -316,14 +393,23 @@ class Daemon:
         if self.resolver is not None and (config.dns != self.config.dns or threads_changed):
             log.warn("reload: [dns] and spf.threads changes take effect on restart only")
         self._apply(config, rewriter, auth)
+        if announce:
+            self.announce_reload()
+        return True
+
+    def announce_reload(self, lagging: int = 0) -> None:
+        """Log the running configuration's warnings and that it is in force (*lagging*:
+        child processes that did not report the reload in time)."""
+        config = self.config
         log_warnings(config)
+        if lagging:
+            log.warn("reload: {n} child process(es) did not report the new configuration in time", n=lagging)
         log.info(
             "reloaded {source}: {n} secrets, {d} local domains",
             source=config.source,
             n=len(config.secrets),
-            d=len(rewriter.local_domains),
+            d=len(self.maps.rewriter.local_domains),
         )
-        return True
 
 
 def sd_notify(state: str) -> bool:
@@ -382,11 +468,6 @@ def raise_open_files_limit(config: Config) -> int:
     return soft
 
 
-def _auth(config: Config) -> AuthSettings | None:
-    """The milter's settings when the milter is enabled."""
-    return auth_settings(config) if config.listen.milter else None
-
-
 def _switch_user(account: Account, config_path: str | None, ports: dict[str, Any]) -> bool:
     """Switch to *account* (endpoints are bound) and load the configuration again as it,
     as SIGHUP will: a file it cannot read stops the start now. :returns: False on failure (logged)."""
@@ -421,13 +502,32 @@ class ListenError(RuntimeError):
     """An endpoint could not be bound; the message names it."""
 
 
-def serve(config_path: str | None, workers: int = 1, inherit: str | None = None) -> int:
+def start_log_target(config: Config) -> bool:
+    """Send the log where ``log.target`` says (stderr/journal already; syslog from here on).
+
+    :returns: False (logged) when the syslog socket cannot be reached: every line would be lost.
+    """
+    if config.log.target != "syslog":
+        return True
+    try:
+        OUTPUT.use_syslog(config.log.syslog_socket, config.log.facility)
+    except OSError as exc:
+        log.critical("log.syslog_socket: cannot send to {path}: {error}", path=config.log.syslog_socket, error=exc)
+        return False
+    import atexit
+
+    atexit.register(OUTPUT.close)  # what is still queued goes out
+    return True
+
+
+def serve(config_path: str | None, workers: int = 1, inherit: str | None = None, status_fd: int | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT (``srsd serve``).
 
     :param config_path: TOML file, or None for the embedded default.
     :param workers: processes in all, sharing the listening sockets.
     :param inherit: (workers only) ``name=fd:N,name=port:N``: sockets to adopt,
         TCP ports to bind with SO_REUSEPORT.
+    :param status_fd: (workers only) the pipe to the parent (:func:`srsd.workers.tell_parent`).
     :returns: exit status: 0 after a clean stop, 1 when the configuration is
         invalid or an endpoint cannot be bound (the log line names it).
     """
@@ -437,7 +537,7 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
     from srsd import log_limit
     from srsd.metrics_workers import Reporter, WorkerCounts
     from srsd.privileges import target_account
-    from srsd.workers import WorkerPool, parse_inherit, watch_parent
+    from srsd.workers import WorkerPool, parse_inherit, tell_parent, watch_parent
 
     setup_logging()
     try:
@@ -446,15 +546,8 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
     except ConfigError as exc:
         log.critical("configuration error: {error}", error=exc)
         return 1
-    if config.log.target == "syslog":
-        try:
-            OUTPUT.use_syslog(config.log.syslog_socket, config.log.facility)
-        except OSError as exc:
-            log.critical("log.syslog_socket: cannot send to {path}: {error}", path=config.log.syslog_socket, error=exc)
-            return 1
-        import atexit
-
-        atexit.register(OUTPUT.close)  # what is still queued goes out
+    if not start_log_target(config):
+        return 1
     if workers < 1:
         log.critical("--workers: must be at least 1")
         return 1
@@ -472,14 +565,18 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
             )
         log_warnings(config)
     raise_open_files_limit(config)
+    lookups = config.daemon.lookup_processes if inherit is None else 0
+    lookup_names = frozenset(name for spec, _ in endpoint_specs(config) if (name := spec.name) in LOOKUP_ENDPOINTS)
+    children = inherit is None and (workers > 1 or bool(lookups and lookup_names))
     daemon = Daemon(config, config_path)
     status = {"code": 0}
     pool: list[WorkerPool] = []
     inherited = parse_inherit(inherit) if inherit else None
     report = inherited.pop("report", None) if inherited else None
-    worker_counts = WorkerCounts() if inherit is None and workers > 1 else None
-    if worker_counts is not None:
-        daemon.metric_sources = worker_counts.snapshots
+    # The children's counts reach /metrics through the parent (srsd.metrics_workers).
+    child_counts = WorkerCounts() if children else None
+    if child_counts is not None:
+        daemon.metric_sources = child_counts.snapshots
     LoopingCall(log_limit.tick).start(1.0, now=False)
 
     def started(ports: Any) -> None:
@@ -487,13 +584,20 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
             watch_parent(reactor)
             if report is not None:
                 Reporter(report[1]).start(reactor)
-        elif worker_counts is not None:  # started while still root: each worker switches on its own, as below
+        elif child_counts is not None:
+            # Started while still root: each child switches on its own, as below.
             argv = ["-c", config_path] if config_path else []
+            if lookups:
+                for name in lookup_names:
+                    port = daemon.ports[name]
+                    port.stopReading()  # its lookup processes accept, not this one
+                    # Not among the reactor's readers any more: closed (a unix path removed) here.
+                    reactor.addSystemEventTrigger("before", "shutdown", port.stopListening)
             shared = {name: port for name, port in daemon.ports.items() if name != "metrics"}
-            worker_counts.start(reactor)
+            child_counts.start(reactor)
             pool.append(
-                WorkerPool(reactor, workers, argv, shared, frozenset(daemon.reuseport),
-                           report_fd=worker_counts.child_fd, on_ended=worker_counts.retire)
+                WorkerPool(reactor, workers, argv, shared, frozenset(daemon.reuseport), lookups, lookup_names,
+                           report_fd=child_counts.child_fd, on_ended=child_counts.retire)
             )  # fmt: skip
             pool[0].start()
         if account is not None and not _switch_user(account, config_path, daemon.ports):
@@ -501,10 +605,23 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
             reactor.callWhenRunning(reactor.stop)
             return
         if inherit is not None:
+            tell_parent(status_fd, "ready")
             return
-        log.info("srsd ready: {n} endpoint(s), {w} process(es)", n=len(daemon.ports), w=workers)
+        if pool:
+            pool[0].ready.addCallbacks(lambda _: ready(), not_ready)
+        else:
+            ready()
+
+    def ready() -> None:
+        n = 1 + (len(pool[0].processes) if pool else 0)
+        log.info("srsd ready: {n} endpoint(s), {w} process(es)", n=len(daemon.ports), w=n)
         sd_notify("READY=1")
         reactor.addSystemEventTrigger("before", "shutdown", lambda: log.info("srsd stopping"))
+
+    def not_ready(failure: Any) -> None:
+        log.critical("{error}; srsd stops (the child's lines above say why)", error=failure.getErrorMessage())
+        status["code"] = 1
+        reactor.stop()
 
     def failed(failure: Any) -> None:
         log.critical("{error}", error=failure.getErrorMessage())
@@ -513,22 +630,43 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None)
         reactor.callWhenRunning(reactor.stop)
 
     def on_sighup() -> None:
+        if inherit is not None:  # a worker
+            d = daemon.reload_off_reactor(announce=False, hold_signer=True)
+            d.addCallback(lambda ok: tell_parent(status_fd, "reloaded" if ok else "refused"))
+            d.addErrback(lambda failure: log.failure("reload failed; keeping the running configuration", failure))
+            return
         sd_notify("RELOADING=1")
 
-        def reloaded(_: Any) -> None:
-            sd_notify("READY=1")
-            if pool:
-                pool[0].signal_all(signal.SIGHUP)
+        def reloaded(ok: bool) -> defer.Deferred | None:
+            if not ok:
+                sd_notify("READY=1")  # refused (logged): the children keep the running one too
+                return None
+            # "reloaded" once every child runs the new configuration: a lookup right after it gets new answers.
+            if not pool:
+                daemon.announce_reload()
+                sd_notify("READY=1")
+                return None
 
-        d = daemon.reload_off_reactor()
-        d.addErrback(lambda failure: log.failure("reload failed; keeping the running configuration", failure))
+            def promote(lagging: int) -> int:
+                # Every process verifies the new secrets now: all may sign with the new first one.
+                daemon.promote()
+                pool[0].signal_all(signal.SIGUSR1)
+                return lagging
+
+            lagging = pool[0].reload().addCallback(promote)
+            return lagging.addCallback(daemon.announce_reload).addBoth(lambda _: sd_notify("READY=1"))
+
+        d = daemon.reload_off_reactor(announce=False, hold_signer=bool(pool))
         d.addCallback(reloaded)
+        d.addErrback(lambda failure: log.failure("reload failed; keeping the running configuration", failure))
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # a worker starts with it blocked
-    # SO_REUSEPORT sockets must all belong to one uid, and a worker restarted after the
-    # switch binds as the new user: with a switch, workers inherit the sockets instead.
-    reuseport = workers > 1 and account is None
+    if inherit is not None:  # the parent's word that every process has the new secrets
+        signal.signal(signal.SIGUSR1, lambda signum, frame: reactor.callFromThread(daemon.promote))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGUSR1})  # a child starts with them blocked
+    # SO_REUSEPORT sockets must all belong to one uid, and a child restarted after the
+    # switch binds as the new user: with a switch, children inherit the sockets instead.
+    reuseport = (workers > 1 or lookups > 1) and account is None
     d = daemon.listen(reactor, inherited, reuseport=reuseport)
     d.addCallbacks(started, failed)
     reactor.run()

@@ -17,9 +17,11 @@ decides *whether* to rewrite, this module only *how*.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import hmac
 import time
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "SRS",
@@ -112,6 +114,21 @@ def check_parameters(hash_length: int, hash_minimum: int, max_age_days: int, sep
         raise InvalidParameter("separator", "must be one of '=', '+', '-'")
 
 
+def _keyed_sha1(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA1 (RFC 2104) keyed once: the inner and outer SHA-1 states after the
+    padded key, copied for every hash. Copying two hashlib states costs a third of
+    ``hmac.new(...).copy()`` or ``hmac.digest()``, whose OpenSSL 3 HMAC context is
+    allocated, looked up by name and freed on every call (docs/performance.md)."""
+    if len(key) > 64:  # the SHA-1 block size
+        key = hashlib.sha1(key).digest()
+    key = key.ljust(64, b"\0")
+    return hashlib.sha1(key.translate(_IPAD)), hashlib.sha1(key.translate(_OPAD))
+
+
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
 def srs_tag(local: str) -> str | None:
     """Return "SRS0"/"SRS1" when *local* starts with that tag and a separator."""
     if len(local) > 4 and local[4] in SEPARATORS:
@@ -155,8 +172,9 @@ class SRS:
         keys = [s.encode() if isinstance(s, str) else bytes(s) for s in secrets]
         if not all(keys):
             raise ValueError("secrets must not be empty")
-        # HMAC states keyed once; each hash copies one (~0.5 µs less than hmac.digest).
-        self._macs = [hmac.new(key, digestmod="sha1") for key in keys]
+        self._macs = [_keyed_sha1(key) for key in keys]
+        self._day = -1  # the day number TT was last computed for, and that TT
+        self._tt = ""
         check_parameters(hash_length, hash_minimum, max_age_days, separator)
         self.domain = domain
         self.hash_length = hash_length
@@ -169,12 +187,13 @@ class SRS:
     # -- primitives -----------------------------------------------------------
 
     @staticmethod
-    def _digest(keyed: hmac.HMAC, data: str) -> str:
+    def _digest(keyed: tuple[Any, Any], data: str) -> str:
         """Full base64 HMAC-SHA1 of the ASCII-lower-cased *data* (27 chars)."""
-        mac = keyed.copy()
+        inner, outer = keyed[0].copy(), keyed[1].copy()
         # bytes.lower() lowers A-Z only, as libsrs2's tolower() in the C locale.
-        mac.update(data.encode("utf-8", "surrogateescape").lower())
-        return binascii.b2a_base64(mac.digest(), newline=False).decode("ascii")[:_FULL_HASH]
+        inner.update(data.encode("utf-8", "surrogateescape").lower())
+        outer.update(inner.digest())
+        return binascii.b2a_base64(outer.digest(), newline=False).decode("ascii")[:_FULL_HASH]
 
     def _sign(self, data: str) -> str:
         h = self._digest(self._macs[0], data)[: self.hash_length]
@@ -210,9 +229,17 @@ class SRS:
         if age > self.max_age_days:
             raise BadTimestamp(f"timestamp {tt!r} expired or in the future")
 
+    def _today(self, now: float | None) -> str:
+        """TT for *now* (default: the clock), computed once a day."""
+        day = int(time.time() if now is None else now) // _DAY
+        if day != self._day:
+            self._day, self._tt = day, _B32[(day >> 5) & 31] + _B32[day & 31]
+        return self._tt
+
     def _finish(self, local: str) -> str:
         address = f"{local}@{self.domain}"
-        if len(address.encode("utf-8", "surrogateescape")) > self.max_length:
+        # A character is at most 4 octets of UTF-8: most addresses need no encoding to tell.
+        if len(address) * 4 > self.max_length and len(address.encode("utf-8", "surrogateescape")) > self.max_length:
             raise TooLong(f"rewritten address longer than {self.max_length} octets")
         return address
 
@@ -235,7 +262,11 @@ class SRS:
         # An empty local part is Mail::SRS's behaviour; srsd.rewrite refuses it.
         if not at or not domain or "@" in local:
             raise MalformedAddress(f"not local@domain: {sender!r}")
-        tag = srs_tag(local)
+        return self.forward_parts(local, domain, srs_tag(local), now)
+
+    def forward_parts(self, local: str, domain: str, tag: str | None, now: float | None = None) -> str:
+        """:meth:`forward` of ``local@domain`` already split (*tag*: ``srs_tag(local)``),
+        for a caller that has split it for its own checks. Same result and errors."""
         if tag == "SRS0":
             return self.srs1(domain, local[4:])
         if tag == "SRS1":
@@ -245,7 +276,7 @@ class SRS:
 
     def srs0(self, local: str, domain: str, now: float | None = None) -> str:
         """Mint ``SRS0<sep>HHHH=TT=domain=local@srs-domain`` (no checks on input)."""
-        tt = self.timestamp(time.time() if now is None else now)
+        tt = self._today(now)
         h = self._sign(tt + domain + local)
         return self._finish(f"SRS0{self.separator}{h}={tt}={domain}={local}")
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from srsd import metrics
-from srsd.lookup_outcomes import SPF_KEPT, LookupOutcomes
-from srsd.rewrite import FOUND, NOTFOUND, Answer, Rewriter
+from srsd.lookup_outcomes import REASONS, SPF_KEPT, LookupOutcomes, reason_of
+from srsd.rewrite import FOUND, NOTFOUND, TEMP, Answer, Rewriter
 from srsd.spf import SPFResult
 from srsd.spf_aware import SPFAwareForward
 
@@ -51,6 +51,25 @@ class SRSMaps:
         else:
             answer = self.rewriter.reverse(key)
         return self.outcomes.record(map_name, key, answer)
+
+    def cacheable(self, map_name: str, answer: Answer) -> tuple[str, str] | None:
+        """When *answer*, just returned at once by :meth:`lookup` of *map_name*, is the
+        answer to the same key until 00:00 UTC or a reload (srsd.answer_cache): the
+        (map, outcome) a replay of it counts as; else None. The Rewriter's answers are
+        functions of (key, configuration, day number), and each is logged at most once
+        a key and day anyway (:mod:`srsd.lookup_outcomes`). Not cached: answers that
+        rest on SPF (its data has a TTL), TEMP, anything at ``log.level = "debug"``
+        (every lookup logged)."""
+        status, text = answer
+        if self.debug or status == TEMP:
+            return None
+        if status == FOUND:
+            if map_name == "forward" and self.spf_aware is not None:
+                return None
+            return map_name, "found"
+        if text == SPF_KEPT:
+            return None
+        return map_name, REASONS.get(text) or reason_of(text)
 
     def _spf_aware(self, sender: str, rewritten: Answer) -> Answer | defer.Deferred:
         aware = self.spf_aware

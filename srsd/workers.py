@@ -1,11 +1,14 @@
-"""Several processes sharing the listening sockets (``srsd serve --workers N``).
+"""The processes sharing the listening sockets: ``--workers N`` and the lookup processes.
 
-The first process binds every endpoint, then starts N-1 copies of itself. TCP
-endpoints are bound by every process with SO_REUSEPORT, so the kernel spreads
+The first process binds every endpoint, then starts the others: N-1 copies of
+itself (``srsd serve --workers N``) for the endpoints Twisted serves (policy,
+milter; every endpoint with ``[daemon] lookup_processes = 0``), and the lookup
+processes (:mod:`srsd.lookup_loop`) for tcp_table and socketmap. TCP endpoints are
+bound by every process with SO_REUSEPORT where possible, so the kernel spreads
 connections evenly over per-process accept queues; unix and systemd-activated
 sockets (which SO_REUSEPORT does not cover) are inherited as file descriptors
-and accepted from one shared queue. The parent relays SIGHUP, restarts a worker that dies, and
-stops them when it stops; a worker whose parent is gone stops itself.
+and accepted from one shared queue. The parent relays SIGHUP, restarts a child that
+dies, and stops them when it stops; a child whose parent is gone stops itself.
 """
 
 from __future__ import annotations
@@ -18,11 +21,20 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import endpoints, protocol, tcp, unix
+from twisted.internet import defer, endpoints, protocol, tcp, unix
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-__all__ = ["adopt", "listen_reuseport", "reuseport_endpoint", "WorkerPool", "parse_inherit", "watch_parent"]
+__all__ = [
+    "adopt",
+    "listen_reuseport",
+    "reuseport_endpoint",
+    "reuseport_socket",
+    "WorkerPool",
+    "parse_inherit",
+    "watch_parent",
+    "tell_parent",
+]
 
 log = Logger(namespace="srsd.workers")
 
@@ -68,6 +80,16 @@ def listen_reuseport(reactor: Any, endpoint: Any, factory: Any, port: int | None
         parent's actual port when the config says 0).
     :raises OSError: the bind failed.
     """
+    sock = reuseport_socket(endpoint, port)
+    try:
+        return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+    finally:
+        sock.close()  # the port holds its own duplicate
+
+
+def reuseport_socket(endpoint: Any, port: int | None = None) -> socket.socket:
+    """A listening, non-blocking SO_REUSEPORT socket for a TCP endpoint (see
+    :func:`listen_reuseport`). :raises OSError: the bind failed."""
     family = socket.AF_INET6 if isinstance(endpoint, endpoints.TCP6ServerEndpoint) else socket.AF_INET
     interface = endpoint._interface or ("::" if family == socket.AF_INET6 else "0.0.0.0")
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -77,9 +99,10 @@ def listen_reuseport(reactor: Any, endpoint: Any, factory: Any, port: int | None
         sock.bind((interface, endpoint._port if port is None else port))
         sock.listen(endpoint._backlog)
         sock.setblocking(False)
-        return reactor.adoptStreamPort(sock.fileno(), family, factory)
-    finally:
-        sock.close()  # the port holds its own duplicate
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def reuseport_endpoint(reactor: Any, description: str) -> Any:
@@ -120,25 +143,49 @@ def watch_parent(reactor: Any) -> LoopingCall:
     return loop
 
 
-class _WorkerProcess(protocol.ProcessProtocol):
-    def __init__(self, pool: WorkerPool, index: int) -> None:
+class _Child(protocol.ProcessProtocol):
+    """One process of the pool: a worker (``lookups`` False) or a lookup process."""
+
+    def __init__(self, pool: WorkerPool, index: int, lookups: bool) -> None:
         self.pool = pool
         self.index = index
+        self.lookups = lookups
+        self.ready = False  # serving: it said so on its status pipe
+        self.reloaded: defer.Deferred | None = None  # fires when it reports a reload done
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802 (Twisted's name)
+        for word in data.split():
+            if word == b"ready":
+                self.ready = True
+                self.pool.child_ready(self)
+            elif word in (b"reloaded", b"refused"):
+                waiting, self.reloaded = self.reloaded, None
+                if waiting is not None and not waiting.called:  # (not timed out)
+                    waiting.callback(word.decode())
 
     def processEnded(self, reason: Any) -> None:  # noqa: N802
-        self.pool.ended(self.index, reason)
+        self.pool.ended(self, reason)
 
 
 class WorkerPool:
-    """Start and keep N-1 workers alive that serve the parent's listening ports.
+    """Start and keep alive the processes that serve the parent's listening sockets:
+    N-1 workers (``--workers N``: Twisted processes like the parent, for every
+    endpoint the lookup processes do not serve) and the lookup processes
+    (``[daemon] lookup_processes``, :mod:`srsd.lookup_loop`).
 
-    :param argv: the ``srsd serve`` arguments (config path etc.) for a worker.
+    Of the lookup processes, the first serves the parent's own socket of each lookup
+    endpoint (the parent does not accept on it); the others bind their own
+    SO_REUSEPORT socket on the same port where *reuseport* names the endpoint, and
+    share the parent's socket elsewhere (unix, systemd, after a user switch).
+
+    :param argv: the ``srsd serve`` arguments (config path etc.) for a child.
     :param ports: {endpoint name: listening port object} from the parent.
-    :param reuseport: endpoint names the workers bind themselves (SO_REUSEPORT);
-        the others are inherited as file descriptors.
-    :param report_fd: a descriptor each worker inherits to report its metrics on
+    :param reuseport: endpoint names bound with SO_REUSEPORT (children may bind their own).
+    :param lookups: lookup processes to run (0: the workers serve every endpoint).
+    :param lookup_names: the endpoints the lookup processes serve.
+    :param report_fd: a descriptor each child inherits to report its metrics on
         (``report=fd:N``, :mod:`srsd.metrics_workers`).
-    :param on_ended: called with the pid of each worker that ended.
+    :param on_ended: called with the pid of each child that ended.
     """
 
     def __init__(
@@ -148,58 +195,119 @@ class WorkerPool:
         argv: list[str],
         ports: dict[str, Any],
         reuseport: frozenset[str] = frozenset(),
+        lookups: int = 0,
+        lookup_names: frozenset[str] = frozenset(),
         report_fd: int | None = None,
         on_ended: Callable[[int], None] | None = None,
     ) -> None:
         self.reactor = reactor
-        self.report_fd = report_fd
-        self.on_ended = on_ended
         self.count = count
         self.argv = argv
-        self.fds = {name: port.fileno() for name, port in ports.items() if name not in reuseport}
+        self.lookups = lookups
+        self.report_fd = report_fd
+        self.on_ended = on_ended
+        served_apart = lookup_names if lookups else frozenset()
+        self.fds = {name: port.fileno() for name, port in ports.items()}
         self.tcp_ports = {name: port.getHost().port for name, port in ports.items() if name in reuseport}
-        self.processes: dict[int, Any] = {}
+        self.worker_names = [name for name in ports if name not in served_apart]
+        self.lookup_names = [name for name in ports if name in served_apart]
+        self.processes: dict[tuple[bool, int], Any] = {}
+        self.children: dict[tuple[bool, int], _Child] = {}
         self.stopping = False
+        self._starting: set[tuple[bool, int]] = set()
+        #: fires once every child of the first start serves; fails when one ends before
+        self.ready: defer.Deferred = defer.Deferred()
 
     def start(self) -> None:
-        for index in range(1, self.count):
-            self._spawn(index)
+        if self.worker_names:
+            self._starting |= {(False, index) for index in range(1, self.count)}
+        if self.lookup_names:
+            self._starting |= {(True, index) for index in range(1, self.lookups + 1)}
+        for lookups, index in sorted(self._starting):
+            self._spawn(index, lookups)
         self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
+        if not self._starting:
+            self.ready.callback(None)
 
-    def _spawn(self, index: int) -> None:
-        inherit = ",".join(
-            [f"{name}=fd:{fd}" for name, fd in self.fds.items()]
-            + [f"{name}=port:{port}" for name, port in self.tcp_ports.items()]
-            + ([f"report=fd:{self.report_fd}"] if self.report_fd is not None else [])
-        )
-        args = [sys.executable, "-m", "srsd", "serve", *self.argv, "--inherit", inherit]
+    def reload(self, timeout: float = 10.0) -> defer.Deferred:
+        """Relay SIGHUP to every child. :returns: a Deferred firing with the number of
+        children that have not reported the reload done within *timeout* seconds (0:
+        all did); a child still starting reads the new configuration as it starts."""
+        waits = []
+        for key, proc in list(self.processes.items()):
+            child = self.children[key]
+            if child.ready:
+                child.reloaded = defer.Deferred()
+                waits.append(child.reloaded.addTimeout(timeout, self.reactor).addErrback(lambda _: None))
+            try:
+                proc.signalProcess(signal.SIGHUP)
+            except Exception:  # already gone
+                pass
+        done = defer.gatherResults(waits)
+        return done.addCallback(lambda words: sum(word is None for word in words))
+
+    def _inherit(self, index: int, lookups: bool) -> dict[str, str]:
+        """{endpoint: "fd:N" or "port:N"} for one child."""
+        out = {}
+        for name in self.lookup_names if lookups else self.worker_names:
+            own_socket = name in self.tcp_ports and not (lookups and index == 1)
+            out[name] = f"port:{self.tcp_ports[name]}" if own_socket else f"fd:{self.fds[name]}"
+        return out
+
+    def _spawn(self, index: int, lookups: bool) -> None:
+        inherit = self._inherit(index, lookups)
+        if self.report_fd is not None:
+            inherit["report"] = f"fd:{self.report_fd}"
+        items = ",".join(f"{name}={value}" for name, value in inherit.items())
+        args = [sys.executable, "-m", "srsd", "serve", *self.argv, "--inherit", items]
         child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2}
-        child_fds.update({fd: fd for fd in self.fds.values()})
+        child_fds.update({fd: fd for name, fd in self.fds.items() if inherit.get(name) == f"fd:{fd}"})
         if self.report_fd is not None:
             child_fds[self.report_fd] = self.report_fd
-        # A SIGHUP relayed while the worker is still starting up would kill it (the default
+        status_fd = max(child_fds) + 1
+        child_fds[status_fd] = "r"  # the child's status pipe: "ready", "reloaded" (tell_parent)
+        args += ["--status-fd", str(status_fd)] + (["--lookups"] if lookups else [])
+        # A SIGHUP relayed while the child is still starting up would kill it (the default
         # action): it starts with SIGHUP blocked and unblocks it once its handler is set (serve).
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGUSR1})
         try:
-            self.processes[index] = self.reactor.spawnProcess(
-                _WorkerProcess(self, index), sys.executable, args, env=os.environ, childFDs=child_fds
+            child = self.children[(lookups, index)] = _Child(self, index, lookups)
+            self.processes[(lookups, index)] = self.reactor.spawnProcess(
+                child, sys.executable, args, env=os.environ, childFDs=child_fds
             )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        log.info("worker {index} started (pid {pid})", index=index, pid=self.processes[index].pid)
+        pid = self.processes[(lookups, index)].pid
+        log.info("{what} {index} started (pid {pid})", what=_what(lookups), index=index, pid=pid)
 
-    def ended(self, index: int, reason: Any) -> None:
-        process = self.processes.pop(index, None)
+    def child_ready(self, child: _Child) -> None:
+        key = (child.lookups, child.index)
+        if key in self._starting:
+            self._starting.discard(key)
+            if not self._starting and not self.ready.called:
+                self.ready.callback(None)
+
+    def ended(self, child: _Child, reason: Any) -> None:
+        key = (child.lookups, child.index)
+        process = self.processes.pop(key, None)
         if process is not None and self.on_ended is not None:
             self.on_ended(process.pid)
+        if child.reloaded is not None and not child.reloaded.called:
+            child.reloaded.callback(None)  # gone: nothing to wait for
+        child.reloaded = None
         if self.stopping:
             return
-        log.error("worker {index} ended ({reason}); restarting it in 1 s", index=index, reason=reason.getErrorMessage())
-        self.reactor.callLater(1.0, self._respawn, index)
+        what = _what(child.lookups)
+        if key in self._starting and not self.ready.called:
+            self.ready.errback(RuntimeError(f"{what} {child.index} ended before serving ({reason.getErrorMessage()})"))
+            return
+        log.error("{what} {index} ended ({reason}); restarting it in 1 s", what=what, index=child.index,
+                  reason=reason.getErrorMessage())  # fmt: skip
+        self.reactor.callLater(1.0, self._respawn, child.index, child.lookups)
 
-    def _respawn(self, index: int) -> None:
-        if not self.stopping and index not in self.processes:
-            self._spawn(index)
+    def _respawn(self, index: int, lookups: bool) -> None:
+        if not self.stopping and (lookups, index) not in self.processes:
+            self._spawn(index, lookups)
 
     def signal_all(self, signum: int) -> None:
         for proc in list(self.processes.values()):
@@ -211,3 +319,17 @@ class WorkerPool:
     def stop(self) -> None:
         self.stopping = True
         self.signal_all(signal.SIGTERM)
+
+
+def tell_parent(fd: int | None, word: str) -> None:
+    """Write *word* (``ready``, ``reloaded``, ``refused``) to the status pipe *fd* that
+    the parent gave this child (``--status-fd``; None: not a child)."""
+    if fd is not None:
+        try:
+            os.write(fd, word.encode() + b"\n")
+        except OSError:
+            pass  # the parent is gone: watch_parent stops this process
+
+
+def _what(lookups: bool) -> str:
+    return "lookup process" if lookups else "worker"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -27,10 +28,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITCPTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from srsd.answer_cache import AnswerCache
 from srsd.log_limit import LimitedLog
-from srsd.metrics import endpoint_stats
+from srsd.metrics import endpoint_stats, lookup_outcomes
 from srsd.rewrite import TEMP, Answer
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "LineBuffer",
     "MAX_PENDING",
     "write_now",
+    "writer",
 ]
 
 #: (map name, key) -> Answer | Deferred[Answer]
@@ -51,6 +55,7 @@ Lookup = Callable[[str, str], "Answer | Deferred[Answer]"]
 
 log = Logger(namespace="srsd.protocol")
 limited = LimitedLog(log)  # a connection flood must not flood the log too
+_LOOKUPS = lookup_outcomes()  # (map, outcome) counts: a cache hit adds to the one it replays
 
 #: replies a connection may have waiting behind a slow one before srsd stops reading
 #: its requests (Postfix sends one request and waits for its answer)
@@ -84,6 +89,15 @@ class LineBuffer:
         if self.discarding:
             self.partial = b""
         return lines, overflow
+
+
+def writer(transport: Any) -> Callable[[bytes], None]:
+    """The fastest correct way to write replies to *transport*: :func:`write_now` on
+    Twisted's socket transports, the transport's own ``write`` elsewhere (an asyncio
+    transport, :mod:`srsd.lookup_loop`, already sends at once when it can)."""
+    if hasattr(transport, "writeSomeData"):
+        return partial(write_now, transport)
+    return transport.write
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -254,6 +268,10 @@ class RequestProtocol(EndpointProtocol):
         super().__init__()
         self._queue: deque[list[Any]] = deque()  # pending [bytes | None] slots
 
+    def connectionMade(self) -> None:  # noqa: N802
+        super().connectionMade()
+        self.write_reply = writer(self.transport)
+
     def readConnectionLost(self) -> None:  # noqa: N802 (IHalfCloseableProtocol)
         self._read_closed = True
         if not self._queue:
@@ -298,7 +316,7 @@ class RequestProtocol(EndpointProtocol):
         """Write *replies* in order; Deferred ones hold back those after them."""
         self.last_active = time.monotonic()
         if not self._queue and all(type(r) is bytes for r in replies):
-            write_now(self.transport, b"".join(replies))  # the common, synchronous case
+            self.write_reply(b"".join(replies))  # the common, synchronous case
         else:
             for reply in replies:
                 slot: list[Any] = [reply]
@@ -321,7 +339,7 @@ class RequestProtocol(EndpointProtocol):
         while self._queue and self._queue[0][0] is not None:
             out.append(self._queue.popleft()[0])
         if out:
-            write_now(self.transport, b"".join(out))
+            self.write_reply(b"".join(out))
             if len(self._queue) <= MAX_PENDING // 2:
                 self.hold_reading("replies pending", False)
         if self._read_closed and not self._queue:
@@ -333,14 +351,30 @@ class LookupFactory(RequestFactory):
 
     :param lookup: the decision function, called as ``lookup(map_name, key)``; it
         reads the current configuration itself, so a reload needs no new factory.
+    :param cache: where replies that hold for the rest of the day are kept, keyed
+        by request bytes (None: none are); whoever changes the answers (a reload)
+        clears it.
+    :param cacheable: ``cacheable(map_name, answer)``: when *answer*, returned at
+        once by *lookup*, holds for the rest of the day, the (map, outcome) its
+        replays count as, else None (:meth:`srsd.srs_maps.SRSMaps.cacheable`).
     :param limits: see :class:`RequestFactory`.
     """
 
     protocol: type[LookupProtocol]
 
-    def __init__(self, lookup: Lookup, name: str, **limits: Any) -> None:
+    def __init__(
+        self,
+        lookup: Lookup,
+        name: str,
+        *,
+        cache: AnswerCache | None = None,
+        cacheable: Callable[[str, Answer], tuple[str, str] | None] | None = None,
+        **limits: Any,
+    ) -> None:
         super().__init__(name, **limits)
         self.lookup = lookup
+        self.cache = cache if cacheable is not None else None
+        self.cacheable = cacheable
 
 
 class LookupProtocol(RequestProtocol):
@@ -359,8 +393,48 @@ class LookupProtocol(RequestProtocol):
     def temporary_failure(self) -> bytes:
         return self.encode(Answer(TEMP, "internal error"))
 
-    def run_lookup(self, map_name: str, key: str) -> bytes | Deferred:
-        """Run one lookup; never raises: a failure inside becomes TEMP."""
+    def run_lookup(self, map_name: str, key: str, request: bytes | None = None) -> bytes | Deferred:
+        """Run one lookup; never raises: a failure inside becomes TEMP.
+
+        :param request: the whole request as it arrived, when it was alone in its
+            read: the reply is cached under it when the answer holds for the day.
+        """
         if self.overloaded:
             return self.encode(Answer(TEMP, "server busy, try again"))
-        return self.answer(self.factory.lookup, (map_name, key), self.encode)
+        factory = self.factory
+        started = perf_counter()
+        try:
+            answer = factory.lookup(map_name, key)
+        except Exception:
+            return self._failed(Failure(), (map_name, key))
+        # type() first: isinstance(x, Deferred) is slow (Deferred's metaclass is ABCMeta).
+        if type(answer) is not Answer and isinstance(answer, Deferred):
+            answer.addCallback(factory.stats.since_later, started)
+            return answer.addCallbacks(self.encode, self._failed, errbackArgs=((map_name, key),))
+        reply = self.encode(answer)
+        factory.stats.since(started)
+        if request is not None and factory.cache is not None:
+            outcome = factory.cacheable(map_name, answer)
+            if outcome is not None:
+                factory.cache.put(request, reply, outcome)
+        return reply
+
+    def cached(self, request: bytes) -> bytes | None:
+        """The cached reply to *request*, or None (nothing cached, or this connection
+        is not at a request boundary: see :meth:`at_boundary`). A hit is counted as
+        the lookup it replays (its outcome) and in the endpoint's fastest latency
+        bucket: it costs a dictionary lookup, far below the first bucket."""
+        cache = self.factory.cache
+        if cache is None:
+            return None
+        entry = cache.entries.get(request)
+        if entry is None or time.time() >= cache.until or self._queue or self.overloaded or not self.at_boundary():
+            return None
+        self.last_active = time.monotonic()
+        _LOOKUPS[entry[1]] += 1
+        self.factory.stats.counts[0] += 1
+        return entry[0]
+
+    def at_boundary(self) -> bool:
+        """Subclasses: nothing of an earlier request is buffered."""
+        return False

@@ -54,6 +54,11 @@ class NetstringDecoder:
         self._skip = 0  # bytes of an over-long payload (and its comma) still to drop
 
     @property
+    def at_boundary(self) -> bool:
+        """Nothing held or being skipped: the next byte starts a netstring."""
+        return not self._buffer and not self._skip
+
+    @property
     def buffered(self) -> int:
         """Bytes held for an unfinished netstring."""
         return len(self._buffer)

@@ -34,7 +34,15 @@ class SocketmapProtocol(LookupProtocol):
             payload = b"TEMP " + text.encode("utf-8", "surrogateescape")
         return netstring(payload)
 
+    def at_boundary(self) -> bool:
+        return self._decoder.at_boundary
+
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        reply = self.cached(data)
+        if reply is not None:
+            self.write_reply(reply)
+            return
+        at_boundary = self._decoder.at_boundary
         try:
             requests = self._decoder.feed(data)
         except NetstringError as exc:
@@ -45,11 +53,14 @@ class SocketmapProtocol(LookupProtocol):
             self.send(replies)
             self.transport.loseConnection()
             return
-        if requests:
+        if len(requests) == 1 and at_boundary and self._decoder.at_boundary:
+            self.send([self.request(requests[0], data)])  # the whole read was this request
+        elif requests:
             self.send([self.request(r) for r in requests])
 
-    def request(self, payload):
-        """Answer one request payload ``NAME SPACE KEY``."""
+    def request(self, payload, whole: bytes | None = None):
+        """Answer one request payload ``NAME SPACE KEY``; *whole*: the netstring
+        it came in, when alone in its read (its reply may be cached under it)."""
         if payload is TOO_LONG:
             # No address of ours is this long: NOTFOUND (PERM would defer the mail).
             self.factory.stats.protocol_error("too_long")
@@ -59,7 +70,7 @@ class SocketmapProtocol(LookupProtocol):
         if map_name not in MAPS:
             self.factory.stats.protocol_error("unknown_map")
             return netstring(b"PERM unknown map name; this server has: " + " ".join(MAPS).encode())
-        return self.run_lookup(map_name, key.decode("utf-8", "surrogateescape"))
+        return self.run_lookup(map_name, key.decode("utf-8", "surrogateescape"), whole)
 
 
 class SocketmapFactory(LookupFactory):

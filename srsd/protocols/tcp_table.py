@@ -10,6 +10,7 @@ map: the factory's ``map_name`` is passed to the lookup with every key.
 from __future__ import annotations
 
 import re
+import time
 
 from srsd.protocols.base import LineBuffer, LookupFactory, LookupProtocol
 from srsd.rewrite import FOUND, NOTFOUND, Answer
@@ -48,10 +49,22 @@ class TcpTableProtocol(LookupProtocol):
 
     def encode(self, answer: Answer) -> bytes:
         status, text = answer
-        return _CODES.get(status, b"400 ") + quote(text.encode("utf-8", "surrogateescape")) + b"\n"
+        data = text.encode("utf-8", "surrogateescape")
+        # Most answers are plain printable ASCII: str checks cost less than the regex.
+        if not (text.isascii() and text.isprintable() and " " not in text and "%" not in text):
+            data = quote(data)
+        return _CODES.get(status, b"400 ") + data + b"\n"
+
+    def at_boundary(self) -> bool:
+        return not self._lines.partial and not self._lines.discarding
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        # The usual read: one whole plain request (Postfix waits for each answer).
+        # The usual read: one whole plain request (Postfix waits for each answer),
+        # often asked before (cleanup looks every result up again).
+        reply = self.cached(data)
+        if reply is not None:
+            self.write_reply(reply)
+            return
         if (
             data[-1:] == b"\n"
             and data.startswith(b"get ")
@@ -62,7 +75,12 @@ class TcpTableProtocol(LookupProtocol):
             and b"\r" not in data
             and len(data) <= self.factory.max_request_bytes + 1
         ):
-            self.send([self.run_lookup(self.factory.map_name, data[4:-1].decode("utf-8", "surrogateescape"))])
+            reply = self.run_lookup(self.factory.map_name, data[4:-1].decode("utf-8", "surrogateescape"), data)
+            if type(reply) is bytes and not self._queue and not self.overloaded:
+                self.last_active = time.monotonic()
+                self.write_reply(reply)  # send()'s common case, without its list
+            else:
+                self.send([reply])
             return
         limit = self.factory.max_request_bytes
         # +1: an unfinished line may still end in the "\r" of a CRLF.

@@ -217,13 +217,13 @@ def test_metrics_endpoint_that_cannot_be_bound_stops_the_start(srsd_factory):
     assert "listen.metrics: cannot listen on" in daemon.log_text()
 
 
-def test_counts_of_a_killed_worker_stay_in_the_totals(srsd_factory):
+def test_counts_of_a_killed_child_stay_in_the_totals(srsd_factory):
     import os
     import signal
 
-    daemon = srsd_factory(endpoints=("tcp_forward", "metrics"), workers=2)
-    assert daemon.wait_for_log(re.compile(r"worker 1 started \(pid \d+\)"))
-    worker = int(re.search(r"worker 1 started \(pid (\d+)\)", daemon.log_text()).group(1))
+    daemon = srsd_factory(endpoints=("tcp_forward", "metrics"))  # 2 lookup processes serve it
+    assert daemon.wait_for_log(re.compile(r"lookup process 1 started \(pid \d+\)"))
+    worker = int(re.search(r"lookup process 1 started \(pid (\d+)\)", daemon.log_text()).group(1))
     counts = dict.fromkeys(("forward_found", "local_domain"), 0)
     drive_lookups(daemon, 2, counts)
     assert str(worker) in serving_pids(daemon)
@@ -231,9 +231,9 @@ def test_counts_of_a_killed_worker_stay_in_the_totals(srsd_factory):
     found = key("srsd_lookups_total", map="forward", result="found")
     assert wait_for_samples(port, {found: counts["forward_found"]})[found] == counts["forward_found"]
 
-    os.kill(worker, signal.SIGKILL)  # the worker we started (its pid from srsd's own log)
-    assert daemon.wait_for_log(re.compile(r"worker 1 started \(pid \d+\)"), count=2, timeout=20)
-    assert scrape(port)[found] == counts["forward_found"], "a dead worker's counts went missing"
+    os.kill(worker, signal.SIGKILL)  # the lookup process we started (its pid from srsd's own log)
+    assert daemon.wait_for_log(re.compile(r"lookup process 1 started \(pid \d+\)"), count=2, timeout=20)
+    assert scrape(port)[found] == counts["forward_found"], "a dead child's counts went missing"
     with daemon.tcp_table("forward") as fwd:
         for i in range(30):
             assert fwd.lookup("forward", f"after{i}@orig.example")[0] == "found"

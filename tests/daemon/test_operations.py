@@ -168,15 +168,38 @@ def test_unix_socket_restart_after_crash(srsd_factory, short_tmp):
     _forward(daemon)
 
 
-# -- workers --------------------------------------------------------------------------
+# -- workers and lookup processes ----------------------------------------------------
+#
+# Two kinds of child process share the parent's sockets: --workers (Twisted, like the
+# parent; with [daemon] lookup_processes = 0 they serve the lookup endpoints too) and
+# the lookup processes (srsd.lookup_loop; the parent does not accept on their sockets).
+# Each test below runs with both.
+
+KINDS = {
+    "workers": (r"worker \d+ started \(pid (\d+)\)", {"daemon": {"lookup_processes": 0}}),
+    "lookup processes": (r"lookup process \d+ started \(pid (\d+)\)", {}),
+}
 
 
-def _worker_pids(daemon, n: int) -> list[int]:
-    assert daemon.wait_for_log(re.compile(r"worker \d+ started \(pid \d+\)"), count=n - 1)
-    pids = [int(p) for p in re.findall(r"worker \d+ started \(pid (\d+)\)", daemon.log_text())]
-    # each worker logs its own listen lines once it serves
+def _start(srsd_factory, kind: str, n: int, **options):
+    """A daemon with *n* processes serving its lookups: the parent and n-1 workers, or n
+    lookup processes. :returns: (daemon, the pids that serve lookups, the children's pids)."""
+    sections = {**KINDS[kind][1], **options.pop("sections", {})}
+    if kind == "workers":
+        daemon = srsd_factory(workers=n, sections=sections, **options)
+    else:
+        daemon = srsd_factory(sections={**sections, "daemon": {"lookup_processes": n}}, **options)
+    children = _child_pids(daemon, kind, n - 1 if kind == "workers" else n)
+    return daemon, ([daemon.pid, *children] if kind == "workers" else children), children
+
+
+def _child_pids(daemon, kind: str, count: int) -> list[int]:
+    pattern = re.compile(KINDS[kind][0])
+    assert daemon.wait_for_log(pattern, count=count)
+    pids = [int(p) for p in pattern.findall(daemon.log_text())]
+    # each child logs its own listen lines once it serves
     for pid in pids:
-        assert daemon.wait_for_log(f"srsd[{pid}] info: listen.socketmap"), f"worker {pid} never listened"
+        assert daemon.wait_for_log(f"srsd[{pid}] info: listen.socketmap"), f"child {pid} never listened"
     return pids
 
 
@@ -213,15 +236,16 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc")
-def test_workers_share_the_sockets(srsd_factory):
-    daemon = srsd_factory(workers=2)
-    pids = [daemon.pid, *_worker_pids(daemon, 2)]
+@pytest.mark.parametrize("kind", KINDS)
+def test_children_share_the_sockets_and_reload_before_reloaded_is_logged(srsd_factory, kind):
+    daemon, pids, _ = _start(srsd_factory, kind, 2)
     assert len(set(pids)) == 2
-    served_by: dict[int, int] = dict.fromkeys(pids, 0)
+    old = daemon.lookup("tcp_table", "forward", SENDER)[1]
+    served_by: dict[int, list] = {pid: [] for pid in pids}
     clients = []
     try:
         deadline = time.monotonic() + 10
-        while min(served_by.values()) < 3 and time.monotonic() < deadline:
+        while min(len(c) for c in served_by.values()) < 3 and time.monotonic() < deadline:
             for _ in range(10):
                 client = daemon.tcp_table("forward")
                 clients.append(client)
@@ -230,65 +254,72 @@ def test_workers_share_the_sockets(srsd_factory):
                 inode = _server_side_inode(daemon.ports["tcp_forward"], client.sock.getsockname()[1])
                 owners = [pid for pid in pids if inode in _socket_inodes(pid)]
                 assert len(owners) == 1, f"connection {inode} owned by {owners}"
-                served_by[owners[0]] += 1
-        assert min(served_by.values()) >= 3, f"connections accepted per pid: {served_by}"
+                served_by[owners[0]].append(client)
+        assert min(len(c) for c in served_by.values()) >= 3, f"connections accepted per pid: {served_by}"
         for client in clients:  # every process keeps serving its connections
             assert client.lookup("forward", SENDER)[0] == "found"
+        # SIGHUP is relayed to every child; "reloaded" is logged once all run the new secret.
+        daemon.write_secrets(["a-new-secret"])
+        daemon.reload()
+        assert "did not report" not in daemon.log_text()
+        for pid, conns in served_by.items():
+            for client in conns[:3]:
+                new = client.lookup("forward", SENDER)[1]
+                assert new != old, f"process {pid} still signs with the old secret after 'reloaded'"
     finally:
         for client in clients:
             client.close()
 
-    daemon.signal(signal.SIGHUP)  # relayed to the worker
-    for pid in pids:
-        assert daemon.wait_for_log(f"srsd[{pid}] info: reloaded"), f"pid {pid} did not reload"
 
-
-def test_sigterm_of_the_parent_stops_the_workers(srsd_factory):
-    daemon = srsd_factory(workers=3)
-    workers = _worker_pids(daemon, 3)
+@pytest.mark.parametrize("kind", KINDS)
+def test_sigterm_of_the_parent_stops_the_children(srsd_factory, kind):
+    daemon, _, children = _start(srsd_factory, kind, 3)
     _forward(daemon)
     try:
         assert daemon.stop() == 0
         deadline = time.monotonic() + 5
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not [pid for pid in workers if _alive(pid)], "workers still running after SIGTERM of the parent"
+        assert not [pid for pid in children if _alive(pid)], "children still running after SIGTERM of the parent"
         _no_tracebacks(daemon)
     finally:
-        for pid in workers:  # our grandchildren, if the assertion above failed
+        for pid in children:  # our grandchildren, if the assertion above failed
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_worker_restarted_after_it_dies(srsd_factory):
-    daemon = srsd_factory(workers=2)
-    (worker,) = _worker_pids(daemon, 2)
-    os.kill(worker, signal.SIGKILL)  # our grandchild
-    assert daemon.wait_for_log(re.compile(r"worker 1 started \(pid \d+\)"), count=2, timeout=10)
+@pytest.mark.parametrize("kind", KINDS)
+def test_child_restarted_after_it_dies(srsd_factory, kind):
+    daemon, _, children = _start(srsd_factory, kind, 2)
+    os.kill(children[-1], signal.SIGKILL)  # our grandchild
+    started = re.compile(KINDS[kind][0].replace(r"\d+ started", f"{len(children)} started"))
+    assert daemon.wait_for_log(started, count=2, timeout=10)
     for _ in range(20):
         _forward(daemon)
     assert daemon.stop() == 0
 
 
-def test_workers_on_unix_sockets_survive_a_worker_restart(srsd_factory, short_tmp):
-    daemon = srsd_factory(workers=2, listen=_unix_listen(short_tmp))
-    (worker,) = _worker_pids(daemon, 2)
-    os.kill(worker, signal.SIGTERM)  # our grandchild; as an admin or the OOM killer might
-    assert daemon.wait_for_log(re.compile(r"worker 1 started \(pid \d+\)"), count=2, timeout=10)
+@pytest.mark.parametrize("kind", KINDS)
+def test_children_on_unix_sockets_survive_a_restart(srsd_factory, short_tmp, kind):
+    daemon, _, children = _start(srsd_factory, kind, 2, listen=_unix_listen(short_tmp))
+    os.kill(children[0], signal.SIGTERM)  # our grandchild; as an admin or the OOM killer might
+    assert daemon.wait_for_log(re.compile(KINDS[kind][0].replace(r"\d+ started", "1 started")), count=2, timeout=10)
     missing = [name for name in ("fwd.sock", "rev.sock", "sm.sock") if not (short_tmp / name).exists()]
-    assert not missing, f"a worker stopping removed the shared socket files {missing}"
+    assert not missing, f"a child stopping removed the shared socket files {missing}"
     for _ in range(10):
         _forward(daemon)
         _forward(daemon, "socketmap")
 
 
-def test_workers_on_unix_sockets_stop_cleanly(srsd_factory, short_tmp):
-    daemon = srsd_factory(workers=2, listen=_unix_listen(short_tmp))
-    _worker_pids(daemon, 2)
+@pytest.mark.parametrize("kind", KINDS)
+def test_children_on_unix_sockets_stop_cleanly(srsd_factory, short_tmp, kind):
+    daemon, _, _ = _start(srsd_factory, kind, 2, listen=_unix_listen(short_tmp))
     _forward(daemon)
     assert daemon.stop() == 0
-    time.sleep(0.5)  # the worker notices its parent going
+    time.sleep(0.5)  # the children notice their parent going
     _no_tracebacks(daemon)
+    leftovers = sorted(p.name for p in short_tmp.iterdir() if p.is_socket())
+    assert leftovers == [], f"socket files left after SIGTERM: {leftovers}"
 
 
 # -- limits ---------------------------------------------------------------------------
@@ -296,7 +327,8 @@ def test_workers_on_unix_sockets_stop_cleanly(srsd_factory, short_tmp):
 
 @pytest.mark.parametrize("protocol", ["tcp_table", "socketmap"])
 def test_max_connections(srsd_factory, protocol):
-    daemon = srsd_factory(sections={"limits": {"max_connections": 2}})
+    # The limit is per process: one lookup process serves them all here.
+    daemon = srsd_factory(sections={"limits": {"max_connections": 2}, "daemon": {"lookup_processes": 1}})
 
     def client():
         return daemon.tcp_table("forward") if protocol == "tcp_table" else daemon.socketmap()

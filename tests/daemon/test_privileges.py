@@ -41,8 +41,11 @@ def credentials(pid: int) -> dict[str, list[int]]:
     return out
 
 
-def nobody_daemon(workdir: Path, **options) -> SrsdDaemon:
-    daemon = SrsdDaemon(workdir, sections={"daemon": {"user": "nobody"}}, **options)
+def nobody_daemon(workdir: Path, lookup_processes: int | None = None, **options) -> SrsdDaemon:
+    settings: dict = {"user": "nobody"}
+    if lookup_processes is not None:
+        settings["lookup_processes"] = lookup_processes
+    daemon = SrsdDaemon(workdir, sections={"daemon": settings}, **options)
     daemon.secrets_path.touch()
     os.chown(daemon.secrets_path, NOBODY.pw_uid, NOBODY.pw_gid)  # stays so: write_secrets rewrites in place
     return daemon
@@ -90,16 +93,22 @@ def test_root_switches_to_the_user_after_binding_and_reloads_as_it(world_dir):
     assert code == 0, daemon.diagnostics()
 
 
-def test_workers_run_as_the_user_too(world_dir):
-    daemon = nobody_daemon(world_dir, workers=2)
+@pytest.mark.parametrize("child", ["worker", "lookup process"])
+def test_children_run_as_the_user_too(world_dir, child):
+    """--workers processes (lookup_processes = 0) and lookup processes switch on their
+    own, after binding or adopting the sockets (shared, not SO_REUSEPORT: one uid)."""
+    if child == "worker":
+        daemon = nobody_daemon(world_dir, workers=2, lookup_processes=0)
+    else:
+        daemon = nobody_daemon(world_dir, lookup_processes=2)
     daemon.start()
     try:
-        assert daemon.wait_for_log("worker 1 started")
-        worker = int(daemon.log_text().split("worker 1 started (pid ")[1].split(")")[0])
+        assert daemon.wait_for_log(f"{child} 1 started")
+        worker = int(daemon.log_text().split(f"{child} 1 started (pid ")[1].split(")")[0])
         assert daemon.wait_for_log(f"srsd[{worker}] info: running as user nobody", timeout=20)
         for pid in (daemon.pid, worker):
             assert_runs_as_nobody(pid)
-        for _ in range(20):  # both processes accept: every lookup is answered
+        for _ in range(20):  # every process accepts: every lookup is answered
             status, srs0 = daemon.lookup("tcp_table", "forward", "alice@orig.example")
             assert status == "found"
             assert daemon.lookup("socketmap", "reverse", srs0) == ("found", "alice@orig.example")

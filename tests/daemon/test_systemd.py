@@ -153,15 +153,18 @@ def test_socket_activation_as_srsd_socket_passes_them(tmp_path, short_tmp):
     assert code == 0, daemon.diagnostics()
 
 
-def test_socket_activation_by_name_with_workers(tmp_path):
-    """Separately named socket units (FileDescriptorName=), shared with a worker process."""
+@pytest.mark.parametrize("child", ["worker", "lookup process"])
+def test_socket_activation_by_name_with_children(tmp_path, child):
+    """Separately named socket units (FileDescriptorName=), shared with a worker process
+    (lookup_processes = 0) or with the lookup processes."""
     tcp = [listening_tcp(), listening_tcp()]
     ports = [s.getsockname()[1] for s in tcp]
     listen = {"tcp_reverse": "systemd:domain=INET:name=reverse", "tcp_forward": "systemd:domain=INET:name=forward"}
-    daemon = activated(tmp_path / "srsd", tcp, ["forward", "reverse"], listen, workers=2)
+    options = {"workers": 2, "sections": {"daemon": {"lookup_processes": 0}}} if child == "worker" else {}
+    daemon = activated(tmp_path / "srsd", tcp, ["forward", "reverse"], listen, **options)
     try:
         daemon.ports = {"tcp_forward": ports[0], "tcp_reverse": ports[1]}
-        assert daemon.wait_for_log("worker 1 started")
+        assert daemon.wait_for_log(f"{child} 1 started")
         for i in range(30):
             status, srs0 = daemon.lookup("tcp_table", "forward", f"user{i}@orig.example")
             assert status == "found"

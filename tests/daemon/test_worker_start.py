@@ -1,13 +1,20 @@
-"""A SIGHUP while a worker process is still starting (a `systemctl reload` right after
-`start`) must not kill it: workers start with SIGHUP blocked until their handler is set."""
+"""A SIGHUP while a child process is still starting (a `systemctl reload` right after
+`start`) must not kill it: workers and lookup processes start with SIGHUP blocked until
+their handler is set."""
 
 import signal
 
+import pytest
 
-def test_sighup_during_worker_start_kills_no_worker(srsd_factory):
-    daemon = srsd_factory(workers=3)
-    assert daemon.wait_for_log("worker 2 started")
-    daemon.signal(signal.SIGHUP)  # relayed to workers still importing srsd
+
+@pytest.mark.parametrize("child", ["worker", "lookup process"])
+def test_sighup_during_child_start_kills_no_child(srsd_factory, child):
+    if child == "worker":
+        daemon = srsd_factory(workers=3, sections={"daemon": {"lookup_processes": 0}})
+    else:
+        daemon = srsd_factory(sections={"daemon": {"lookup_processes": 3}})
+    assert daemon.wait_for_log(f"{child} 2 started")
+    daemon.signal(signal.SIGHUP)  # relayed to children still importing srsd
     assert daemon.wait_for_log(" reloaded ")
     daemon.reload()  # and once more when they all run
     assert "ended" not in daemon.log_text(), daemon.diagnostics()

@@ -474,7 +474,16 @@ def test_metrics_and_decision_lines_follow_postfix_traffic(stack, keys):
         marker = new_marker()
         sent.append((send(stack, orig_signed(compose(marker), keys)), marker))
     received = [delivered(stack, marker) for _, marker in sent]
-    after = scrape(port)
+    # The lookup processes report their counts to the parent once a second: poll.
+    deadline = time.monotonic() + 10
+    while True:
+        after = scrape(port)
+        found = value(after, "srsd_lookups_total", map="forward", result="found")
+        if found - value(before, "srsd_lookups_total", map="forward", result="found") >= 3:
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
 
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.faults import attacks
 from tests.faults.clients import ENDPOINTS, NormalClient, ProbeLoop, policy_request, read_policy_action
-from tests.faults.measure import Outcome, open_fds, peak_rss_kb, reset_peak_rss
+from tests.faults.measure import Outcome, open_fds, process_tree, reset_tree_peak_rss, tree_peak_rss_kb
 from tests.lookup_clients import SocketmapClient, TcpTableClient, netstring
 from tests.protocols import milter_wire as w
 from tests.srsd_daemon import SrsdDaemon, srs0_pattern
@@ -29,6 +29,9 @@ def hostile_srsd(workdir: Path, *, max_connections: int = 1000, open_files: int 
     DUNNO to the normal client (127.0.0.1, skipped) and an X-Comment header that
     repeats the sender to 127.0.0.2 (a whitelisted relay): big replies, no DNS.
 
+    One lookup process (``[daemon] lookup_processes = 1``): limits.max_connections
+    counts per process, so with one the limit a test drives is exact.
+
     :param open_files: srsd's soft RLIMIT_NOFILE at start (None: inherited).
     """
     return SrsdDaemon(
@@ -36,6 +39,7 @@ def hostile_srsd(workdir: Path, *, max_connections: int = 1000, open_files: int 
         endpoints=ENDPOINTS,
         sections={
             "limits": {"max_connections": max_connections},
+            "daemon": {"lookup_processes": 1},
             "dns": {"nameservers": ["127.0.0.1:9"]},
             "policy": {"skip_networks": ["127.0.0.1/32"], "whitelist_networks": ["127.0.0.0/8"]},
         },
@@ -44,7 +48,8 @@ def hostile_srsd(workdir: Path, *, max_connections: int = 1000, open_files: int 
 
 
 class _Watch:
-    """srsd's peak RSS over a block (VmHWM reset at its start) and the normal client."""
+    """srsd's peak RSS over a block (VmHWM reset at its start; the whole process tree:
+    the lookup processes hold the lookup endpoints' clients) and the normal client."""
 
     def __init__(self, srsd: SrsdDaemon, outcome: Outcome, endpoints: tuple[str, ...] = ENDPOINTS) -> None:
         self.srsd = srsd
@@ -52,14 +57,14 @@ class _Watch:
         self.probe = ProbeLoop(NormalClient(srsd), outcome, endpoints)
 
     def __enter__(self) -> _Watch:
-        reset_peak_rss(self.srsd.pid)
-        self.outcome.start_rss_kb = peak_rss_kb(self.srsd.pid)
+        reset_tree_peak_rss(self.srsd.pid)
+        self.outcome.start_rss_kb = tree_peak_rss_kb(self.srsd.pid)
         self.probe.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.probe.__exit__()
-        self.outcome.peak_rss_kb = peak_rss_kb(self.srsd.pid)
+        self.outcome.peak_rss_kb = tree_peak_rss_kb(self.srsd.pid)
         self.srsd.assert_running()
 
 
@@ -95,7 +100,7 @@ def idle_flood(srsd: SrsdDaemon, connections: int = 1100, hold: float = 3.0) -> 
     outcome = Outcome("idle connections", unit="idle connections", inputs=connections)
     with _Watch(srsd, outcome), attacks.connections([srsd.address(n) for n in _spread(srsd, connections)]):
         time.sleep(hold)
-        fds = open_fds(srsd.pid)
+        fds = sum(open_fds(p) for p in process_tree(srsd.pid))
     outcome.answers = sum(len(lat) for lat in outcome.latencies.values())
     outcome.notes.append(f"srsd held {fds} file descriptors with them open")
     return outcome
@@ -128,7 +133,7 @@ def over_max_connections(srsd: SrsdDaemon, limit: int, extra: int = 50) -> Outco
             status, text = client.lookup("forward", "held@remote.example")
             if status != "found" or not srs0_pattern("held@remote.example").match(text):
                 outcome.fail(f"connection {index} within the limit: {status} {text!r}")
-        fds = open_fds(srsd.pid)
+        fds = sum(open_fds(p) for p in process_tree(srsd.pid))
     outcome.notes.append(f"srsd held {fds} file descriptors at the limit")
     outcome.notes.append(f"srsd's soft RLIMIT_NOFILE: {_soft_nofile(srsd.pid)}")
     return outcome
@@ -164,7 +169,7 @@ def never_reading(srsd: SrsdDaemon, endpoint: str, max_bytes: int = 256 * 1024 *
     with _Watch(srsd, outcome, tuple(e for e in ENDPOINTS if e != endpoint) + (endpoint,)):
         unread = attacks.never_read(srsd.address(endpoint), request, max_bytes, preamble=preamble)
         time.sleep(0.2)  # whatever srsd still does for it shows in its RSS
-        rss_blocked = peak_rss_kb(srsd.pid)
+        rss_blocked = tree_peak_rss_kb(srsd.pid)
     outcome.inputs = unread.requests_sent
     with unread.sock:
         expected = unread.requests_sent + preamble_replies

@@ -28,6 +28,38 @@ def reset_peak_rss(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
+def process_tree(pid: int) -> list[int]:
+    """*pid* and its descendants (srsd's lookup processes and workers), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo += parents.get(current, [])
+    return out
+
+
+def tree_peak_rss_kb(pid: int) -> int:
+    """The sum of the VmHWM of *pid*'s whole process tree, in KiB: each process's
+    peak counted, so it bounds the tree's peak from above."""
+    return sum(peak_rss_kb(p) for p in process_tree(pid))
+
+
+def reset_tree_peak_rss(pid: int) -> None:
+    """:func:`reset_peak_rss` for every process of *pid*'s tree."""
+    for p in process_tree(pid):
+        reset_peak_rss(p)
+
+
 def open_fds(pid: int) -> int:
     return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
 

@@ -18,7 +18,8 @@ SENDER = "during-reload@remote.example"
 
 
 def test_lookups_are_answered_while_a_reload_reads_its_files(tmp_path):
-    daemon = SrsdDaemon(tmp_path, secrets_lines=["first-secret"])
+    # One process reads the FIFO once: its lookup processes would wait for a second writer.
+    daemon = SrsdDaemon(tmp_path, secrets_lines=["first-secret"], sections={"daemon": {"lookup_processes": 0}})
     with serving(daemon):
         fifo = tmp_path / "secrets.fifo"
         os.mkfifo(fifo, 0o600)

@@ -1,0 +1,212 @@
+"""The lookup processes: srsd's lookup endpoints served on uvloop, apart from the rest.
+
+``srsd serve`` hands its tcp_table and socketmap sockets to ``[daemon]
+lookup_processes`` processes of their own (:mod:`srsd.workers` starts them). Each
+runs the same adapters (:mod:`srsd.protocols.tcp_table`, ``socketmap``) and the
+same :class:`~srsd.service.Daemon` decisions, on an asyncio loop from uvloop
+(libuv) instead of Twisted's epoll reactor:
+
+* per event, Twisted runs ~50 000 instructions of Python around a lookup
+  (``doPoll``, ``callWithLogger``, ``doRead``, the write buffer and its second pass;
+  docs/performance.md) where uvloop calls ``data_received`` straight from C and its
+  ``write()`` sends at once: a lookup costs half as many instructions;
+* the policy service's SPF checks and the milter's DKIM work stay in the Twisted
+  process(es): their threads and the GIL are not on a lookup's path;
+* several processes (SO_REUSEPORT sockets for TCP) use both cores and hold their
+  share of the CPU on a busy machine.
+
+Twisted still runs in each lookup process, on top of the same loop
+(``twisted.internet.asyncioreactor``), for whatever answers later through a Deferred
+(SPF-aware rewriting, stores): the adapters queue such replies in order as they do
+under Twisted. :class:`LookupBridge` is the only glue: an asyncio protocol that
+drives one Twisted-style adapter through a minimal transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from typing import Any
+
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["LookupBridge", "serve_lookups", "new_loop"]
+
+log = Logger(namespace="srsd.lookups")
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop event loop (libuv: its C callbacks reach the protocol directly)."""
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
+class _Transport:
+    """What srsd's adapters use of a Twisted transport (write, loseConnection, the
+    producer calls of their back-pressure), over an asyncio transport. ``write`` is
+    the asyncio transport's own: it sends at once when nothing is buffered, and
+    buffers the rest."""
+
+    __slots__ = ("_transport", "write", "disconnecting", "connected", "producer")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.write = transport.write
+        self.disconnecting = False
+        self.connected = True
+        self.producer: Any = None  # the adapter: told when replies back up (asyncio's write flow control)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802 (Twisted's name)
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        self.producer = None
+
+    def pauseProducing(self) -> None:  # noqa: N802 (the adapter stops its requests being read)
+        self._transport.pause_reading()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def writeSequence(self, data: list[bytes]) -> None:  # noqa: N802 (Twisted's name)
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:  # noqa: N802
+        """Close once everything written is sent (as Twisted's loseConnection)."""
+        self.disconnecting = True
+        self._transport.close()
+
+    def abortConnection(self) -> None:  # noqa: N802
+        self._transport.abort()
+
+
+class LookupBridge(asyncio.Protocol):
+    """One connection of a lookup endpoint: an asyncio protocol driving the Twisted-style
+    adapter that *factory* builds (a :class:`~srsd.protocols.base.LookupFactory`).
+
+    The adapter's ``dataReceived`` is this protocol's ``data_received`` itself (no
+    frame in between); end of input is the adapter's ``readConnectionLost`` (every
+    answer still goes out: half-close as under Twisted); a client that does not read
+    its answers stops being read until it does (asyncio's write flow control, handed
+    to the adapter's back-pressure as Twisted's producer calls).
+    """
+
+    def __init__(self, factory: Any) -> None:
+        self.adapter = factory.buildProtocol(None)
+        self.data_received = self.adapter.dataReceived  # type: ignore[method-assign]
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        self.adapter.makeConnection(_Transport(transport))
+
+    def eof_received(self) -> bool:
+        self.adapter.readConnectionLost()
+        return True  # keep the writing half open for the answers still due
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.adapter.transport.connected = False
+        self.adapter.connectionLost(Failure(ConnectionLost(str(exc)) if exc else ConnectionDone()))
+
+    def pause_writing(self) -> None:
+        producer = self.adapter.transport.producer
+        if producer is not None:
+            producer.pauseProducing()  # the adapter holds reading (srsd.protocols.base)
+
+    def resume_writing(self) -> None:
+        producer = self.adapter.transport.producer
+        if producer is not None:
+            producer.resumeProducing()
+
+
+def _socket_for(kind: str, number: int, description: str) -> socket.socket:
+    """The listening socket of one endpoint: inherited descriptor *number* (``fd``) or
+    a SO_REUSEPORT socket of its own on TCP port *number* (``port``)."""
+    if kind == "fd":
+        sock = socket.socket(fileno=number)
+    else:
+        from twisted.internet import reactor
+
+        from srsd.workers import reuseport_endpoint, reuseport_socket
+
+        sock = reuseport_socket(reuseport_endpoint(reactor, description), number)
+    sock.setblocking(False)
+    return sock
+
+
+def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None = None) -> int:
+    """Run one lookup process until SIGTERM or its parent is gone (``srsd serve
+    --lookups``, started by :class:`srsd.workers.WorkerPool`).
+
+    :param inherit: ``name=fd:N,name=port:N`` for each lookup endpoint it serves
+        (:func:`srsd.workers.parse_inherit`).
+    :param status_fd: the pipe to the parent (:func:`srsd.workers.tell_parent`): ``ready``
+        once every endpoint is served and privileges are dropped, ``reloaded`` or
+        ``refused`` after each SIGHUP.
+    :returns: exit status: 0 after a clean stop, 1 when the configuration does not
+        load, an endpoint cannot be served or the switch to ``[daemon] user`` fails.
+    """
+    loop = new_loop()
+    asyncio.set_event_loop(loop)
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install(loop)
+    from twisted.internet import reactor
+    from twisted.internet.task import LoopingCall
+
+    from srsd import log_limit
+    from srsd.config import ConfigError
+    from srsd.metrics_workers import Reporter
+    from srsd.privileges import target_account
+    from srsd.service import Daemon, _switch_user, endpoint_specs, load, setup_logging, start_log_target
+    from srsd.workers import parse_inherit, tell_parent, watch_parent
+
+    setup_logging()
+    try:
+        config = load(config_path)
+        account = target_account(config.daemon)
+    except ConfigError as exc:
+        log.critical("configuration error: {error}", error=exc)
+        return 1
+    if not start_log_target(config):
+        return 1
+    inherited = parse_inherit(inherit)
+    report = inherited.pop("report", None)  # where this process's counts go (srsd.metrics_workers)
+    daemon = Daemon(config, config_path, reactor, serves=frozenset(inherited))
+    for spec, description in endpoint_specs(config):
+        if spec.name not in inherited:
+            continue
+        try:
+            sock = _socket_for(*inherited[spec.name], description)
+            factory = spec.make_factory(daemon)
+            factory.doStart()
+            loop.run_until_complete(loop.create_server(lambda f=factory: LookupBridge(f), sock=sock, backlog=50))
+        except OSError as exc:
+            log.critical("listen.{name}: cannot serve {description!r}: {error}", name=spec.name,
+                         description=description, error=exc)  # fmt: skip
+            return 1
+        log.info("listen.{name}: serving {description} (lookup process)", name=spec.name, description=description)
+    if account is not None and not _switch_user(account, config_path, {}):
+        return 1
+
+    def on_sighup() -> None:
+        d = daemon.reload_off_reactor(announce=False, hold_signer=True)
+        d.addCallback(lambda ok: tell_parent(status_fd, "reloaded" if ok else "refused"))
+        d.addErrback(lambda failure: log.failure("reload failed; keeping the running configuration", failure))
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
+    # SIGUSR1: the parent's word that every process has the new secrets (Daemon.promote)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: reactor.callFromThread(daemon.promote))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGUSR1})  # started with them blocked
+    watch_parent(reactor)
+    if report is not None:
+        Reporter(report[1]).start(reactor)
+    LoopingCall(log_limit.tick).start(1.0, now=False)
+    tell_parent(status_fd, "ready")
+    reactor.run()
+    return 0

@@ -1,0 +1,54 @@
+"""The lookup benchmarks of issue 11 run end to end with tiny counts (CI smoke: each
+starts both sides, alternates and prints its ratios; no timing is asserted). Their
+figures: docs/performance.md."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def run(script: str, *args: str, timeout: float = 300) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH.parent), env.get("PYTHONPATH", "")) if p)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_lookups_alternates_and_prints_pair_ratios():
+    out = run(
+        "lookups.py", "--seconds", "0.3", "--warmup", "0.1", "--connections", "1,2", "--maps", "forward,reverse",
+        "--rounds", "2", "--srsd", "l1,w1", "--keys", "300", "--quiet-timeout", "0", "--retries", "0",
+        "--answer-cache", "100",
+    )  # fmt: skip
+    # every round prints each srsd's ratio to the PostSRSd run of the same round
+    assert len(re.findall(r"round 2: PostSRSd [\d,]+/s, srsd l1 [\d,]+/s \(\d+\.\d\dx\), srsd w1", out)) == 4, out
+    assert re.search(r"\| forward \| 2 \| none \| [\d,]+ \S+ \| [\d,]+ \(\d+\.\d\dx, ", out), out
+    assert " bad 1" not in out and "did not match" not in out
+
+
+def test_isolation_measures_idle_and_both_loads():
+    out = run(
+        "isolation.py", "--rounds", "1", "--seconds", "0.5", "--rate", "200", "--connections", "2",
+        "--spf-waiting", "5", "--dns-delay", "0.5", "--milter-clients", "1", "--keys", "200", "--srsd", "l1",
+    )  # fmt: skip
+    assert re.search(r"srsd l1 round 1 spf +: idle p50/p99 \d+/\d+ µs .* spf \d+/s, errors 0, bad replies 0", out), out
+    assert re.search(r"srsd l1 round 1 milter: .* milter \d+/s, errors 0, bad replies 0", out), out
+    assert re.search(r"\| l1 \| milter \| \d+\.\d\dx", out), out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix needs root")
+def test_postfix_end_to_end_alternates():
+    out = run("postfix_srs.py", "--messages", "20", "--clients", "2", "--rounds", "2", "--srsd", "l1")
+    assert re.search(r"round 2: PostSRSd \d+ msgs/s, srsd l1 \d+ msgs/s \(\d+\.\d\dx\)", out), out
+    assert re.search(r"\| 20 msgs, 2 SMTP clients \| \d+ msgs/s \| \d+ msgs/s", out), out
