@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from srsd.config import ConfigError, Needs
-from srsd.rewrite import FOUND, rewriter_from_config
+from srsd.rewrite import FOUND, TEMP, rewriter_from_config
 
 __all__ = ["main"]
 
@@ -115,17 +119,35 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _rewrite(args: argparse.Namespace) -> int:
+    """The daemon's decision (SRSMaps, with the alias store called directly), without SPF-aware keeping."""
+    from srsd.alias_store import DeferredStore, open_store
     from srsd.service import load
+    from srsd.srs_maps import SRSMaps
 
-    rewriter = rewriter_from_config(load(args.config, args.needs))
-    answer = getattr(rewriter, args.command)(args.address)
-    if answer.status != FOUND:
-        return _fail(f"{args.command}: {args.address}: not rewritten: {answer.text}")
-    print(answer.text)
+    config = load(args.config, args.needs)
+    store = open_store(config)
+    maps = SRSMaps(rewriter_from_config(config), store=DeferredStore(store) if store else None)
+    try:
+        result = maps.lookup(args.command, args.address)
+    finally:
+        if store is not None:
+            store.close()
+    if isinstance(result, defer.Deferred):
+        outcome: list[Any] = []
+        result.addBoth(outcome.append)  # fired already: the store was called at once
+        result = outcome[0]
+        if isinstance(result, Failure):
+            return _fail(f"{args.command}: {args.address}: {result.getErrorMessage()}")
+    if result.status == TEMP:
+        return _fail(f"{args.command}: {args.address}: temporary failure: {result.text}", 75)  # EX_TEMPFAIL
+    if result.status != FOUND:
+        return _fail(f"{args.command}: {args.address}: not rewritten: {result.text}")
+    print(result.text)
     return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from srsd.alias_store import StoreError, open_store
     from srsd.privileges import target_account
     from srsd.service import endpoint_specs, load
 
@@ -136,9 +158,20 @@ def _check_config(args: argparse.Namespace) -> int:
     listeners = ", ".join(f"{spec.name}={desc}" for spec, desc in endpoint_specs(config))
     account = target_account(config.daemon)
     user = f"switches to user {account.name} once bound" if account else "keeps the user it is started as"
+    store = open_store(config)
+    try:
+        aliases = store.check() if store is not None else "none (long senders keep their long SRS address)"
+    except StoreError as exc:
+        st = config.store
+        key = "sqlite_path" if st.backend == "sqlite" else "redis_unix_socket" if st.redis_unix_socket else "redis_host"
+        key = f"store.{key}"
+        return _fail(f"configuration error: {key}: alias store not reachable: {exc}")
+    finally:
+        if store is not None:
+            store.close()
     print(
         f"{config.source}: OK: SRS domain {config.srs.domain}, {len(config.secrets)} secret(s), "
-        f"{len(config.local_domains)} local domain entries; {listeners}; {user}"
+        f"{len(config.local_domains)} local domain entries; {listeners}; {user}; alias store {aliases}"
     )
     return 0
 

@@ -35,6 +35,7 @@ __all__ = [
     "PolicySettings",
     "DKIMSettings",
     "DKIMKeySettings",
+    "StoreSettings",
     "LogSettings",
     "DaemonSettings",
     "Needs",
@@ -159,6 +160,29 @@ class DKIMSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """The alias store: long senders get a short SRS0 carrying a key (docs/alias-store.md)."""
+
+    backend: str = "sqlite"  # "sqlite" (a file, this host's processes), "redis" (a fleet), "none"
+    max_local_part: int = 64  # SRS local parts longer than this (octets) get an alias (RFC 5321: 64)
+    max_new_per_day: int = 100000  # new aliases per UTC day; past it the long form goes out
+    timeout: float = 2.0  # seconds per store operation; past it: temporary failure
+    threads: int = 4  # store operations running at once
+    sqlite_path: str = ""  # default: aliases.sqlite in the state directory
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    redis_unix_socket: str = ""  # a path: used instead of host and port
+    redis_db: int = 0
+    redis_username: str = ""  # Redis 6 ACL user; empty = the default user
+    redis_password_file: str = ""  # first line is the password (AUTH)
+    redis_tls: bool = False
+    redis_tls_ca_file: str = ""  # CA bundle verifying the server; empty = the system's
+    redis_tls_cert_file: str = ""  # client certificate (tls-auth-clients)
+    redis_tls_key_file: str = ""
+    redis_key_prefix: str = "srsd:"  # every key srsd writes starts with it
+
+
+@dataclass(frozen=True)
 class LimitsSettings:
     max_request_bytes: int = 4096  # longest tcp_table line / socketmap netstring
     max_connections: int = 1000  # per endpoint and process; beyond it requests get TEMP
@@ -229,6 +253,7 @@ class Config:
     spf: SPFSettings = SPFSettings()
     policy: PolicySettings = PolicySettings()
     dkim: DKIMSettings = DKIMSettings()
+    store: StoreSettings = StoreSettings()
     limits: LimitsSettings = LimitsSettings()
     log: LogSettings = LogSettings()
     daemon: DaemonSettings = DaemonSettings()
@@ -239,6 +264,8 @@ class Config:
     local_domains: tuple[str, ...] = ()
     #: every signing key, loaded (srsd.mailauth.signing_table.TableKey): dkim.selector's, then dkim.keys
     dkim_keys: tuple[Any, ...] = field(default=(), repr=False)
+    #: the password read from store.redis_password_file (never printed)
+    store_password: str = field(default="", repr=False)
     #: where this config came from ("<default>" for the embedded one)
     source: str = "<default>"
     #: what an admin should fix but srsd runs with (logged at start and reload, printed by check-config)
@@ -252,6 +279,7 @@ _SECTIONS = {
     "spf": SPFSettings,
     "policy": PolicySettings,
     "dkim": DKIMSettings,
+    "store": StoreSettings,
     "limits": LimitsSettings,
     "log": LogSettings,
     "daemon": DaemonSettings,
@@ -434,6 +462,7 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
         warnings += _file_mode_warnings(entry.key.path, where, groups, "can sign mail as your domain")
     _check_no_mail_domains(cfg, dkim_keys)
     _validate_postfix(cfg.postfix)
+    store, store_password = _validate_store(cfg)
     lim = cfg.limits
     if not 256 <= lim.max_request_bytes <= 1 << 20:
         raise ConfigError("limits.max_request_bytes: must be 256..1048576")
@@ -452,7 +481,13 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
     if not any(serving) and Needs.LISTEN in needs:
         raise ConfigError("listen: every endpoint is disabled")
     return dataclasses.replace(
-        cfg, secrets=secrets, local_domains=tuple(domains), dkim_keys=dkim_keys, warnings=tuple(warnings)
+        cfg,
+        secrets=secrets,
+        local_domains=tuple(domains),
+        dkim_keys=dkim_keys,
+        warnings=tuple(warnings),
+        store=store,
+        store_password=store_password,
     )
 
 
@@ -668,6 +703,50 @@ def _validate_postfix(pf: PostfixSettings) -> None:
             f"postfix.forward_pass: {pf.forward_pass!r} must be ADDRESS:PORT with an IPv4 loopback "
             "address, e.g. 127.0.0.1:10006"
         )
+
+
+def _validate_store(cfg: Config) -> tuple[StoreSettings, str]:
+    """Check [store]; the settings with sqlite_path resolved, and the Redis password read."""
+    from srsd.srs_alias import alias_local_length
+
+    st = cfg.store
+    if st.backend not in ("sqlite", "redis", "none"):
+        raise ConfigError("store.backend: must be 'sqlite', 'redis' or 'none'")
+    shortest = alias_local_length(cfg.srs.hash_length)
+    if not shortest <= st.max_local_part <= 512:
+        raise ConfigError(
+            f"store.max_local_part: must be {shortest}..512 (an alias address's local part is "
+            f"{shortest} octets with srs.hash_length = {cfg.srs.hash_length})"
+        )
+    if not 1 <= st.max_new_per_day <= 10**9:
+        raise ConfigError("store.max_new_per_day: must be 1..1000000000 (store.backend = 'none' never aliases)")
+    if not 0 < st.timeout <= 30:
+        raise ConfigError("store.timeout: must be more than 0 and at most 30 seconds")
+    if not 1 <= st.threads <= 64:
+        raise ConfigError("store.threads: must be 1..64")
+    if not 1 <= st.redis_port <= 65535:
+        raise ConfigError("store.redis_port: must be 1..65535")
+    if st.redis_db < 0:
+        raise ConfigError("store.redis_db: must be >= 0")
+    if st.redis_tls and st.redis_unix_socket:
+        raise ConfigError("store.redis_tls: TLS is for TCP; a unix socket is reached without it")
+    if bool(st.redis_tls_cert_file) != bool(st.redis_tls_key_file):
+        raise ConfigError("store.redis_tls_key_file: a client certificate needs its key, and the other way round")
+    for key in ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file"):
+        path = getattr(st, key)
+        if path and not st.redis_tls:
+            raise ConfigError(f"store.{key}: only used with store.redis_tls = true")
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"store.{key}: cannot read {path}")
+    password = ""
+    if st.redis_password_file:
+        lines = _read_lines(st.redis_password_file, "store.redis_password_file")
+        if not lines or not lines[0]:
+            raise ConfigError(f"store.redis_password_file: no password on the first line of {st.redis_password_file}")
+        password = lines[0]
+    if st.backend == "sqlite" and not st.sqlite_path:
+        st = dataclasses.replace(st, sqlite_path=str(state_directory() / "aliases.sqlite"))
+    return st, password
 
 
 def parse_config(data: dict[str, Any], source: str = "<string>", needs: Needs = Needs.EVERYTHING) -> Config:

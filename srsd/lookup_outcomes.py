@@ -70,6 +70,8 @@ def reason_of(text: str) -> str:
         return "too_long"
     if text.startswith(("not local@domain", "no @ in", "SRS0 ", "SRS1 ")):
         return "malformed"
+    if text.startswith("alias "):  # not in the alias store (expired, wiped), or no store configured
+        return "unknown_alias"
     return "other"
 
 

@@ -14,18 +14,21 @@ No sockets and no reactor: protocol adapters map :class:`Answer` onto their wire
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from srsd.config import Config
 from srsd.domains import DomainSet
 from srsd.srs import SRS, MalformedAddress, SRSError, srs_tag
+from srsd.srs_alias import AliasAddresses
 
 __all__ = [
     "Answer",
     "FOUND",
     "NOTFOUND",
     "TEMP",
+    "ALIAS",
     "REVERSE_NOT_OURS",
     "Rewriter",
     "rewriter_from_config",
@@ -34,6 +37,9 @@ __all__ = [
 FOUND = "found"
 NOTFOUND = "notfound"
 TEMP = "temp"  # cannot decide now: Postfix defers and retries
+#: reverse only, never sent: a verified alias address; ``text`` is the key to look up
+#: in the alias store (:class:`srsd.srs_maps.SRSMaps` answers it)
+ALIAS = "alias"
 
 _NOT_SRS = "not an SRS address"
 _OTHER_DOMAIN = "not the SRS domain"
@@ -58,6 +64,7 @@ class Rewriter:
     :param always_rewrite: rewrite local senders too (never our own SRS addresses).
     :param reverse_domains: further domains whose SRS addresses are reversed (an
         earlier SRS domain, while its addresses may still bounce back).
+    :param aliases: the short form for long senders (default: over *srs*, 64 octets).
     """
 
     def __init__(
@@ -66,8 +73,10 @@ class Rewriter:
         local_domains: DomainSet,
         always_rewrite: bool = False,
         reverse_domains: Iterable[str] = (),
+        aliases: AliasAddresses | None = None,
     ) -> None:
         self.srs = srs
+        self.aliases = aliases or AliasAddresses(srs)
         self.srs_domain = srs.domain.lower()
         self.reverse_domains = frozenset({self.srs_domain, *(d.lower().rstrip(".") for d in reverse_domains)})
         self.local_domains = local_domains
@@ -119,14 +128,19 @@ class Rewriter:
         handles it like any unknown recipient instead of deferring it.
 
         :returns: FOUND with the original sender (SRS0) or the first hop's SRS0
-            address (SRS1), or NOTFOUND with the reason.
+            address (SRS1), ALIAS with the store key of an alias address that verifies
+            (:mod:`srsd.srs_alias`), or NOTFOUND with the reason.
         """
         local, at, domain = address.rpartition("@")
         if not at or srs_tag(local) is None:
             return Answer(NOTFOUND, _NOT_SRS)
         if domain.lower() not in self.reverse_domains:
             return Answer(NOTFOUND, _OTHER_DOMAIN)
+        if now is None:
+            now = time.time()
         try:
+            if self.aliases.is_alias(local):
+                return Answer(ALIAS, self.aliases.key_of(address, now))
             return Answer(FOUND, self.srs.reverse(address, now))
         except SRSError as exc:
             return Answer(NOTFOUND, str(exc))
@@ -144,4 +158,5 @@ def rewriter_from_config(cfg: Config) -> Rewriter:
         separator=s.separator,
         urlsafe_hash=s.alphabet == "urlsafe",
     )
-    return Rewriter(srs, DomainSet(cfg.local_domains), s.always_rewrite, s.reverse_domains)
+    aliases = AliasAddresses(srs, cfg.store.max_local_part)
+    return Rewriter(srs, DomainSet(cfg.local_domains), s.always_rewrite, s.reverse_domains, aliases)

@@ -14,13 +14,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, endpoints
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from srsd.alias_store import AliasStore, DeferredStore, open_store
 from srsd.answer_cache import AnswerCache
 from srsd.config import Config, ConfigError, Needs, default_config, load_config
 from srsd.dns import Resolver
@@ -37,6 +40,7 @@ from srsd.rewrite import Answer, Rewriter, rewriter_from_config
 from srsd.spf import SPFChecker
 from srsd.spf_aware import SPFAwareForward
 from srsd.srs_maps import SRSMaps
+from srsd.workpool import BoundedPool
 
 if TYPE_CHECKING:
     from srsd.privileges import Account
@@ -53,6 +57,10 @@ __all__ = [
 ]
 
 log = Logger(namespace="srsd")
+
+#: seconds between two evictions of expired aliases (SQLite; Redis expires its own keys)
+EVICT_INTERVAL = 3600.0
+
 
 def load(path: str | None, needs: Needs = Needs.EVERYTHING) -> Config:
     """The config at *path*, or the embedded default when *path* is None; *needs*:
@@ -165,6 +173,13 @@ class Daemon:
         #: further metrics snapshots for /metrics (the children's, set by serve)
         self.metric_sources: Callable[[], list[dict[str, Any]]] = list
         self.caches: list[AnswerCache] = []  # one per lookup endpoint, emptied on reload
+        # The alias store lives as long as the process: [store] changes need a restart.
+        self.store: AliasStore | None = open_store(config)
+        self.aliases: DeferredStore | None = None
+        if self.store is not None:
+            pool = BoundedPool(self.reactor, config.store.threads, "srsd-store")
+            self.aliases = DeferredStore(self.store, pool, config.store.timeout)
+        self._evictor: LoopingCall | None = None
         self._apply(config, rewriter_from_config(config), self._auth(config))
 
     def _serving(self, name: str) -> bool:
@@ -187,7 +202,7 @@ class Daemon:
                 budget=config.spf.decision_budget,
                 helo=config.spf.receiver or config.srs.domain,
             )
-        self.maps = SRSMaps(rewriter, spf_aware, debug=config.log.level == "debug")
+        self.maps = SRSMaps(rewriter, spf_aware, store=self.aliases, debug=config.log.level == "debug")
         for cache in self.caches:
             cache.clear()  # answers of the configuration just replaced
         if config.listen.policy and self._serving("policy"):
@@ -224,6 +239,32 @@ class Daemon:
                 receiver=c.spf.receiver or c.srs.domain,
             )
         return self.checker
+
+    def start_store(self) -> None:
+        """Log whether the alias store answers, and evict expired aliases every
+        :data:`EVICT_INTERVAL` seconds (one process does it for all: the parent)."""
+        if self.aliases is None:
+            return
+        self.aliases.check().addCallbacks(
+            lambda line: log.info("alias store: {line}", line=line),
+            lambda failure: log.warn(
+                "alias store not reachable: {error}; long senders and alias addresses get "
+                "temporary failures until it is",
+                error=failure.getErrorMessage(),
+            ),
+        )
+        self._evictor = LoopingCall(self._evict)
+        self._evictor.clock = self.reactor
+        self._evictor.start(EVICT_INTERVAL, now=True)
+
+    def _evict(self) -> None:
+        def evicted(count: int) -> None:
+            if count:
+                log.info("alias store: {n} expired aliases evicted", n=count)
+
+        self.aliases.evict(time.time()).addCallbacks(
+            evicted, lambda failure: log.warn("alias store: eviction failed: {error}", error=failure.getErrorMessage())
+        )
 
     # -- the hot path -----------------------------------------------------------
 
@@ -326,7 +367,7 @@ class Daemon:
         rewriter, self._promotion = self._promotion, None
         if rewriter is None:
             return False
-        self.maps = SRSMaps(rewriter, self.maps.spf_aware, debug=self.maps.debug)
+        self.maps = SRSMaps(rewriter, self.maps.spf_aware, store=self.maps.store, debug=self.maps.debug)
         for cache in self.caches:
             cache.clear()  # forward answers signed with the previous secret
         return True
@@ -389,6 +430,9 @@ class Daemon:
         if (old_log.target, old_log.syslog_socket, old_log.facility) != (new_log.target, new_log.syslog_socket,
                                                                          new_log.facility):  # fmt: skip
             log.warn("reload: log.target, log.syslog_socket and log.facility changes take effect on restart only")
+        # store.max_local_part is the Rewriter's (rebuilt here); the store itself stays.
+        if _store_connection(config) != _store_connection(self.config):
+            log.warn("reload: [store] changes other than max_local_part take effect on restart only")
         threads_changed = self.checker is not None and config.spf.threads != self.config.spf.threads
         if self.resolver is not None and (config.dns != self.config.dns or threads_changed):
             log.warn("reload: [dns] and spf.threads changes take effect on restart only")
@@ -496,6 +540,11 @@ def _switch_user(account: Account, config_path: str | None, ports: dict[str, Any
             path=path,
         )
     return True
+
+
+def _store_connection(config: Config) -> tuple:
+    """What the running alias store was built from (everything in [store] but max_local_part)."""
+    return dataclasses.replace(config.store, max_local_part=0), config.store_password
 
 
 class ListenError(RuntimeError):
@@ -607,6 +656,7 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None,
         if inherit is not None:
             tell_parent(status_fd, "ready")
             return
+        daemon.start_store()
         if pool:
             pool[0].ready.addCallbacks(lambda _: ready(), not_ready)
         else:

@@ -172,6 +172,7 @@ class SRS:
         keys = [s.encode() if isinstance(s, str) else bytes(s) for s in secrets]
         if not all(keys):
             raise ValueError("secrets must not be empty")
+        self._keys = keys
         self._macs = [_keyed_sha1(key) for key in keys]
         self._day = -1  # the day number TT was last computed for, and that TT
         self._tt = ""
@@ -195,11 +196,17 @@ class SRS:
         outer.update(inner.digest())
         return binascii.b2a_base64(outer.digest(), newline=False).decode("ascii")[:_FULL_HASH]
 
-    def _sign(self, data: str) -> str:
+    def sign(self, data: str) -> str:
+        """The hash minted for *data*: ``hash_length`` characters of base64 HMAC-SHA1
+        with the first secret, over the ASCII-lower-cased data."""
         h = self._digest(self._macs[0], data)[: self.hash_length]
         return h.translate(_TO_URLSAFE) if self.urlsafe_hash else h
 
-    def _verify(self, given: str, data: str) -> None:
+    def verify(self, given: str, data: str) -> None:
+        """Check hash *given* for *data* against every secret (any case, either alphabet).
+
+        :raises BadHash: shorter than ``hash_minimum``, longer than a digest, or no secret verifies it.
+        """
         if len(given) < self.hash_minimum:
             raise BadHash(f"hash {given!r} shorter than {self.hash_minimum} characters")
         if len(given) > _FULL_HASH:
@@ -219,7 +226,11 @@ class SRS:
         day = int(now) // _DAY
         return _B32[(day >> 5) & 31] + _B32[day & 31]
 
-    def _check_timestamp(self, tt: str, now: float) -> None:
+    def check_timestamp(self, tt: str, now: float) -> None:
+        """Check timestamp *tt* at unix time *now*.
+
+        :raises BadTimestamp: not two base32 characters, older than ``max_age_days`` or in the future.
+        """
         if len(tt) != 2 or tt[0] not in _B32_VALUE or tt[1] not in _B32_VALUE:
             raise BadTimestamp(f"malformed timestamp {tt!r}")
         then = (_B32_VALUE[tt[0]] << 5) | _B32_VALUE[tt[1]]
@@ -235,6 +246,29 @@ class SRS:
         if day != self._day:
             self._day, self._tt = day, _B32[(day >> 5) & 31] + _B32[day & 31]
         return self._tt
+
+    def mac(self, data: bytes) -> bytes:
+        """The raw HMAC-SHA1 of *data* (exactly as given) with the first secret."""
+        inner, outer = self._macs[0][0].copy(), self._macs[0][1].copy()
+        inner.update(data)
+        outer.update(inner.digest())
+        return outer.digest()
+
+    def derived(self, label: str) -> SRS:
+        """The same scheme keyed with secrets derived from these for *label*
+        (HMAC-SHA256(secret, label) each, the order kept): hashes one makes never verify
+        in the other, so an extension of the scheme cannot be confused with it."""
+        keys = [hmac.digest(key, label.encode(), "sha256") for key in self._keys]
+        return SRS(
+            keys,
+            self.domain,
+            hash_length=self.hash_length,
+            hash_minimum=self.hash_minimum,
+            max_age_days=self.max_age_days,
+            separator=self.separator,
+            urlsafe_hash=self.urlsafe_hash,
+            max_length=self.max_length,
+        )
 
     def _finish(self, local: str) -> str:
         address = f"{local}@{self.domain}"
@@ -277,13 +311,13 @@ class SRS:
     def srs0(self, local: str, domain: str, now: float | None = None) -> str:
         """Mint ``SRS0<sep>HHHH=TT=domain=local@srs-domain`` (no checks on input)."""
         tt = self._today(now)
-        h = self._sign(tt + domain + local)
+        h = self.sign(tt + domain + local)
         return self._finish(f"SRS0{self.separator}{h}={tt}={domain}={local}")
 
     def srs1(self, hop: str, opaque: str) -> str:
         """Mint ``SRS1<sep>HHHH=hop=opaque@srs-domain``; *opaque* is the SRS0 local
         part minus its "SRS0" tag (so it starts with that address's separator)."""
-        h = self._sign(hop + opaque)
+        h = self.sign(hop + opaque)
         return self._finish(f"SRS1{self.separator}{h}={hop}={opaque}")
 
     @staticmethod
@@ -324,7 +358,7 @@ class SRS:
         tag = srs_tag(local)
         if tag == "SRS1":
             h, hop, opaque = self.parse_srs1(local)
-            self._verify(h, hop + opaque)
+            self.verify(h, hop + opaque)
             return f"SRS0{opaque}@{hop}"
         if tag != "SRS0":
             raise NotSRS(f"not an SRS address: {address!r}")
@@ -335,6 +369,6 @@ class SRS:
         if not domain:
             raise MalformedAddress("SRS0 with an empty domain")
         # The stamp first: a malformed or stale one is refused without HMAC work.
-        self._check_timestamp(tt, time.time() if now is None else now)
-        self._verify(h, tt + domain + user)
+        self.check_timestamp(tt, time.time() if now is None else now)
+        self.verify(h, tt + domain + user)
         return f"{user}@{domain}"

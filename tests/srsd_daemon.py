@@ -136,6 +136,18 @@ def run_cli(
     return done
 
 
+def terminate(process: subprocess.Popen[bytes], grace: float = 10.0) -> int:
+    """SIGTERM our own *process* (if it still runs), SIGKILL after *grace* s; its exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return process.returncode
+
+
 class SrsdError(AssertionError):
     pass
 
@@ -205,11 +217,14 @@ class SrsdDaemon:
         # Run as the test's own user: a host with a "srsd" user would otherwise see a
         # root-started srsd switch to it (srsd.privileges) and lose its test files.
         daemon = {"user": pwd.getpwuid(os.geteuid()).pw_name}
+        # The alias store's SQLite file in the workdir, not the state directory (/var/lib/srsd).
+        store = {"sqlite_path": str(self.workdir / "aliases.sqlite")} | self.sections.get("store", {})
         return {
             "srs": self.srs | {"secrets_file": str(self.secrets_path)},
             "listen": listen,
             "daemon": daemon,
             **self.sections,
+            "store": store,
         }
 
     def write_config(self, text: str | None = None) -> None:
@@ -318,13 +333,7 @@ class SrsdDaemon:
         process = self.process
         if process is None or self._stopped:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        terminate(process)
         self.returncode, self._stopped = process.returncode, True
         return self.returncode
 

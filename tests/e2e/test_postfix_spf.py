@@ -498,11 +498,24 @@ def test_sender_whose_spf_includes_egress_keeps_its_envelope(aware_postfix, awar
 
 
 def test_sender_with_minus_all_leaves_as_srs0(aware_postfix, aware_srsd, sink):
-    sent = unique_sender("fail.example")
+    # A local part short enough for a plain SRS0 (longer ones get an alias: docs/alias-store.md).
+    sent = Sent(new_marker(), f"u{uuid.uuid4().hex[:12]}@fail.example")
 
     received = forward(aware_postfix, sink, sent)
 
     assert srs0_of(sent.sender).fullmatch(received.mail_from), received
+    assert f"forward {sent.sender} -> {received.mail_from}: rewritten (127.0.0.1: fail)" in aware_srsd.log_text()
+    reverse = aware_srsd.cli("reverse", received.mail_from)
+    assert (reverse.returncode, reverse.stdout.strip()) == (0, sent.sender), reverse
+
+
+def test_long_sender_with_minus_all_leaves_with_an_alias(aware_postfix, aware_srsd, sink):
+    """SPF-aware rewriting, then the alias store: the log names the address that leaves."""
+    sent = unique_sender("fail.example")  # 53 octets: its SRS0 local part would be 66
+
+    received = forward(aware_postfix, sink, sent)
+
+    assert re.fullmatch(r"SRS0=[A-Za-z0-9+/]{4}=[A-Z2-7]{2}==[A-Z2-7]{16}@fwd\.example", received.mail_from), received
     assert f"forward {sent.sender} -> {received.mail_from}: rewritten (127.0.0.1: fail)" in aware_srsd.log_text()
     reverse = aware_srsd.cli("reverse", received.mail_from)
     assert (reverse.returncode, reverse.stdout.strip()) == (0, sent.sender), reverse

@@ -264,3 +264,44 @@ def test_dkim_key_mode_warns_too(tmp_path, secrets):
     key.chmod(0o644)
     (warning,) = [w for w in parse_config(data).warnings if w.startswith("dkim.key_file:")]
     assert "can sign mail as your domain" in warning
+
+
+@pytest.mark.parametrize(
+    ("store", "key"),
+    [
+        ({"backend": "memcached"}, "store.backend"),
+        ({"max_local_part": 29}, "store.max_local_part"),  # an alias itself is 30 octets
+        ({"max_local_part": 513}, "store.max_local_part"),
+        ({"max_new_per_day": 0}, "store.max_new_per_day"),
+        ({"timeout": 0}, "store.timeout"),
+        ({"threads": 0}, "store.threads"),
+        ({"redis_port": 70000}, "store.redis_port"),
+        ({"redis_db": -1}, "store.redis_db"),
+        ({"redis_tls": True, "redis_unix_socket": "/run/redis.sock"}, "store.redis_tls"),
+        ({"redis_tls_ca_file": "/etc/hostname"}, "store.redis_tls_ca_file"),
+        ({"redis_tls": True, "redis_tls_ca_file": "/nonexistent/ca.pem"}, "store.redis_tls_ca_file"),
+        ({"redis_tls": True, "redis_tls_cert_file": "/etc/hostname"}, "store.redis_tls_key_file"),
+        ({"redis_password_file": "/nonexistent/pw"}, "store.redis_password_file"),
+        ({"redis_host": 1}, "store.redis_host"),
+        ({"sqlite": "x"}, "store.sqlite"),
+    ],
+)
+def test_store_errors_name_the_key(secrets, store, key):
+    with pytest.raises(ConfigError) as info:
+        parse_config({**cfg(secrets), "store": store})
+    assert str(info.value).startswith(key + ":"), info.value
+
+
+def test_store_defaults_and_password(secrets, tmp_path, monkeypatch):
+    monkeypatch.setenv("SRSD_STATE_DIR", str(tmp_path / "state"))
+    c = parse_config(cfg(secrets))
+    assert (c.store.backend, c.store.max_local_part) == ("sqlite", 64)
+    assert c.store.sqlite_path == str(tmp_path / "state" / "aliases.sqlite")
+    assert not (tmp_path / "state").exists()  # validating creates nothing
+    (tmp_path / "pw").write_text("p4ss word\nignored\n")
+    c = parse_config({**cfg(secrets), "store": {"backend": "redis", "redis_password_file": str(tmp_path / "pw")}})
+    assert c.store_password == "p4ss word"
+    assert "p4ss" not in repr(c)
+    # A longer hash makes the alias longer: the floor follows srs.hash_length.
+    with pytest.raises(ConfigError, match=r"^store.max_local_part: must be 34\.\.512"):
+        parse_config({**cfg(secrets, hash_length=8), "store": {"max_local_part": 33}})

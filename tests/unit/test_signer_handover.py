@@ -14,7 +14,10 @@ def write(tmp_path, secrets):
     (tmp_path / "secrets").write_text("".join(f"{s}\n" for s in secrets))
     path = tmp_path / "srsd.toml"
     secrets_file = tmp_path / "secrets"
-    path.write_text(f'[srs]\ndomain = "fwd.example"\nsecrets_file = "{secrets_file}"\n[daemon]\nuser = "root"\n')
+    path.write_text(
+        f'[srs]\ndomain = "fwd.example"\nsecrets_file = "{secrets_file}"\n'
+        '[daemon]\nuser = "root"\n[store]\nbackend = "none"\n'
+    )
     return str(path)
 
 
