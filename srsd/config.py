@@ -95,6 +95,8 @@ class SPFSettings:
     decision_budget: float = 2.0  # seconds for an SPF-aware decision (then: rewrite)
     check_budget: float = 10.0  # seconds for a policy check (then: temperror)
     threads: int = 8  # SPF checks running at once
+    result_cache: int = 50000  # check_host() results kept for their DNS TTL (srsd.spf_cache); 0 = none
+    result_max_ttl: float = 3600.0  # seconds a kept result lives at most
     receiver: str = ""  # this host's name in Received-SPF comments (default: srs.domain)
     helo_name: str = ""  # the HELO name mail leaves with (dns-records, check-dns); default receiver or srs.domain
     no_mail_domains: tuple[str, ...] = ()  # names that send no mail: dns-records suggests "v=spf1 -all"
@@ -546,6 +548,10 @@ def _validate_spf(cfg: Config) -> None:
         raise ConfigError("spf.check_budget: must be more than 0 and at most 60 seconds")
     if not 1 <= sp.threads <= 256:
         raise ConfigError("spf.threads: must be 1..256")
+    if sp.result_cache < 0:
+        raise ConfigError("spf.result_cache: must be >= 0 (0 = no cache)")
+    if not 0 < sp.result_max_ttl <= 86400:
+        raise ConfigError("spf.result_max_ttl: must be more than 0 and at most 86400 seconds")
     po = cfg.policy
     if po.helo_reject not in ("fail", "softfail", "none"):
         raise ConfigError("policy.helo_reject: must be 'fail', 'softfail' or 'none'")

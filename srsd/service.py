@@ -237,6 +237,8 @@ class Daemon:
                 threads=c.spf.threads,
                 budget=c.spf.check_budget,
                 receiver=c.spf.receiver or c.srs.domain,
+                cache_size=c.spf.result_cache,
+                max_ttl=c.spf.result_max_ttl,
             )
         return self.checker
 

@@ -20,6 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from srsd.dns import Resolver
+from srsd.spf_cache import SPFResultCache
 from srsd.workpool import BoundedPool, PoolOverloaded
 
 __all__ = ["SPFResult", "SPFChecker", "RESULTS", "check_host", "install_dns_hook"]
@@ -134,6 +135,11 @@ class SPFChecker:
         temperror at once instead of queueing without bound.
     :param budget: default seconds per check.
     :param receiver: this host's name for Received-SPF comments.
+    :param cache_size: results kept (:class:`~srsd.spf_cache.SPFResultCache`); 0 = none.
+    :param max_ttl: seconds a kept result lives at most.
+
+    The same check asked again while it runs waits for that one; a result kept in the
+    cache answers at once, without the pool.
     """
 
     def __init__(
@@ -144,12 +150,17 @@ class SPFChecker:
         threads: int = 8,
         budget: float = 10.0,
         receiver: str = "",
+        cache_size: int = 50000,
+        max_ttl: float = 3600.0,
     ) -> None:
         self.reactor = reactor
         self.resolver = resolver
         self.budget = budget
         self.receiver = receiver
         self.pool = BoundedPool(reactor, threads, "srsd-spf")
+        self.cache = SPFResultCache(cache_size, max_ttl)
+        # (ip, sender, helo, budget) -> the check under way: callers asking the same wait for it
+        self._inflight: dict[tuple[str, str, str, float], defer.Deferred] = {}
 
     @property
     def pending(self) -> int:
@@ -163,10 +174,35 @@ class SPFChecker:
         """Stop the thread pool (waits for running checks; call from a thread, or at exit)."""
         self.pool.stop()
 
+    def cached(self, ip: str, sender: str, helo: str) -> SPFResult | None:
+        """The kept result of this check, if there is one (no check is started)."""
+        return self.cache.get(ip, sender, helo, time.monotonic())
+
     def check(self, ip: str, sender: str, helo: str, budget: float | None = None) -> defer.Deferred:
         """check_host() off the reactor: a Deferred firing with an :class:`SPFResult`
         within *budget* seconds (temperror on overrun or overload); never fails
-        unless the caller cancels it."""
+        unless the caller cancels it (which cancels only the caller's wait)."""
+        result = self.cached(ip, sender, helo)
+        if result is not None:
+            return defer.succeed(result)
+        # Per budget too: a caller with a short one must not wait on a long one.
+        key = (ip, sender, helo, self.budget if budget is None else budget)
+        shared = self._inflight.get(key)
+        if shared is None:
+            shared = self._inflight[key] = self._run(ip, sender, helo, budget)
+
+            def keep(result: Any) -> Any:
+                del self._inflight[key]
+                if isinstance(result, SPFResult):
+                    self.cache.put(ip, sender, helo, result, time.monotonic())
+                return result
+
+            shared.addBoth(keep)
+        mine: defer.Deferred = defer.Deferred()
+        shared.addBoth(lambda result: (mine.called or mine.callback(result), result)[1])
+        return mine
+
+    def _run(self, ip: str, sender: str, helo: str, budget: float | None) -> defer.Deferred:
         budget = self.budget if budget is None else budget
         identity = "mailfrom" if sender else "helo"
         started = time.monotonic()

@@ -1,4 +1,4 @@
-"""The lookup benchmarks of issue 11 run end to end with tiny counts (CI smoke: each
+"""The benchmarks of issue 11 run end to end with tiny counts (CI smoke: each
 starts both sides, alternates and prints its ratios; no timing is asserted). Their
 figures: docs/performance.md."""
 
@@ -52,3 +52,11 @@ def test_postfix_end_to_end_alternates():
     out = run("postfix_srs.py", "--messages", "20", "--clients", "2", "--rounds", "2", "--srsd", "l1")
     assert re.search(r"round 2: PostSRSd \d+ msgs/s, srsd l1 \d+ msgs/s \(\d+\.\d\dx\)", out), out
     assert re.search(r"\| 20 msgs, 2 SMTP clients \| \d+ msgs/s \| \d+ msgs/s", out), out
+
+
+def test_spf_policy_alternates_with_policyd_spf():
+    out = run("spf_policy.py", "--requests", "40", "--warmup", "40", "--rounds", "2", "--connections", "1,2")
+    # every round prints the pair, both mixes, every reply checked (exit 0 = no bad reply)
+    pairs = re.findall(r"(warm|cold) \d conn round \d: policyd-spf [\d,]+/s .* srsd [\d,]+/s .*bad 0/0", out)
+    assert len(pairs) == 8, out
+    assert re.search(r"\| cold \| 2 \| [\d,]+ \| [\d,]+ \| \d+\.\d\dx \|", out), out

@@ -36,8 +36,9 @@ def test_the_battery_catches_a_weak_rewriter():
 
     def weak(secrets):
         srs = SRS(secrets, forged_srs.DOMAIN, max_age_days=forged_srs.MAX_AGE)
+        rewriter = Rewriter(srs, DomainSet([]))  # its alias scheme, derived from srs, checks the parameters
         srs.hash_minimum = 1
-        return Rewriter(srs, DomainSet([]))
+        return rewriter
 
     report = forged_srs.run(5_000, seed=13, make_rewriter=weak)
     assert report.forged_reversed > 0

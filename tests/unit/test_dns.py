@@ -245,13 +245,6 @@ class ThreadedClockReactor(MemoryReactorClock):
 
 
 @pytest.fixture
-def fake_reactor():
-    reactor = ThreadedClockReactor()
-    yield reactor
-    reactor.shutdown()  # stops the checker's pool (joins its threads)
-
-
-@pytest.fixture
 def blocked_checks(monkeypatch):
     """check_host replaced by one that waits for ``release`` (set at teardown)."""
     release = threading.Event()

@@ -206,6 +206,9 @@ def test_spf_aware_decisions_count_one_result_per_egress_ip():
     from srsd.spf_aware import SPFAwareForward
 
     class Checker:
+        def cached(self, ip, sender, helo):
+            return None
+
         def check(self, ip, sender, helo, budget=None):
             return succeed(SPFResult("pass" if sender.endswith("@ok.example") else "fail", "", "mailfrom", ttl=300))
 

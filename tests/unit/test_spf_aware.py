@@ -1,5 +1,5 @@
-"""SPF-aware rewriting decisions and their cache (a scripted checker; real DNS and
-Postfix runs are in tests/e2e/test_postfix_spf.py)."""
+"""SPF-aware rewriting decisions (a scripted checker; the result cache is tested in
+test_spf_cache.py, real DNS and Postfix runs are in tests/e2e/test_postfix_spf.py)."""
 
 from twisted.internet import defer
 
@@ -12,6 +12,10 @@ class ScriptedChecker:
 
     def __init__(self):
         self.calls = []
+        self.kept = {}  # ip -> the result SPFChecker.cached would give
+
+    def cached(self, ip, sender, helo):
+        return self.kept.get(ip)
 
     def check(self, ip, sender, helo, budget=None):
         d = defer.Deferred()
@@ -47,38 +51,17 @@ def test_keeps_sender_only_when_every_egress_ip_passes():
     assert summary == "192.0.2.1: pass, 192.0.2.2: softfail"
 
 
-def test_domain_results_cached_and_shared():
+def test_results_the_checker_keeps_answer_at_once():
     checker = ScriptedChecker()
-    aware = SPFAwareForward(checker, ["192.0.2.1"])
-    first = aware.results("a@Example.org")
-    second = aware.results("a@example.org")  # in flight: shares the check
-    assert len(checker.calls) == 1
+    checker.kept = {"192.0.2.1": PASS}
+    aware = SPFAwareForward(checker, ["192.0.2.1", "192.0.2.2"])
+    d = aware.results("a@example.org")  # one kept, one to check
+    assert [c[0] for c in checker.calls] == ["192.0.2.2"]
     fire(checker, PASS)
-    assert answer(first)[0].result == answer(second)[0].result == "pass"
-    cached = aware.results("b@EXAMPLE.org")  # another sender, same domain: cached
-    assert isinstance(cached, list) and cached[0].result == "pass"
+    assert [r.result for r in answer(d)] == ["pass", "pass"]
+    checker.kept["192.0.2.2"] = PASS
+    assert aware.results("a@example.org") == [PASS, PASS]  # both kept: a list, no check
     assert len(checker.calls) == 1
-
-
-def test_sender_specific_results_are_not_shared_by_the_domain():
-    checker = ScriptedChecker()
-    aware = SPFAwareForward(checker, ["192.0.2.1"])
-    aware.results("alice@example.org")
-    fire(checker, SPFResult("pass", "", ttl=300, sender_specific=True))
-    assert isinstance(aware.results("alice@example.org"), list)  # cached for alice
-    assert isinstance(aware.results("mallory@example.org"), defer.Deferred)  # not for mallory
-    assert len(checker.calls) == 2
-
-
-def test_temperror_and_ttl_less_results_are_not_cached():
-    checker = ScriptedChecker()
-    aware = SPFAwareForward(checker, ["192.0.2.1"])
-    aware.results("a@example.org")
-    fire(checker, SPFResult("temperror", "timed out", ttl=300))
-    aware.results("a@example.org")
-    fire(checker, SPFResult("none", "", ttl=None))  # e.g. NXDOMAIN: no TTL known
-    aware.results("a@example.org")
-    assert len(checker.calls) == 3
 
 
 def test_skip_results_configurable():
