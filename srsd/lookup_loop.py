@@ -208,5 +208,21 @@ def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None =
         Reporter(report[1]).start(reactor)
     LoopingCall(log_limit.tick).start(1.0, now=False)
     tell_parent(status_fd, "ready")
+    reactor.callWhenRunning(_stop_once_on_sigterm, reactor)
     reactor.run()
     return 0
+
+
+def _stop_once_on_sigterm(reactor: Any) -> None:
+    """SIGTERM and SIGINT stop the reactor, once: systemd's stop signals every process of
+    the unit and the parent relays it too, and the asyncio reactor's own handler raises
+    ReactorNotRunning on the second. Installed once the reactor runs (over Twisted's)."""
+    stopping = []
+
+    def stop() -> None:
+        if not stopping:
+            stopping.append(True)
+            reactor.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: reactor.callFromThread(stop))

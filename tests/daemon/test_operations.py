@@ -289,6 +289,24 @@ def test_sigterm_of_the_parent_stops_the_children(srsd_factory, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_sigterm_to_every_process_stops_cleanly(srsd_factory, kind):
+    """systemd's stop (KillMode=control-group) signals every process of the unit at once:
+    each child then gets SIGTERM twice, from systemd and from the parent."""
+    daemon, _, children = _start(srsd_factory, kind, 2)
+    _forward(daemon)
+    for pid in children:  # our grandchildren: twice, as systemd's and the parent's arrive together
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
+    assert daemon.stop() == 0
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in children if _alive(pid)]
+    _no_tracebacks(daemon)
+    assert " critical: " not in daemon.log_text()
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_child_restarted_after_it_dies(srsd_factory, kind):
     daemon, _, children = _start(srsd_factory, kind, 2)
     os.kill(children[-1], signal.SIGKILL)  # our grandchild
