@@ -2,11 +2,12 @@
 """DKIM signing and ARC sealing speed: dkimpy's pure-Python RSA vs srsd's OpenSSL step.
 
     python bench/dkim_signing.py [--seconds 2] [--size 10240]
-    python bench/dkim_signing.py --postfix [--messages 500]      # needs root, postfix (+ opendkim)
+    python bench/dkim_signing.py --postfix [--messages 500] [--rounds 3]   # needs root, postfix (+ opendkim)
 
 In-process (one thread, no DNS): operations per second for a message of --size
-bytes with dkimpy 1.1.8 as shipped (pure-Python RSA) and with srsd's adapter
-(:mod:`srsd.mailauth.dkimpy_setup`: the same dkimpy code, the RSA step done by ``cryptography``),
+bytes with dkimpy 1.1.8 as shipped (pure-Python RSA) and as srsd runs it
+(:mod:`srsd.mailauth.dkimpy_setup`: the same dkimpy code, RSA signing and verification
+by ``cryptography``, each key parsed and each body canonicalized once),
 for RSA-2048 DKIM signatures, ARC sets, ed25519 signatures (PyNaCl, unchanged)
 and DKIM verification (key in hand). Also the whole per-message work of a
 forwarded message: verify its signature and ARC chain, seal, sign.
@@ -35,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # srsd from this checkout
 
-from srsd.mailauth.dkimpy_setup import pure_python_rsa  # noqa: E402
+from srsd.mailauth.dkimpy_setup import forget_bodies, install, pure_python_rsa  # noqa: E402
 from srsd.mailauth.key_lookup import txt_lookup  # noqa: E402
 from srsd.mailauth.keys import SigningKey, generate_key  # noqa: E402
 from srsd.mailauth.message import message_bytes  # noqa: E402
@@ -79,6 +80,7 @@ def rate(fn: Callable[[], object], seconds: float) -> float:
 
 
 def in_process(seconds: float, size: int) -> list[tuple[str, str, float]]:
+    install()  # srsd's rows: dkimpy as MailAuth runs it (pure_python_rsa() gives the shipped one)
     directory = tempfile.mkdtemp(prefix="srsd-bench-dkim-")
     rsa_key = generate_key(os.path.join(directory, "rsa.private"))
     ed_key = generate_key(os.path.join(directory, "ed.private"), "ed25519-sha256")
@@ -110,6 +112,7 @@ def in_process(seconds: float, size: int) -> list[tuple[str, str, float]]:
 
     def whole_forward() -> object:
         # what MailAuth does for a forwarded message with one signature and one ARC set
+        forget_bodies()  # a new message: its body canonicalized once, counted
         verify_signatures(forwarded, dnsfunc)
         verify_arc(forwarded, dnsfunc)
         incoming = [*arc_set, results, signature, *headers]
@@ -122,8 +125,8 @@ def in_process(seconds: float, size: int) -> list[tuple[str, str, float]]:
     for label, fn in (("DKIM sign RSA-2048", sign), ("ARC seal RSA-2048", seal),
                       ("forwarded: verify+seal+sign", whole_forward)):  # fmt: skip
         with pure_python_rsa():
-            rows.append((label, "dkimpy (pure Python RSA)", rate(fn, seconds)))
-        rows.append((label, "srsd (RSA via OpenSSL)", rate(fn, seconds)))
+            rows.append((label, "dkimpy 1.1.8 as shipped", rate(fn, seconds)))
+        rows.append((label, "srsd (dkimpy_setup)", rate(fn, seconds)))
     rows.append(("DKIM sign ed25519", "dkimpy + PyNaCl (as is)", rate(sign_ed, seconds)))
     rows.append(("DKIM verify RSA-2048", "dkimpy (as is)", rate(verify, seconds)))
     return rows
@@ -217,17 +220,11 @@ def _opendkim(directory: Path, key: SigningKey) -> tuple[object, str] | None:
     return process, f"unix:{socket_path}"
 
 
-def through_postfix(messages: int, size: int) -> list[tuple[str, str, float]]:
-    from twisted.internet import endpoints, reactor
-
-    from srsd.config import parse_config
+def through_postfix(messages: int, size: int, rounds: int = 3, workers: tuple[int, ...] = (1, 2)) -> list:
     from srsd.dns import Resolver
-    from srsd.mailauth.handler import MailAuth
-    from srsd.protocols.milter import MilterFactory
-    from srsd.spf import SPFChecker
-    from tests import maildkim
     from tests.dnsserver import DNSServer
     from tests.e2e.smtp_sink import SmtpSink
+    from tests.srsd_daemon import SrsdDaemon
 
     directory = Path(tempfile.mkdtemp(prefix="srsd-bench-postfix-"))
     directory.chmod(0o755)
@@ -242,27 +239,25 @@ def through_postfix(messages: int, size: int) -> list[tuple[str, str, float]]:
             "sel._domainkey.fwd.example": [{"TXT": fwd.txt_record()}],
         }
     )
-    (directory / "secrets").write_text("bench\n")
-    config = parse_config(
-        {
-            "srs": {"domain": "fwd.example", "secrets_file": str(directory / "secrets")},
-            "dns": {"nameservers": [dns.address]},
-            # the SMTP clients connect from 127.0.0.1: not trusted here, so their mail is forwarded mail
-            "dkim": {"selector": "sel", "key_file": fwd.path, "signed_headers": list(SIGNED), "trusted_networks": []},
-        }
-    )
     resolver = Resolver([dns.address])
-    checker = SPFChecker(reactor, resolver, threads=4)
-    auth = MailAuth(config, resolver, checker, reactor)
-    milter_path = directory / "srsd-milter.sock"
-    endpoint = endpoints.serverFromString(reactor, f"unix:{milter_path}:mode=666")
-    reactor.callFromThread(endpoint.listen, MilterFactory(auth, "milter", timeout=30))
-    threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True).start()
-    for _ in range(100):
-        if milter_path.exists():
-            break
-        time.sleep(0.05)
-
+    # `srsd serve` as an admin runs it: the milter alone, on a unix socket, --workers N
+    daemons = {}
+    for n in workers:
+        workdir = directory / f"srsd-w{n}"
+        workdir.mkdir()
+        daemons[f"srsd w{n}"] = SrsdDaemon(
+            workdir,
+            srs={"domain": "fwd.example"},
+            endpoints=(),
+            listen={"milter": f"unix:{workdir / 'milter.sock'}:mode=666"},
+            sections={
+                "dns": {"nameservers": [dns.address]},
+                # the SMTP clients connect from 127.0.0.1: not trusted here, so their mail is forwarded mail
+                "dkim": {"selector": "sel", "key_file": fwd.path, "signed_headers": list(SIGNED),
+                         "trusted_networks": []},  # fmt: skip
+            },
+            workers=n,
+        ).start()
     # Origin messages carry example.org's signature, as real incoming mail would.
     def signed(i: int) -> bytes:
         headers, body = sample_message(size)
@@ -276,41 +271,70 @@ def through_postfix(messages: int, size: int) -> list[tuple[str, str, float]]:
     sink = SmtpSink().start()
     common = "milter_protocol = 6\nmilter_default_action = tempfail\n"
     rows = []
+    opendkim = _opendkim(directory, fwd)
     try:
         rows.append(("Postfix, no milter", "", _run_postfix("none", sink, "", messages, size)))
-        rate_srsd = _run_postfix("srsd", sink, f"smtpd_milters = unix:{milter_path}\n{common}", messages, size)
-        rows.append(("Postfix + srsd milter", "verify, A-R, ARC seal, DKIM sign", rate_srsd))
-        delivered = list(sink.messages)
-        lookup = txt_lookup(resolver)
-        bad = 0
-        for m in delivered:
-            sigs = verify_signatures(m.data, lookup)
-            arc = verify_arc(m.data, lookup)
-            if [s.result for s in sigs] != ["pass", "pass"] or arc.cv != "pass":
-                bad += 1
-        print(f"srsd: {len(delivered) - bad}/{len(delivered)} delivered messages verify (2 DKIM + ARC) in dkimpy")
-        if maildkim.available():
-            sample = delivered[:: max(1, len(delivered) // 10)]
-            ok = sum(
-                maildkim.mail_dkim(m.data, dns.port).result == "pass"
-                and maildkim.mail_dkim(m.data, dns.port, "arc").result == "pass"
-                for m in sample
-            )
-            print(f"srsd: {ok}/{len(sample)} sampled messages verify in Mail::DKIM (DKIM and ARC)")
-        started = _opendkim(directory, fwd)
-        if started is not None:
-            process, socket_spec = started
-            try:
-                rate_od = _run_postfix("opendkim", sink, f"smtpd_milters = {socket_spec}\n{common}", messages, size)
-                rows.append(("Postfix + OpenDKIM milter", "sign only", rate_od))
-            finally:
-                process.terminate()
-                process.wait(10)
+        ratios: dict[str, list[float]] = {name: [] for name in daemons}
+        for number in range(1, rounds + 1):
+            # A B A B: each round runs every side, the order flipped every round
+            order = [*daemons, "opendkim"]
+            order = order if number % 2 else order[::-1]
+            rates = {}
+            for who in order:
+                if who == "opendkim":
+                    if opendkim is not None:
+                        rates[who] = _run_postfix("opendkim", sink, f"smtpd_milters = {opendkim[1]}\n{common}",
+                                                  messages, size)  # fmt: skip
+                    continue
+                milter = f"smtpd_milters = unix:{daemons[who].unix_paths['milter']}\n{common}"
+                rates[who] = _run_postfix(who.replace(" ", "-"), sink, milter, messages, size)
+                _check_delivered(sink.messages, resolver, dns.port)
+            line = f"round {number}: " + ", ".join(f"{who} {rates[who]:.0f} msgs/s" for who in order if who in rates)
+            if "opendkim" in rates:
+                for name in daemons:
+                    ratios[name].append(rates[name] / rates["opendkim"])
+                line += " (" + ", ".join(f"{name} {ratios[name][-1]:.2f}x" for name in daemons) + " OpenDKIM)"
+            print(line, flush=True)
+            for name in daemons:
+                rows.append((f"Postfix + {name} milter", f"verify, A-R, ARC seal, DKIM sign (round {number})",
+                             rates[name]))  # fmt: skip
+            if "opendkim" in rates:
+                rows.append(("Postfix + OpenDKIM milter", f"sign only (round {number})", rates["opendkim"]))
+        for name, values in ratios.items():
+            if values:
+                print(f"{name} / OpenDKIM, median of {len(values)} rounds: {statistics.median(values):.2f}x "
+                      f"(range {min(values):.2f}-{max(values):.2f})")  # fmt: skip
     finally:
+        if opendkim is not None:
+            opendkim[0].terminate()
+            opendkim[0].wait(10)
+        for daemon in daemons.values():
+            daemon.stop()
         sink.stop()
-        reactor.callFromThread(reactor.stop)
         dns.stop()
     return rows
+
+
+def _check_delivered(delivered: list, resolver: object, dns_port: int) -> None:
+    """Every message srsd handled verifies (2 DKIM + ARC) in dkimpy; a sample in Mail::DKIM."""
+    from tests import maildkim
+
+    lookup = txt_lookup(resolver)
+    bad = 0
+    for m in delivered:
+        sigs = verify_signatures(m.data, lookup)
+        arc = verify_arc(m.data, lookup)
+        if [s.result for s in sigs] != ["pass", "pass"] or arc.cv != "pass":
+            bad += 1
+    print(f"srsd: {len(delivered) - bad}/{len(delivered)} delivered messages verify (2 DKIM + ARC) in dkimpy")
+    if maildkim.available():
+        sample = delivered[:: max(1, len(delivered) // 10)]
+        ok = sum(
+            maildkim.mail_dkim(m.data, dns_port).result == "pass"
+            and maildkim.mail_dkim(m.data, dns_port, "arc").result == "pass"
+            for m in sample
+        )
+        print(f"srsd: {ok}/{len(sample)} sampled messages verify in Mail::DKIM (DKIM and ARC)")
 
 
 def main() -> int:
@@ -319,6 +343,8 @@ def main() -> int:
     p.add_argument("--size", type=int, default=10240, help="message body bytes (default 10 KB)")
     p.add_argument("--postfix", action="store_true", help="also measure through a private Postfix (root)")
     p.add_argument("--messages", type=int, default=500, help="messages per Postfix run")
+    p.add_argument("--rounds", type=int, default=3, help="Postfix rounds, srsd and OpenDKIM alternated")
+    p.add_argument("--workers", default="1,2", help="srsd serve --workers N, one srsd a value")
     args = p.parse_args()
 
     print(f"in-process, one thread, {args.size}-byte body")
@@ -327,7 +353,7 @@ def main() -> int:
         print(f"{label:32} {impl:34} {per_second:10.0f} {1000 / per_second:8.2f}")
     if args.postfix:
         print(f"\nthrough Postfix, {args.messages} forwarded messages, 4 SMTP clients, unix-socket milter")
-        rows = through_postfix(args.messages, args.size)
+        rows = through_postfix(args.messages, args.size, args.rounds, tuple(int(w) for w in args.workers.split(",")))
         print(f"{'setup':32} {'does':34} {'msgs/s':>10}")
         for label, does, per_second in rows:
             print(f"{label:32} {does:34} {per_second:10.0f}")

@@ -1,35 +1,66 @@
-"""How srsd drives dkimpy: its RSA step through OpenSSL, and a quiet logger.
+"""How srsd drives dkimpy: its RSA steps through OpenSSL, work done once, a quiet logger.
 
 dkimpy computes RSASSA-PKCS1-v1_5 in pure Python (~6.6 ms per 2048-bit signature,
-13.5 ms per ARC set). :func:`install` replaces the one function dkimpy calls for
-it, ``dkim.RSASSA_PKCS1_v1_5_sign`` (imported into the ``dkim`` namespace from
-``dkim.crypto``), by :func:`openssl_rsa_sign`, which signs the same digest with
-``cryptography``. PKCS#1 v1.5 is deterministic (RFC 8017 8.2.1), so the
-signatures are byte-identical (tested against the pure-Python function); only the
-time differs, which is why a process-wide substitution is harmless. Nothing
-happens at import: the milter handler installs it when it is built
-(:class:`srsd.mailauth.handler.MailAuth`); :func:`pure_python_rsa` turns it off
-for a block (tests, benchmarks).
+13.5 ms per ARC set, ~1 ms per verification), parses the PEM private key in pure
+Python at every signature, and canonicalizes the body again for every signature it
+makes or checks (a forwarded message: its DKIM signature, the ARC message signature,
+the new ARC set and the new DKIM signature, each a pass of two regular expressions
+over the body). :func:`install` replaces, process-wide, the functions dkimpy calls
+for these, each by one that gives the same result:
+
+* ``dkim.RSASSA_PKCS1_v1_5_sign`` -> :func:`openssl_rsa_sign` (``cryptography``; PKCS#1
+  v1.5 is deterministic, RFC 8017 8.2.1, so the signatures are byte-identical, tested);
+* ``dkim.RSASSA_PKCS1_v1_5_verify`` -> :func:`openssl_rsa_verify` (the same yes/no);
+* ``dkim.parse_pem_private_key`` and ``dkim.parse_public_key`` -> memos of their
+  results by key bytes;
+* ``CanonicalizationPolicy.canonicalize_body`` -> a memo by (algorithm, body), bounded
+  to :data:`BODY_MEMO_BYTES`, so each body is canonicalized once per algorithm.
+
+(These are dkimpy's module-level names; ``tests/unit/test_dkim.py`` checks each
+replacement against the original.) Nothing happens at import: the milter handler
+installs them when it is built (:class:`srsd.mailauth.handler.MailAuth`);
+:func:`pure_python_rsa` restores dkimpy as shipped for a block (tests, benchmarks).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
 import dkim
+import dkim.canonicalization
 import dkim.crypto
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-__all__ = ["MIN_RSA_BITS", "QUIET", "install", "installed", "openssl_rsa_sign", "pure_python_rsa", "remember_rsa_key"]
+__all__ = [
+    "MIN_RSA_BITS",
+    "BODY_MEMO_BYTES",
+    "forget_bodies",
+    "QUIET",
+    "install",
+    "installed",
+    "openssl_rsa_sign",
+    "openssl_rsa_verify",
+    "pure_python_rsa",
+    "remember_rsa_key",
+]
 
 MIN_RSA_BITS = 1024  # RFC 8301 3.2: verifiers must not accept less
 
+#: bytes of bodies and their canonical forms the body memo keeps at most
+BODY_MEMO_BYTES = 32 * 1024 * 1024
+
 _PURE_RSA_SIGN = dkim.crypto.RSASSA_PKCS1_v1_5_sign
+_PURE_RSA_VERIFY = dkim.crypto.RSASSA_PKCS1_v1_5_verify
+_PARSE_PEM = dkim.crypto.parse_pem_private_key
+_PARSE_PUBLIC = dkim.crypto.parse_public_key
+_CANONICALIZE_BODY = dkim.canonicalization.CanonicalizationPolicy.canonicalize_body
 _HASHES = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}
 _rsa_keys: dict[tuple[int, int], rsa.RSAPrivateKey] = {}
 _rsa_keys_lock = threading.Lock()
@@ -82,26 +113,148 @@ def openssl_rsa_sign(hash: Any, private_key: dict[str, int]) -> bytes:
     return key.sign(hash.digest(), padding.PKCS1v15(), Prehashed(algorithm()))
 
 
+_public_keys: dict[tuple[int, int], rsa.RSAPublicKey] = {}
+
+
+def openssl_rsa_verify(hash: Any, signature: bytes, public_key: dict[str, int]) -> bool:
+    """Drop-in for ``dkim.crypto.RSASSA_PKCS1_v1_5_verify(hash, signature, public_key)``:
+    True when *signature* is the PKCS#1 v1.5 signature of *hash*'s digest under
+    *public_key* (dkimpy's dict from ``parse_public_key``), checked by OpenSSL. A digest
+    other than SHA-1/SHA-256, or a modulus under 512 bits (dkimpy raises its own errors
+    for those), goes to dkimpy's own code."""
+    algorithm = _HASHES.get(hash.name.lower())
+    n, e = public_key["modulus"], public_key["publicExponent"]
+    if algorithm is None or n.bit_length() < 512:
+        return _PURE_RSA_VERIFY(hash, signature, public_key)
+    key = _public_keys.get((n, e))
+    if key is None:
+        key = rsa.RSAPublicNumbers(e, n).public_key()
+        with _rsa_keys_lock:
+            if len(_public_keys) >= 4 * _MAX_CACHED_KEYS:
+                _public_keys.clear()
+            _public_keys[(n, e)] = key
+    try:
+        key.verify(bytes(signature), hash.digest(), padding.PKCS1v15(), Prehashed(algorithm()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _memo(parse: Any, size: int) -> Any:
+    """*parse* (a pure function of one bytes argument) remembered for *size* arguments."""
+    parsed_by_data: dict[bytes, Any] = {}
+
+    def memo(data: bytes) -> Any:
+        parsed = parsed_by_data.get(data)
+        if parsed is None:
+            parsed = parse(data)  # raises on bad data: nothing kept
+            with _rsa_keys_lock:
+                if len(parsed_by_data) >= size:
+                    parsed_by_data.clear()
+                parsed_by_data[bytes(data)] = parsed
+        return parsed
+
+    return memo
+
+
+# dkimpy parses the private key at every signature, a public key at every verification
+_parse_pem_private_key = _memo(_PARSE_PEM, _MAX_CACHED_KEYS)
+_parse_public_key = _memo(_PARSE_PUBLIC, 4 * _MAX_CACHED_KEYS)
+
+
+class _BodyMemo:
+    """Canonical bodies by (algorithm, body), the most recent first, within a byte budget."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0
+        self._lock = threading.Lock()
+        self._bodies: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
+
+    def canonicalize_body(self, policy: Any, body: Any) -> Any:
+        if not isinstance(body, bytes) or 4 * len(body) > self.budget:
+            return _CANONICALIZE_BODY(policy, body)
+        key = (policy.body_algorithm.name, body)
+        with self._lock:
+            done = self._bodies.get(key)
+            if done is not None:
+                self._bodies.move_to_end(key)
+                return done
+        done = _CANONICALIZE_BODY(policy, body)
+        with self._lock:
+            if key not in self._bodies:
+                self._bodies[key] = done
+                self.size += len(body) + len(done)
+                while self.size > self.budget:
+                    (_, old), old_done = self._bodies.popitem(last=False)
+                    self.size -= len(old) + len(old_done)
+        return done
+
+
+    def clear(self) -> None:
+        with self._lock:
+            self._bodies.clear()
+            self.size = 0
+
+
+_BODY_MEMO = _BodyMemo(BODY_MEMO_BYTES)
+
+
+def forget_bodies() -> None:
+    """Empty the body memo (benchmarks: each message's first canonicalization counted)."""
+    _BODY_MEMO.clear()
+
+
+def _memo_canonicalize_body(policy: Any, body: Any) -> Any:
+    return _BODY_MEMO.canonicalize_body(policy, body)
+
+
+_SHIPPED = (_PURE_RSA_SIGN, _PURE_RSA_VERIFY, _PARSE_PEM, _PARSE_PUBLIC, _CANONICALIZE_BODY)
+_OURS = (openssl_rsa_sign, openssl_rsa_verify, _parse_pem_private_key, _parse_public_key, _memo_canonicalize_body)
+
+
+def _set(functions: tuple[Any, ...]) -> None:
+    (
+        dkim.RSASSA_PKCS1_v1_5_sign,
+        dkim.RSASSA_PKCS1_v1_5_verify,
+        dkim.parse_pem_private_key,
+        dkim.parse_public_key,
+        dkim.canonicalization.CanonicalizationPolicy.canonicalize_body,
+    ) = functions
+
+
+def _current() -> tuple[Any, ...]:
+    return (
+        dkim.RSASSA_PKCS1_v1_5_sign,
+        dkim.RSASSA_PKCS1_v1_5_verify,
+        dkim.parse_pem_private_key,
+        dkim.parse_public_key,
+        dkim.canonicalization.CanonicalizationPolicy.canonicalize_body,
+    )
+
+
 def install() -> None:
-    """Make dkimpy sign RSA with OpenSSL (idempotent)."""
-    dkim.RSASSA_PKCS1_v1_5_sign = openssl_rsa_sign
+    """Make dkimpy sign and verify RSA with OpenSSL, parse each key once and
+    canonicalize each body once per algorithm (idempotent)."""
+    _set(_OURS)
 
 
 def installed() -> bool:
-    """True when dkimpy's RSA step goes to OpenSSL."""
-    return dkim.RSASSA_PKCS1_v1_5_sign is openssl_rsa_sign
+    """True when :func:`install`'s replacements are in place."""
+    return _current() == _OURS
 
 
 @contextlib.contextmanager
 def pure_python_rsa() -> Iterator[None]:
-    """Within the block dkimpy signs with its own pure-Python RSA (tests, benchmarks);
-    the previous state comes back after it. Not thread-safe: it swaps a module global."""
-    before = dkim.RSASSA_PKCS1_v1_5_sign
-    dkim.RSASSA_PKCS1_v1_5_sign = _PURE_RSA_SIGN
+    """Within the block dkimpy runs as shipped: its own pure-Python RSA, key parsing and
+    body canonicalization (tests, benchmarks); the previous state comes back after it.
+    Not thread-safe: it swaps module globals."""
+    before = _current()
+    _set(_SHIPPED)
     try:
         yield
     finally:
-        dkim.RSASSA_PKCS1_v1_5_sign = before
+        _set(before)
 
 
 class _QuietLogger:
