@@ -142,9 +142,13 @@ def _message(i: int, size: int) -> bytes:
     return message_bytes(headers, body)
 
 
-def _send(port: int, messages: list[bytes], clients: int = 4) -> None:
+SMTP_CLIENTS = 4  # --clients
+
+
+def _send(port: int, messages: list[bytes], clients: int | None = None) -> None:
     import smtplib
 
+    clients = clients or SMTP_CLIENTS
     chunks = [messages[i::clients] for i in range(clients)]
 
     def worker(chunk: list[bytes]) -> None:
@@ -344,15 +348,18 @@ def main() -> int:
     p.add_argument("--postfix", action="store_true", help="also measure through a private Postfix (root)")
     p.add_argument("--messages", type=int, default=500, help="messages per Postfix run")
     p.add_argument("--rounds", type=int, default=3, help="Postfix rounds, srsd and OpenDKIM alternated")
+    p.add_argument("--clients", type=int, default=4, help="SMTP clients sending at once")
     p.add_argument("--workers", default="1,2", help="srsd serve --workers N, one srsd a value")
     args = p.parse_args()
+    global SMTP_CLIENTS
+    SMTP_CLIENTS = args.clients
 
     print(f"in-process, one thread, {args.size}-byte body")
     print(f"{'operation':32} {'implementation':34} {'per second':>10} {'ms each':>8}")
     for label, impl, per_second in in_process(args.seconds, args.size):
         print(f"{label:32} {impl:34} {per_second:10.0f} {1000 / per_second:8.2f}")
     if args.postfix:
-        print(f"\nthrough Postfix, {args.messages} forwarded messages, 4 SMTP clients, unix-socket milter")
+        print(f"\nthrough Postfix, {args.messages} forwarded messages, {args.clients} SMTP clients, unix-socket milter")
         rows = through_postfix(args.messages, args.size, args.rounds, tuple(int(w) for w in args.workers.split(",")))
         print(f"{'setup':32} {'does':34} {'msgs/s':>10}")
         for label, does, per_second in rows:
