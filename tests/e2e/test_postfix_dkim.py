@@ -458,9 +458,12 @@ def test_forwarded_message_keeps_its_signature_and_gets_ours_and_an_arc_set(stac
     assert received.mail_from.endswith(f"@{SRS_DOMAIN}") and from_domain == ORIG_DOMAIN
     assert (from_domain, True) in dkimpy_signatures(data, stack.dns)
 
+    # one line for the message, one for its DMARC decision (orig.example: aligned SPF pass)
     logged = [line for line in stack.srsd.log_text().splitlines() if f" {queue_id}: " in line]
-    assert len(logged) == 1 and "forwarded (recipient fwd-user@fwd.example)" in logged[0], logged
-    assert "spf=pass dkim=pass arc=none; sealed i=1; signed d=fwd.example" in logged[0], logged
+    assert len(logged) == 2, logged
+    assert "forwarded (recipient fwd-user@fwd.example)" in logged[1], logged
+    assert "spf=pass dkim=pass arc=none dmarc=pass; sealed i=1; signed d=fwd.example" in logged[1], logged
+    assert f"DMARC pass for {ORIG_DOMAIN} (spf {ORIG_DOMAIN} aligned" in logged[0] and logged[0].endswith(": accept")
 
 
 def test_metrics_and_decision_lines_follow_postfix_traffic(stack, keys):
