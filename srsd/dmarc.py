@@ -53,6 +53,7 @@ __all__ = [
     "parse_record",
     "walk_targets",
     "tree_walk",
+    "policy_record",
     "organizational_domain",
     "AuthorDomains",
     "author_domains",
@@ -588,6 +589,17 @@ def _discover(author: str, memo: _Memo) -> tuple[DMARCRecord, str, _Walk | None]
         return walk.record_at(org), org, walk
     psd = next(name for name, record in walk.found if record.psd == "y")  # org has no record: the PSD's
     return walk.record_at(psd), psd, walk  # type: ignore[return-value]
+
+
+def policy_record(domain: str, dns: DMARCDNS) -> tuple[DMARCRecord, str] | None:
+    """The DMARC Policy Record a receiver applies to mail from *domain*, and the domain it
+    was found at (4.10.1: the domain's own, else its Organizational Domain's, else a
+    PSD's); None when there is none. What ``srsd check-dns`` reports.
+
+    :raises DMARCTempError: a query failed for now.
+    """
+    found = _discover(domain.strip().rstrip(".").lower(), _Memo(dns))
+    return (found[0], found[1]) if found is not None else None
 
 
 def _published_policy(author: str, record: DMARCRecord, policy_domain: str, memo: _Memo) -> tuple[str, str]:
