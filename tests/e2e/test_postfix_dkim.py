@@ -218,18 +218,10 @@ def stack(tmp_path_factory, sink, keys, dns_server_session):
     dns_server.reset()
     dns_server.set_zone(base_zone(keys))
 
-    # Fixed ports (Postfix's main.cf names them): a restart comes up on the same ones.
-    ports = {name: free_port() for name in ("tcp_forward", "tcp_reverse")}
-    postfix, socket_dir = milter_postfix(sink, ports, "dkim")
-    srsd = e2e_srsd(
-        tmp_path_factory,
-        "srsd-dkim",
-        endpoints=(),
-        listen={name: tcp_endpoint(port) for name, port in ports.items()}
-        | {"milter": f"unix:{socket_dir / 'milter.sock'}:mode=660", "metrics": tcp_endpoint(free_port())},
-        sections=srsd_sections(dns_server.address, keys.fwd_key_file),
+    stack = milter_stack(
+        tmp_path_factory, sink, dns_server, "dkim", srsd_sections(dns_server.address, keys.fwd_key_file)
     )
-    srsd.prepare()
+    srsd = stack.srsd
 
     # Publish what `srsd dns-records` says to publish.
     records = publish_dns_records(srsd, dns_server)
@@ -237,8 +229,27 @@ def stack(tmp_path_factory, sink, keys, dns_server_session):
     assert records[SRS_DOMAIN] == [f"v=spf1 ip4:{TRUSTED_IP} -all"], records
     assert len(records[f"{FWD_SELECTOR}._domainkey.{SRS_DOMAIN}"]) == 2, records  # 2048 bits: > 255 bytes
 
-    with running(Stack(postfix, srsd, sink, dns_server)) as started:
+    with running(stack) as started:
         yield started
+
+
+def milter_stack(tmp_path_factory, sink: SmtpSink, dns_server, label: str, sections: dict[str, dict]) -> Stack:
+    """A Stack, not started: Postfix from :func:`milter_postfix`, and srsd (config written)
+    serving the tcp_table maps, the milter on the snippet's socket and metrics, with the
+    config *sections* ([dns], [dkim], ...)."""
+    # Fixed ports (Postfix's main.cf names them): a restart comes up on the same ones.
+    ports = {name: free_port() for name in ("tcp_forward", "tcp_reverse")}
+    postfix, socket_dir = milter_postfix(sink, ports, label)
+    srsd = e2e_srsd(
+        tmp_path_factory,
+        f"srsd-{label}",
+        endpoints=(),
+        listen={name: tcp_endpoint(port) for name, port in ports.items()}
+        | {"milter": f"unix:{socket_dir / 'milter.sock'}:mode=660", "metrics": tcp_endpoint(free_port())},
+        sections=sections,
+    )
+    srsd.prepare()
+    return Stack(postfix, srsd, sink, dns_server)
 
 
 @contextlib.contextmanager

@@ -44,11 +44,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests import maildmarc
 from tests.metrics_scrape import scrape, value
-from tests.srsd_daemon import free_port, tcp_endpoint
 
-from .conftest import FORWARD_TARGET, FORWARDING_ALIAS, SRS_DOMAIN, e2e_srsd
+from .conftest import FORWARD_TARGET, FORWARDING_ALIAS, SRS_DOMAIN
 from .smtp_sink import header_values
-from .test_postfix_dkim import AUTHSERV_ID, Stack, dnsfunc, milter_postfix, running, smtp_from
+from .test_postfix_dkim import AUTHSERV_ID, Stack, dnsfunc, milter_stack, running, smtp_from
 
 OUTSIDE_IP = "127.0.0.2"  # the test client: not in dkim.trusted_networks
 FWD_SELECTOR = "f1"
@@ -270,29 +269,19 @@ def stack(tmp_path_factory, sink, keys, dns_server_session):
     key_file.write_bytes(keys["fwd"].pkcs8)
     key_file.chmod(0o600)
 
-    ports = {name: free_port() for name in ("tcp_forward", "tcp_reverse")}
-    postfix, socket_dir = milter_postfix(sink, ports, "dmarc")
-    srsd = e2e_srsd(
-        tmp_path_factory,
-        "srsd-dmarc",
-        endpoints=(),
-        listen={name: tcp_endpoint(port) for name, port in ports.items()}
-        | {"milter": f"unix:{socket_dir / 'milter.sock'}:mode=660", "metrics": tcp_endpoint(free_port())},
-        sections={
-            "dns": {"nameservers": [dns_server.address], "timeout": 1.0},
-            "dkim": {
-                "domain": SRS_DOMAIN,
-                "selector": FWD_SELECTOR,
-                "key_file": str(key_file),
-                "authserv_id": AUTHSERV_ID,
-                "trusted_networks": ["127.0.0.1/32"],  # the client's 127.0.0.2 is outside
-                "budget": 5.0,
-            },
-            "dmarc": {"action": "header", "trusted_arc_sealers": [TRUSTED_SEALER]},
+    sections = {
+        "dns": {"nameservers": [dns_server.address], "timeout": 1.0},
+        "dkim": {
+            "domain": SRS_DOMAIN,
+            "selector": FWD_SELECTOR,
+            "key_file": str(key_file),
+            "authserv_id": AUTHSERV_ID,
+            "trusted_networks": ["127.0.0.1/32"],  # the client's 127.0.0.2 is outside
+            "budget": 5.0,
         },
-    )
-    srsd.prepare()
-    with running(Stack(postfix, srsd, sink, dns_server)) as started:
+        "dmarc": {"action": "header", "trusted_arc_sealers": [TRUSTED_SEALER]},
+    }
+    with running(milter_stack(tmp_path_factory, sink, dns_server, "dmarc", sections)) as started:
         yield started
 
 
@@ -460,12 +449,19 @@ def enforced(outcome: str) -> list[str]:
     return [name for name, expected in ENFORCE_MODE.items() if expected == outcome]
 
 
-@pytest.mark.parametrize("name", enforced("550 5.7.1"))
-def test_enforce_rejects_a_failure_under_p_reject(stack, messages, mail_dmarc, name):
+def send_enforced(stack: Stack, messages, name: str, counted: tuple[str, str]) -> tuple[Sent, int, str, float]:
+    """With ``dmarc.action = "enforce"``, send the message of kind *name*: (it, the DATA
+    reply's code and text, ``srsd_dmarc_results_total{counted}`` before it)."""
     use_action(stack, "enforce")
     sent = messages["enforce", name]
-    before = dmarc_count(stack, "fail", "reject")
+    before = dmarc_count(stack, *counted)
     code, text = submit(stack, sent)
+    return sent, code, text, before
+
+
+@pytest.mark.parametrize("name", enforced("550 5.7.1"))
+def test_enforce_rejects_a_failure_under_p_reject(stack, messages, mail_dmarc, name):
+    sent, code, text, before = send_enforced(stack, messages, name, ("fail", "reject"))
     domain = sent.recipe.from_domain
     assert (code, text) == (550, f"5.7.1 Email rejected per DMARC policy for {domain}"), (code, text)
     queue_id = queue_id_of(stack, sent)
@@ -483,10 +479,7 @@ def test_enforce_rejects_a_failure_under_p_reject(stack, messages, mail_dmarc, n
 def test_enforce_holds_a_failure_under_p_quarantine(stack, messages, mail_dmarc, name):
     """p=quarantine: accepted, then in Postfix's hold queue; released, it leaves sealed and
     signed, its Authentication-Results saying what was done (dis=quarantine)."""
-    use_action(stack, "enforce")
-    sent = messages["enforce", name]
-    before = dmarc_count(stack, "fail", "quarantine")
-    code, text = submit(stack, sent)
+    sent, code, text, before = send_enforced(stack, messages, name, ("fail", "quarantine"))
     assert code == 250, (code, text)
     queue_id = _QUEUED.search(text).group(1)
     entry = stack.postfix.wait_for_queued(queue_id, "hold")
@@ -508,10 +501,7 @@ def test_enforce_holds_a_failure_under_p_quarantine(stack, messages, mail_dmarc,
 @pytest.mark.parametrize("name", enforced("451 4.4.3"))
 def test_enforce_defers_when_dns_fails(stack, messages, mail_dmarc, name):
     """No verdict (temperror) is never a refusal: 451, the client retries."""
-    use_action(stack, "enforce")
-    sent = messages["enforce", name]
-    before = dmarc_count(stack, "temperror", "defer")
-    code, text = submit(stack, sent)
+    sent, code, text, before = send_enforced(stack, messages, name, ("temperror", "defer"))
     assert (code, text) == (451, f"4.4.3 temporary DNS failure evaluating DMARC for {SLOW_DOMAIN}, try again later")
     queue_id = queue_id_of(stack, sent)
     stack.postfix.wait_for_maillog(f"{queue_id}: milter-reject: END-OF-MESSAGE")
@@ -525,11 +515,8 @@ def test_enforce_defers_when_dns_fails(stack, messages, mail_dmarc, name):
 
 @pytest.mark.parametrize("name", enforced("delivered"))
 def test_enforce_delivers_a_pass_and_a_trusted_arc_override(stack, messages, mail_dmarc, name):
-    use_action(stack, "enforce")
-    sent = messages["enforce", name]
-    counted = ("fail", "arc_override") if sent.recipe.sealer else ("pass", "accept")
-    before = dmarc_count(stack, *counted)
-    code, text = submit(stack, sent)
+    counted = ("fail", "arc_override") if RECIPES[name].sealer else ("pass", "accept")
+    sent, code, text, before = send_enforced(stack, messages, name, counted)
     assert code == 250, (code, text)
     data = delivered(stack, sent)
     assert dmarc_count(stack, *counted) == before + 1
