@@ -35,6 +35,9 @@ __all__ = [
     "PolicySettings",
     "DKIMSettings",
     "DKIMKeySettings",
+    "DMARCSettings",
+    "DMARC_ACTIONS",
+    "DMARC_TEMPERROR_ACTIONS",
     "StoreSettings",
     "LogSettings",
     "DaemonSettings",
@@ -161,6 +164,31 @@ class DKIMSettings:
     budget: float = 10.0  # seconds for one message's key lookups; a lookup past it is temperror
 
 
+#: dmarc.action values: the default adds the result only (docs/dmarc.md "What srsd does")
+DMARC_ACTIONS = ("header", "quarantine", "enforce")
+DMARC_TEMPERROR_ACTIONS = ("defer", "accept")
+
+
+@dataclass(frozen=True)
+class DMARCSettings:
+    """DMARC (RFC 9989) of incoming mail, evaluated by the milter (srsd.dmarc, docs/dmarc.md).
+
+    * ``action`` -- ``"header"``: add ``dmarc=`` to Authentication-Results, never refuse
+      (the issue's "check, never discard"); ``"enforce"``: 550 for a failure whose applied
+      policy is reject, hold (Postfix's hold queue) for quarantine; ``"quarantine"``: hold
+      both (RFC 9989 7.4: p=reject as quarantine without "other knowledge and analysis").
+    * ``trusted_arc_sealers`` -- domains whose ARC-Seal, as the newest of a chain that
+      validates (cv=pass), exempts a DMARC failure from the action (local policy, 5.4).
+    * ``temperror`` -- with an action other than ``header``: ``"defer"`` (451 4.4.3, the
+      client retries) or ``"accept"`` (deliver with dmarc=temperror).
+    """
+
+    enabled: bool = True  # evaluate DMARC on incoming mail the milter verifies
+    action: str = "header"  # "header" | "quarantine" | "enforce"
+    trusted_arc_sealers: tuple[str, ...] = ()  # lower case, no trailing dot once validated
+    temperror: str = "defer"  # "defer" | "accept" (only with an action other than "header")
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """The alias store: long senders get a short SRS0 carrying a key (docs/alias-store.md)."""
@@ -255,6 +283,7 @@ class Config:
     spf: SPFSettings = SPFSettings()
     policy: PolicySettings = PolicySettings()
     dkim: DKIMSettings = DKIMSettings()
+    dmarc: DMARCSettings = DMARCSettings()
     store: StoreSettings = StoreSettings()
     limits: LimitsSettings = LimitsSettings()
     log: LogSettings = LogSettings()
@@ -281,6 +310,7 @@ _SECTIONS = {
     "spf": SPFSettings,
     "policy": PolicySettings,
     "dkim": DKIMSettings,
+    "dmarc": DMARCSettings,
     "store": StoreSettings,
     "limits": LimitsSettings,
     "log": LogSettings,
@@ -463,6 +493,8 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
         where = "dkim.key_file" if entry.where == "dkim.selector" else f"{entry.where}.key_file"
         warnings += _file_mode_warnings(entry.key.path, where, groups, "can sign mail as your domain")
     _check_no_mail_domains(cfg, dkim_keys)
+    dmarc, dmarc_warnings = _validate_dmarc(cfg)
+    warnings += dmarc_warnings
     _validate_postfix(cfg.postfix)
     store, store_password = _validate_store(cfg)
     lim = cfg.limits
@@ -490,6 +522,7 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
         warnings=tuple(warnings),
         store=store,
         store_password=store_password,
+        dmarc=dmarc,
     )
 
 
@@ -692,6 +725,26 @@ def _dkim_keys(cfg: Config) -> tuple[Any, ...]:
             f"dkim.arc: ARC sets are rsa-sha256 only (RFC 8617); {forwarder} has no RSA key: add one or set arc = false"
         )
     return tuple(keys)
+
+
+def _validate_dmarc(cfg: Config) -> tuple[DMARCSettings, list[str]]:
+    """Check [dmarc]: the settings with the sealers normalised, and what to warn about."""
+    dm = cfg.dmarc
+    if dm.action not in DMARC_ACTIONS:
+        raise ConfigError(f"dmarc.action: must be one of {', '.join(repr(a) for a in DMARC_ACTIONS)}")
+    if dm.temperror not in DMARC_TEMPERROR_ACTIONS:
+        raise ConfigError(f"dmarc.temperror: must be one of {', '.join(repr(a) for a in DMARC_TEMPERROR_ACTIONS)}")
+    sealers = []
+    for sealer in dm.trusted_arc_sealers:
+        name = sealer.strip().rstrip(".").lower()
+        if not is_domain(name):
+            raise ConfigError(f"dmarc.trusted_arc_sealers: {sealer!r} is not a domain name (the ARC-Seal d=)")
+        sealers.append(name)
+    warnings = []
+    if dm.enabled and dm.action != "header" and not cfg.listen.milter:
+        # a warning, not an error: one file may serve hosts with and without the milter
+        warnings.append(f"dmarc.action: {dm.action!r} has no effect without listen.milter (the milter evaluates DMARC)")
+    return dataclasses.replace(dm, trusted_arc_sealers=tuple(sealers)), warnings
 
 
 def _validate_postfix(pf: PostfixSettings) -> None:

@@ -26,14 +26,16 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from email.headerregistry import HeaderRegistry
 from typing import Any, Protocol
 
 from authres.dmarc import DMARCAuthenticationResult
 
+from srsd.config import DMARCSettings
 from srsd.dns import DNSTemporaryError, Resolver
+from srsd.header_text import comment_text, one_line
 
 __all__ = [
     "PASS",
@@ -43,9 +45,7 @@ __all__ = [
     "PERMERROR",
     "MAX_WALK_QUERIES",
     "MAX_AUTHOR_DOMAINS",
-    "DMARCSettingsError",
     "DMARCSettings",
-    "dmarc_settings",
     "DMARCTempError",
     "DMARCDNS",
     "ResolverDNS",
@@ -53,6 +53,7 @@ __all__ = [
     "parse_record",
     "walk_targets",
     "tree_walk",
+    "policy_record",
     "organizational_domain",
     "AuthorDomains",
     "author_domains",
@@ -75,6 +76,10 @@ PASS, FAIL, NONE, TEMPERROR, PERMERROR = "pass", "fail", "none", "temperror", "p
 MAX_WALK_QUERIES = 8
 #: 11.5: Author Domains of one message evaluated at most; more is permerror
 MAX_AUTHOR_DOMAINS = 4
+#: characters of a reason kept in the A-R comment (as srsd.mailauth.results)
+MAX_COMMENT = 200
+#: ``[dmarc]`` as srsd.config has it when the section is absent
+DEFAULT_SETTINGS = DMARCSettings()
 
 _POLICIES = ("none", "quarantine", "reject")
 _SEVERITY = {None: 0, "none": 0, "quarantine": 1, "reject": 2}
@@ -82,71 +87,7 @@ _SEVERITY = {None: 0, "none": 0, "quarantine": 1, "reject": 2}
 _ONE_LEVEL_BELOW = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 
 
-# -- settings -------------------------------------------------------------------------------
-
-
-class DMARCSettingsError(ValueError):
-    """A ``[dmarc]`` setting that cannot be used; the message starts with ``dmarc.<key>``."""
-
-
-ACTIONS = ("header", "quarantine", "reject")
-TEMPERROR_ACTIONS = ("defer", "accept")
-
-
-@dataclass(frozen=True)
-class DMARCSettings:
-    """``[dmarc]``: DMARC of incoming (forwarded) mail. Build it with :func:`dmarc_settings`.
-
-    * ``enabled`` -- evaluate DMARC and add ``dmarc=`` to Authentication-Results.
-    * ``action`` -- ``"header"`` (default: add the result, never refuse: the seed's
-      "check, never discard"); ``"quarantine"`` (hold mail whose applied policy is
-      quarantine or reject: RFC 9989 7.4 says to treat p=reject as quarantine without
-      "other knowledge and analysis"); ``"reject"`` (550 for reject, hold for quarantine).
-    * ``trusted_arc_sealers`` -- domains whose ARC-Seal, as the newest of a chain that
-      validates (cv=pass), exempts a DMARC failure from the action (local policy).
-    * ``temperror`` -- with an action other than ``header``: ``"defer"`` (451, the client
-      retries: 4.10.1 "fail closed") or ``"accept"`` (deliver with dmarc=temperror).
-    """
-
-    enabled: bool = True
-    action: str = "header"
-    trusted_arc_sealers: tuple[str, ...] = ()
-    temperror: str = "defer"
-
-
 _DOMAIN = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*$")
-
-
-def dmarc_settings(raw: Mapping[str, Any] | None = None) -> DMARCSettings:
-    """Validate a ``[dmarc]`` table (parsed TOML) into :class:`DMARCSettings`.
-
-    :raises DMARCSettingsError: an unknown key, a wrong type or value; the message names
-        the key (``dmarc.action: ...``).
-    """
-    raw = dict(raw or {})
-    known = {"enabled", "action", "trusted_arc_sealers", "temperror"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise DMARCSettingsError(f"dmarc.{unknown[0]}: unknown key")
-    enabled = raw.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise DMARCSettingsError(f"dmarc.enabled: expected true or false, got {enabled!r}")
-    action = raw.get("action", "header")
-    if action not in ACTIONS:
-        raise DMARCSettingsError(f"dmarc.action: expected one of {', '.join(ACTIONS)}, got {action!r}")
-    temperror = raw.get("temperror", "defer")
-    if temperror not in TEMPERROR_ACTIONS:
-        raise DMARCSettingsError(f"dmarc.temperror: expected one of {', '.join(TEMPERROR_ACTIONS)}, got {temperror!r}")
-    sealers = raw.get("trusted_arc_sealers", [])
-    if not isinstance(sealers, list | tuple) or not all(isinstance(s, str) for s in sealers):
-        raise DMARCSettingsError(f"dmarc.trusted_arc_sealers: expected a list of strings, got {sealers!r}")
-    cleaned = []
-    for sealer in sealers:
-        name = sealer.strip().rstrip(".").lower()
-        if not _DOMAIN.match(name) or "." not in name:
-            raise DMARCSettingsError(f"dmarc.trusted_arc_sealers: {sealer!r} is not a domain name")
-        cleaned.append(name)
-    return DMARCSettings(enabled=enabled, action=action, trusted_arc_sealers=tuple(cleaned), temperror=temperror)
 
 
 # -- DNS --------------------------------------------------------------------------------------
@@ -549,10 +490,19 @@ class DMARCResult:
     queried: tuple[str, ...] = ()  # TXT names asked, in order
 
 
-def _spf_identifier(result: str, domain: str) -> list[tuple[str, str, str]]:
-    if result.lower() != PASS or not domain:
-        return []
-    return [("spf", domain.strip().rstrip(".").lower(), "")]
+def _identifiers(spf_result: str, spf_domain: str, dkim: Sequence[DKIMLike], wanted: str) -> list[tuple[str, str, str]]:
+    """(method, domain, selector) of the SPF identity and every DKIM ``d=`` whose result
+    is *wanted* (``pass``: the Authenticated Identifiers, 4.4; ``temperror``: those a
+    retry could still authenticate)."""
+    out = []
+    if spf_result.lower() == wanted and spf_domain:
+        out.append(("spf", spf_domain.strip().rstrip(".").lower(), ""))
+    out += [
+        ("dkim", (s.domain or "").strip().rstrip(".").lower(), s.selector or "")
+        for s in dkim
+        if (s.result or "").lower() == wanted and s.domain
+    ]
+    return out
 
 
 def evaluate(
@@ -566,7 +516,8 @@ def evaluate(
     """The DMARC verdict for *author_domain* (5.3.2 - 5.3.5, 4.10).
 
     :param spf_result: the SPF result for the MAIL FROM identity (RFC 7208; not HELO:
-        4.4.2); only ``pass`` authenticates.
+        4.4.2); only ``pass`` authenticates. ``temperror`` (here and for a signature)
+        makes a failure ``temperror`` when that identifier would align: a retry may pass.
     :param spf_domain: the domain SPF checked for MAIL FROM: the MAIL FROM domain, or
         for a null sender the HELO name (RFC 7208 2.4, RFC 9989 3.2.4).
     :param dkim: every DKIM signature's outcome; those with ``pass`` authenticate d=.
@@ -591,11 +542,7 @@ def evaluate(
             return replace(base, result=NONE, reason=why, queried=tuple(memo.asked))
         record = replace(record, p="none", sp=None, np=None)  # 4.10.1: act as p=none
 
-    identifiers = _spf_identifier(spf_result, spf_domain) + [
-        ("dkim", (s.domain or "").strip().rstrip(".").lower(), s.selector or "")
-        for s in dkim
-        if (s.result or "").lower() == PASS and s.domain
-    ]
+    identifiers = _identifiers(spf_result, spf_domain, dkim, PASS)
     alignments, org, errors = _align(author, record, identifiers, memo, walk)
     passed = any(a.aligned for a in alignments)
     policy_error = ""
@@ -615,6 +562,16 @@ def evaluate(
         return replace(base, result=TEMPERROR, reason=errors[0])
     if policy_error:
         return replace(base, result=TEMPERROR, reason=policy_error)
+    # An SPF or DKIM check that failed for now, for an identifier that would align: a
+    # retry may pass, so this is no verdict (5.3.6) -- never a refusal for a DNS hiccup.
+    retry = _identifiers(spf_result, spf_domain, dkim, TEMPERROR)
+    if retry:
+        maybe, _, maybe_errors = _align(author, record, retry, memo, walk)
+        undecided = next((a for a in maybe if a.aligned), None)
+        if undecided is not None or maybe_errors:
+            why = (f"{undecided.method} {undecided.domain} would align, its check failed for now"
+                   if undecided else maybe_errors[0])  # fmt: skip
+            return replace(base, result=TEMPERROR, reason=why, queried=tuple(memo.asked))
     why = "no aligned authenticated identifier" if alignments else "no authenticated identifier"
     return replace(base, result=FAIL, reason=why)
 
@@ -632,6 +589,17 @@ def _discover(author: str, memo: _Memo) -> tuple[DMARCRecord, str, _Walk | None]
         return walk.record_at(org), org, walk
     psd = next(name for name, record in walk.found if record.psd == "y")  # org has no record: the PSD's
     return walk.record_at(psd), psd, walk  # type: ignore[return-value]
+
+
+def policy_record(domain: str, dns: DMARCDNS) -> tuple[DMARCRecord, str] | None:
+    """The DMARC Policy Record a receiver applies to mail from *domain*, and the domain it
+    was found at (4.10.1: the domain's own, else its Organizational Domain's, else a
+    PSD's); None when there is none. What ``srsd check-dns`` reports.
+
+    :raises DMARCTempError: a query failed for now.
+    """
+    found = _discover(domain.strip().rstrip(".").lower(), _Memo(dns))
+    return (found[0], found[1]) if found is not None else None
 
 
 def _published_policy(author: str, record: DMARCRecord, policy_domain: str, memo: _Memo) -> tuple[str, str]:
@@ -756,7 +724,7 @@ def decide(result: DMARCResult, settings: DMARCSettings, arc: ARCChain | None = 
     """Apply ``dmarc.action`` to a verdict (5.3.6, 5.4: "always a matter of local policy").
 
     Only ``fail`` can be refused, by the applied policy (after ``t=y``): ``reject`` only
-    with ``action = "reject"``, quarantine with either enforcing action (p=none changes
+    with ``action = "enforce"``, quarantine with either enforcing action (p=none changes
     nothing: 5.4 MUST NOT). A failure whose ARC chain validates (cv=pass) and whose newest
     ARC-Seal is by a ``trusted_arc_sealers`` domain is accepted instead, recorded as a
     local-policy override (the result stays ``fail``). ``temperror`` defers when an action
@@ -764,6 +732,7 @@ def decide(result: DMARCResult, settings: DMARCSettings, arc: ARCChain | None = 
     """
     domain = result.author_domain or "-"
     if result.result == TEMPERROR and settings.action != "header" and settings.temperror == "defer":
+        # RFC 7208 8.6's reply for the same condition in SPF (a DNS lookup failed for now)
         return DMARCDecision("defer", f"temporary DNS failure evaluating DMARC for {domain}, try again later",
                              "451", "4.4.3")  # fmt: skip
     if result.result != FAIL:
@@ -772,14 +741,9 @@ def decide(result: DMARCResult, settings: DMARCSettings, arc: ARCChain | None = 
         return DMARCDecision("accept")  # p=none (or t=y on quarantine): nothing to apply
     if arc is not None and arc.cv == PASS and arc.newest_sealer in settings.trusted_arc_sealers:
         return DMARCDecision("accept", override=f"local policy: ARC chain sealed by trusted {arc.newest_sealer}")
-    wanted = "accept"
-    if settings.action == "reject" and result.policy == "reject":
-        wanted = "reject"
-    elif settings.action in ("reject", "quarantine"):
-        wanted = "quarantine"
-    if wanted == "reject":
+    if settings.action == "enforce" and result.policy == "reject":
         return DMARCDecision("reject", f"Email rejected per DMARC policy for {domain}", "550", "5.7.1")
-    if wanted == "quarantine":
+    if settings.action in ("enforce", "quarantine"):
         return DMARCDecision("quarantine", f"held per DMARC policy for {domain}")
     return DMARCDecision("accept")
 
@@ -802,7 +766,8 @@ def authentication_result(result: DMARCResult, decision: DMARCDecision | None = 
         if decision is not None:
             comment += f" dis={_DIS[decision.disposition]}"
     elif result.result in (TEMPERROR, PERMERROR) or (result.result == NONE and result.record is not None):
-        comment = result.reason or None
+        # reasons quote DNS names and From: fields: one line, parentheses escaped (RFC 5322 3.2.2)
+        comment = comment_text(one_line(result.reason, MAX_COMMENT, ascii_only=True)) if result.reason else None
     if decision is not None and decision.override:
         reason = decision.override
     return DMARCAuthenticationResult(
@@ -836,7 +801,7 @@ def _severity(result: DMARCResult) -> tuple[int, int]:
 def check(
     from_values: Sequence[str],
     dns: DMARCDNS,
-    settings: DMARCSettings = DMARCSettings(),
+    settings: DMARCSettings = DEFAULT_SETTINGS,
     *,
     spf_result: str = NONE,
     spf_domain: str = "",

@@ -10,8 +10,10 @@ daemon would, and judged the way receivers judge it:
 * DKIM: the key record of every configured key must match its private key
   (:func:`srsd.mailauth.key_lookup.published_key_problem`); a ``next`` key that does
   not is reported as not visible yet: srsd keeps signing with the key it replaces.
-* DMARC: a ``v=DMARC1`` record at ``_dmarc.<domain>`` or, failing that, at a parent
-  domain's ``_dmarc`` (the policy a receiver's tree walk would find); exactly one.
+* DMARC: the policy record a receiver finds for the domain by RFC 9989 discovery
+  (:func:`srsd.dmarc.policy_record`: ``_dmarc.<domain>``, else the DNS tree walk's
+  Organizational Domain or PSD), the one srsd's own milter would apply; two records at
+  ``_dmarc.<domain>`` are reported (receivers discard both).
 
 Blocking (a CLI command). A DNS failure is a finding too: nothing could be confirmed.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from srsd.dmarc import DMARCTempError, ResolverDNS, parse_record, policy_record
 from srsd.dns import DNSTemporaryError, Resolver
 from srsd.dns_records import DKIM, DMARC, NO_MAIL, SPF, Expected, expected_records
 from srsd.mailauth.key_lookup import DKIMTemporaryError, published_key_problem
@@ -103,16 +106,17 @@ def _check_dkim(resolver: Resolver, table: SigningTable, record: Expected, timeo
 def _check_dmarc(resolver: Resolver, record: Expected) -> Finding:
     subject = f"{record.kind} {record.name}"
     domain = record.name.removeprefix("_dmarc.")
-    labels = domain.split(".")
-    for i in range(len(labels) - 1):  # the domain, then each parent down to two labels
-        name = "_dmarc." + ".".join(labels[i:])
-        records = _txt(resolver, name, "v=DMARC1")
-        if len(records) > 1:
-            return Finding(False, subject, f"{len(records)} DMARC records at {name}: receivers use none of them")
-        if records:
-            where = "" if i == 0 else f" (at {name}, the policy for its subdomains)"
-            return Finding(True, subject, f"{records[0]!r}{where}")
-    return Finding(False, subject, f"no DMARC record at {record.name} or a parent; publish e.g. {record.text!r}")
+    own = [r for r in map(parse_record, _txt(resolver, record.name, "v=DMARC1")) if r is not None]
+    if len(own) > 1:  # RFC 9989 4.10 step 2: all discarded, the walk goes on
+        return Finding(False, subject, f"{len(own)} DMARC records at {record.name}: receivers use none of them")
+    found = policy_record(domain, ResolverDNS(resolver))
+    if found is None:
+        return Finding(False, subject, f"no DMARC record at {record.name} or a parent; publish e.g. {record.text!r}")
+    policy, where = found
+    text = repr(policy.text) + ("" if where == domain else f" (at _dmarc.{where}, the policy for its subdomains)")
+    if not policy.usable:
+        return Finding(False, subject, f"{text}: no valid p= (receivers read it as p=none with a rua=, else ignore it)")
+    return Finding(True, subject, text)
 
 
 def check_dns(config: Any, resolver: Resolver) -> list[Finding]:
@@ -129,6 +133,6 @@ def check_dns(config: Any, resolver: Resolver) -> list[Finding]:
                 findings.append(_check_dkim(resolver, table, record, config.dns.timeout))
             elif record.kind == DMARC:
                 findings.append(_check_dmarc(resolver, record))
-        except (DNSTemporaryError, DKIMTemporaryError) as exc:
+        except (DNSTemporaryError, DKIMTemporaryError, DMARCTempError) as exc:
             findings.append(Finding(False, f"{record.kind} {record.name}", f"could not check: {exc}"))
     return findings

@@ -36,6 +36,7 @@ __all__ = [
     "count_spf",
     "count_dkim",
     "count_arc",
+    "count_dmarc",
     "count_signatures",
     "count_message",
     "count_policy_action",
@@ -58,6 +59,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "dkim_results": ("DKIM signatures verified by the milter, by RFC 8601 result (none: unsigned)", ("result",)),
     "arc_results": ("ARC chains validated by the milter (RFC 8617 cv)", ("result",)),
+    "dmarc_results": (
+        "DMARC verdicts of the milter (RFC 9989) by result and what srsd did: accept, quarantine, "
+        "reject, defer, or arc_override (a failure let through for a trusted ARC sealer)",
+        ("result", "disposition"),
+    ),
     "signatures": (
         "Signatures added by the milter: DKIM-Signature (type dkim) and ARC sets (type arc), by d= and a=",
         ("type", "domain", "algorithm"),
@@ -176,6 +182,13 @@ def count_dkim(signatures: Iterable[Any]) -> None:
 def count_arc(cv: str) -> None:
     """Count one ARC chain validation result (none, pass, fail)."""
     TALLY.counters["arc_results"][(cv,)] += 1
+
+
+def count_dmarc(result: str, decision: Any) -> None:
+    """Count one DMARC verdict: *result* (pass, fail, none, temperror, permerror) and the
+    :class:`srsd.dmarc.DMARCDecision` taken on it."""
+    disposition = "arc_override" if decision.override else decision.disposition
+    TALLY.counters["dmarc_results"][result, disposition] += 1
 
 
 _TAG = {"DKIM-Signature": "dkim", "ARC-Seal": "arc"}

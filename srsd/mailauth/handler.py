@@ -16,18 +16,20 @@ on what the message is (:func:`classify`):
 * **forwarded** -- anything else with at least one recipient in a local domain
   (``srs.local_domains`` + ``srs.domain``; the milter sees recipients before
   virtual alias expansion, and on a forwarding host those are the aliases):
-  verify it (SPF, every DKIM signature, the ARC chain) into one
+  verify it (SPF, every DKIM signature, the ARC chain), evaluate DMARC over those
+  results (:mod:`srsd.dmarc`, ``[dmarc]``), write all of it into one
   ``Authentication-Results`` field, ARC-seal it (``i=N+1``) and DKIM-sign it
-  with the forwarder's keys (``d=dkim.domain``) as it will leave.
+  with the forwarder's keys (``d=dkim.domain``) as it will leave -- unless
+  ``dmarc.action`` refuses it (550, or 451 on a DNS failure) or holds it (quarantine).
 * **other** -- neither (relayed for a client Postfix trusts and we do not know
   about): left alone.
 
 Fields carrying our authserv-id that a message brings along are deleted from
 every local and forwarded message (RFC 8601 5): they are forged, or stale.
 
-Crypto and key lookups run on a bounded thread pool, SPF on the
-:class:`~srsd.spf.SPFChecker`'s: the reactor thread never blocks. An internal
-error (a bug, an overloaded pool, a job over its time) answers per
+Crypto, key lookups and DMARC (its DNS, the From: parser) run on a bounded thread
+pool, SPF on the :class:`~srsd.spf.SPFChecker`'s: the reactor thread never blocks.
+An internal error (a bug, an overloaded pool, a job over its time) answers per
 ``dkim.on_error``: TempFail (Postfix answers 4xx, the client retries) or no
 edits at all. See ``docs/dkim.md``.
 """
@@ -43,7 +45,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from srsd import metrics
-from srsd.config import Config
+from srsd.config import Config, DMARCSettings
+from srsd.dmarc import ARCChain, DMARCDecision, DMARCVerdict, ResolverDNS, arc_sealers, check
 from srsd.dns import Resolver
 from srsd.domains import DomainSet, Networks
 from srsd.log_limit import LimitedLog
@@ -57,6 +60,8 @@ from srsd.mailauth.message import (
     HeaderField,
     InsertHeader,
     Message,
+    Quarantine,
+    Reject,
     TempFail,
     message_bytes,
 )
@@ -98,6 +103,7 @@ class AuthSettings:
     local_domains: DomainSet
     trusted_networks: Networks
     rotation_check_interval: float
+    dmarc: DMARCSettings = DMARCSettings()
 
 
 def auth_settings(config: Config) -> AuthSettings:
@@ -120,6 +126,7 @@ def auth_settings(config: Config) -> AuthSettings:
         local_domains=DomainSet((*config.local_domains, config.srs.domain)),
         trusted_networks=Networks(d.trusted_networks),
         rotation_check_interval=d.rotation_check_interval,
+        dmarc=config.dmarc,
     )
 
 
@@ -147,11 +154,74 @@ class _Verified:
     arc: ARCResult | None
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """What became of one message: the fields to add (top first), the log summary, a
+    DMARC refusal or hold (None: none), and the ``srsd_messages_total`` outcome."""
+
+    added: list[HeaderField]
+    summary: str
+    action: Reject | TempFail | Quarantine | None = None
+    outcome: str = "handled"
+
+
 def _verify_job(resolver: Resolver, headers: list[HeaderField], body: bytes, budget: float) -> _Verified:
     """Worker thread: every DKIM signature and the ARC chain, lookups within *budget*."""
     lookup = txt_lookup(resolver, time.monotonic() + budget)
     message = message_bytes(headers, body)
     return _Verified(verify_signatures(message, lookup), verify_arc(message, lookup))
+
+
+def _dmarc_job(
+    resolver: Resolver,
+    settings: DMARCSettings,
+    headers: list[HeaderField],
+    spf: tuple[str, str, str] | None,
+    signatures: list[SignatureResult],
+    arc: ARCResult | None,
+    deadline: float,
+) -> DMARCVerdict:
+    """Worker thread: DMARC (RFC 9989) of one message over the results just verified,
+    its DNS queries within *deadline* (``time.monotonic()`` seconds).
+
+    :param spf: our SPF result as :func:`_spf_triple` gives it: for MAIL FROM, or for
+        the HELO name when MAIL FROM is null (RFC 7208 2.4) -- the identity DMARC uses
+        either way (RFC 9989 3.2.4, 4.4.2).
+    """
+    from_values = [value for name, value in headers if name.lower() == "from"]
+    result, _, domain = spf if spf is not None else ("none", "", "")
+    chain = ARCChain(arc.cv, arc_sealers(headers)) if arc is not None else None
+    return check(from_values, ResolverDNS(resolver, deadline), settings, spf_result=result, spf_domain=domain,
+                 dkim=signatures, arc=chain)  # fmt: skip
+
+
+_DMARC_OUTCOMES = {"reject": "rejected", "defer": "deferred", "quarantine": "quarantined"}
+
+
+def _dmarc_action(decision: DMARCDecision) -> Reject | TempFail | Quarantine | None:
+    """The milter action for a DMARC decision (None: deliver)."""
+    if decision.disposition == "reject":
+        return Reject(decision.reply, decision.code, decision.enhanced)
+    if decision.disposition == "defer":
+        return TempFail(decision.reply, decision.code, decision.enhanced)
+    if decision.disposition == "quarantine":
+        return Quarantine(decision.reply)
+    return None
+
+
+def _dmarc_line(verdict: DMARCVerdict) -> str:
+    """``DMARC fail for example.com (why; policy reject from p at example.com): reject``."""
+    result, decision = verdict.result, verdict.decision
+    why = [result.reason] if result.reason else []
+    if result.published:
+        tag = f"{result.policy_tag}={result.published}" + (", t=y" if result.testing else "")
+        why.append(f"policy {result.policy} from {tag} at {result.policy_domain}")
+    what = decision.disposition
+    if decision.code:
+        what += f" {decision.code} {decision.enhanced}"
+    if decision.override:
+        what += f" ({decision.override})"
+    return f"DMARC {result.result} for {result.author_domain or '-'} ({'; '.join(why) or '-'}): {what}"
 
 
 def _sign_job(
@@ -308,26 +378,27 @@ class MailAuth:
             if kind == LOCAL:
                 d = self._local(settings, table, kept, message.body, deadline)
             else:
-                d = self._forwarded(settings, table, envelope, kept, message.body, deadline)
+                d = _Forwarding(self, settings, table, envelope, kept, message.body, started, deadline).start()
         except Exception:
             return defer.succeed(self._error(settings, envelope, Failure(), started, "unclassified"))
 
-        def done(result: tuple[list[HeaderField], str]) -> list[Action]:
-            added, summary = result
-            inserts: list[Action] = [InsertHeader(0, name, value) for name, value in reversed(added)]
-            metrics.count_message(kind, "handled")
-            metrics.count_signatures(added)
+        def done(result: _Outcome) -> list[Action]:
+            inserts: list[Action] = [InsertHeader(0, name, value) for name, value in reversed(result.added)]
+            metrics.count_message(kind, result.outcome)
+            metrics.count_signatures(result.added)
             limited.info(
                 "milter",
                 "{qid}: {kind} ({why}): {summary}{deleted} in {ms:.1f} ms",
                 qid=envelope.queue_id or "-",
                 kind=kind,
                 why=why,
-                summary=summary,
+                summary=result.summary,
                 deleted=f"; removed {len(forged)} forged Authentication-Results" if forged else "",
                 ms=(time.monotonic() - started) * 1000,
             )
-            return deletes + inserts
+            if isinstance(result.action, Reject | TempFail):
+                return [result.action]  # nothing else matters: the message is not accepted
+            return deletes + inserts + ([result.action] if result.action else [])
 
         d.addCallback(done)
         d.addErrback(lambda failure: self._error(settings, envelope, failure, started, kind))
@@ -337,71 +408,9 @@ class MailAuth:
         self, settings: AuthSettings, table: SigningTable, kept: list[HeaderField], body: bytes, deadline: float
     ) -> defer.Deferred:
         if not settings.sign_local:
-            return defer.succeed(([], "not signed (sign_local off)"))
-        return self.pool.run_until(deadline, _local_job, settings, table, kept, body)
-
-    def _forwarded(
-        self,
-        settings: AuthSettings,
-        table: SigningTable,
-        envelope: Envelope,
-        kept: list[HeaderField],
-        body: bytes,
-        deadline: float,
-    ) -> defer.Deferred:
-        sealer = table.arc_key() if settings.arc else None
-        signers = table.forwarder_keys() if settings.sign_forwarded else ()
-        seal, sign = sealer is not None, bool(signers)
-        if not (settings.verify or seal):
-            if not sign:
-                return defer.succeed(([], "nothing to do (verify, arc and signing off)"))
-            d = self.pool.run_until(deadline, _sign_job, settings, kept, body, signers)
-            return d.addCallback(lambda added: (added, f"signed {_signed_by(signers)}"))
-
-        spf = self.spf_checker.check(envelope.client_address, envelope.mail_from, envelope.helo, budget=settings.budget)
-        verified = self.pool.run_until(deadline, _verify_job, self.resolver, kept, body, settings.budget)
-        both = defer.gatherResults([spf, verified], consumeErrors=True)
-        both.addErrback(lambda failure: failure.value.subFailure)
-
-        def verified_cb(results: list[Any]) -> Any:
-            spf_result, checked = results
-            arc = checked.arc
-            metrics.count_spf("milter", (spf_result,))
-            metrics.count_dkim(checked.signatures)
-            if arc is not None:
-                metrics.count_arc("temperror" if arc.temporary else arc.cv)
-            seal_now = seal
-            if arc is not None and arc.temporary:
-                if settings.on_error == "tempfail":
-                    raise _ARCUnverifiable(arc.reason)
-                arc, seal_now = None, False  # "continue": neither claim nor seal a chain we could not check
-            elif arc is not None and not arc.sealable:
-                seal_now = False
-            header = authentication_results(
-                settings.authserv_id,
-                spf=_spf_triple(spf_result, envelope),
-                dkim_results=checked.signatures,
-                arc=arc,
-            )
-            summary = summarize(header[1])
-            if not (seal_now or sign):
-                return ([header] if settings.verify else [], summary)
-            d = self.pool.run_until(deadline, _sign_job, settings, kept, body, signers, header,
-                                    sealer if seal_now else None)  # fmt: skip
-
-            def signed(added: list[HeaderField]) -> tuple[list[HeaderField], str]:
-                text = summary
-                if any(name == "ARC-Seal" for name, _ in added):
-                    text += f"; sealed i={(arc.instances if arc else 0) + 1}"
-                elif seal_now:  # dkimpy seals nothing, silently, when it cannot read our A-R
-                    log.warn("{qid}: no ARC set was made (check dkim.authserv_id)", qid=envelope.queue_id or "-")
-                if sign:
-                    text += f"; signed {_signed_by(signers)}"
-                return added + ([header] if settings.verify else []), text
-
-            return d.addCallback(signed)
-
-        return both.addCallback(verified_cb)
+            return defer.succeed(_Outcome([], "not signed (sign_local off)"))
+        d = self.pool.run_until(deadline, _local_job, settings, table, kept, body)
+        return d.addCallback(lambda done: _Outcome(*done))
 
     def _error(self, settings: AuthSettings, envelope: Envelope, failure: Any, started: float, kind: str) -> Any:
         if failure.check(defer.CancelledError):
@@ -423,6 +432,111 @@ class MailAuth:
         if settings.on_error == "tempfail":
             return [TempFail("temporary failure in DKIM/ARC processing, try again later")]
         return []
+
+
+class _Forwarding:
+    """One forwarded message on its way, step by step on the reactor thread: SPF and
+    DKIM/ARC verification (at once), DMARC, then ARC-sealing and signing unless DMARC
+    refuses the message. The blocking work runs on :class:`MailAuth`'s pools; every
+    step is a Deferred callback. :meth:`start` fires with an :class:`_Outcome`."""
+
+    def __init__(
+        self,
+        auth: MailAuth,
+        settings: AuthSettings,
+        table: SigningTable,
+        envelope: Envelope,
+        kept: list[HeaderField],
+        body: bytes,
+        started: float,
+        deadline: float,
+    ) -> None:
+        self.auth, self.settings, self.envelope, self.kept, self.body = auth, settings, envelope, kept, body
+        self.started, self.deadline = started, deadline
+        self.sealer = table.arc_key() if settings.arc else None
+        self.signers = table.forwarder_keys() if settings.sign_forwarded else ()
+        dm = settings.dmarc
+        # DMARC only where its result goes: our A-R, the ARC set, or an action
+        self.dmarc = dm.enabled and (settings.verify or self.sealer is not None or dm.action != "header")
+        self.seal = self.sealer is not None
+        # what verification found (set by _verified)
+        self.spf: tuple[str, str, str] | None = None
+        self.signatures: list[SignatureResult] = []
+        self.arc: ARCResult | None = None
+
+    def start(self) -> defer.Deferred:
+        settings, auth, env = self.settings, self.auth, self.envelope
+        if not (settings.verify or self.seal or self.dmarc):
+            if not self.signers:
+                return defer.succeed(_Outcome([], "nothing to do (verify, arc and signing off)"))
+            d = auth.pool.run_until(self.deadline, _sign_job, settings, self.kept, self.body, self.signers)
+            return d.addCallback(lambda added: _Outcome(added, f"signed {_signed_by(self.signers)}"))
+        spf = auth.spf_checker.check(env.client_address, env.mail_from, env.helo, budget=settings.budget)
+        verified = auth.pool.run_until(self.deadline, _verify_job, auth.resolver, self.kept, self.body, settings.budget)
+        both = defer.gatherResults([spf, verified], consumeErrors=True)
+        both.addErrback(lambda failure: failure.value.subFailure)
+        return both.addCallback(self._verified)
+
+    def _verified(self, results: list[Any]) -> Any:
+        spf_result, checked = results
+        arc = checked.arc
+        metrics.count_spf("milter", (spf_result,))
+        metrics.count_dkim(checked.signatures)
+        if arc is not None:
+            metrics.count_arc("temperror" if arc.temporary else arc.cv)
+        if arc is not None and arc.temporary:
+            if self.settings.on_error == "tempfail":
+                raise _ARCUnverifiable(arc.reason)
+            arc, self.seal = None, False  # "continue": neither claim nor seal a chain we could not check
+        elif arc is not None and not arc.sealable:
+            self.seal = False
+        self.arc = arc
+        self.spf = _spf_triple(spf_result, self.envelope)
+        self.signatures = checked.signatures
+        if not self.dmarc:
+            return self._evaluated(None)
+        # DMARC's lookups share the message's budget with SPF's and the keys'
+        d = self.auth.pool.run_until(self.deadline, _dmarc_job, self.auth.resolver, self.settings.dmarc, self.kept,
+                                     self.spf, self.signatures, arc, self.started + self.settings.budget)  # fmt: skip
+        return d.addCallback(self._evaluated)
+
+    def _evaluated(self, verdict: DMARCVerdict | None) -> Any:
+        settings = self.settings
+        header = authentication_results(
+            settings.authserv_id,
+            spf=self.spf,
+            dkim_results=self.signatures,
+            arc=self.arc,
+            extra=[verdict.authres] if verdict is not None else [],
+        )
+        summary = summarize(header[1])
+        action, outcome = None, "handled"
+        if verdict is not None:
+            action = _dmarc_action(verdict.decision)
+            outcome = _DMARC_OUTCOMES.get(verdict.decision.disposition, outcome)
+            metrics.count_dmarc(verdict.result.result, verdict.decision)
+            limited.info("dmarc", "{qid}: {line}", qid=self.envelope.queue_id or "-", line=_dmarc_line(verdict))
+            if action is not None:
+                summary += f"; {outcome} per DMARC"
+            if isinstance(action, Reject | TempFail):
+                return _Outcome([], summary, action, outcome)
+        if not (self.seal or self.signers):
+            return _Outcome([header] if settings.verify else [], summary, action, outcome)
+        d = self.auth.pool.run_until(self.deadline, _sign_job, settings, self.kept, self.body, self.signers, header,
+                                     self.sealer if self.seal else None)  # fmt: skip
+        return d.addCallback(self._signed, header, summary, action, outcome)
+
+    def _signed(
+        self, added: list[HeaderField], header: HeaderField, summary: str, action: Quarantine | None, outcome: str
+    ) -> _Outcome:
+        text = summary
+        if any(name == "ARC-Seal" for name, _ in added):
+            text += f"; sealed i={(self.arc.instances if self.arc else 0) + 1}"
+        elif self.seal:  # dkimpy seals nothing, silently, when it cannot read our A-R
+            log.warn("{qid}: no ARC set was made (check dkim.authserv_id)", qid=self.envelope.queue_id or "-")
+        if self.signers:
+            text += f"; signed {_signed_by(self.signers)}"
+        return _Outcome(added + ([header] if self.settings.verify else []), text, action, outcome)
 
 
 def _spf_triple(result: Any, envelope: Envelope) -> tuple[str, str, str] | None:

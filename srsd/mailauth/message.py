@@ -1,7 +1,7 @@
 """What the milter hands the mail-authentication logic, and what it gets back.
 
 Shared by :mod:`srsd.protocols.milter` (the wire) and :mod:`srsd.mailauth.handler`
-(the decisions: verify, DKIM-sign, ARC-seal). No sockets, no reactor.
+(the decisions: verify, DKIM-sign, ARC-seal, DMARC). No sockets, no reactor.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ __all__ = [
     "DeleteHeader",
     "Reject",
     "TempFail",
+    "Quarantine",
     "Action",
 ]
 
@@ -119,4 +120,13 @@ class TempFail:
     enhanced: str = "4.3.0"
 
 
-Action = InsertHeader | DeleteHeader | Reject | TempFail
+@dataclass(frozen=True)
+class Quarantine:
+    """Accept the message but hold it (SMFIR_QUARANTINE; Postfix puts it in its hold
+    queue, ``postsuper -H`` releases it); the header edits still apply. *reason* goes
+    to the MTA (Sendmail logs it; Postfix 3.7 reads and drops it) and srsd's log."""
+
+    reason: str
+
+
+Action = InsertHeader | DeleteHeader | Reject | TempFail | Quarantine

@@ -14,7 +14,8 @@ At end-of-message the factory's handler is called with an
 become replies, all in one write: header deletions (SMFIR_CHGHEADER with an empty
 value) first, highest occurrence of each name first, so each counts fields of the
 message as received even though Postfix applies each at once; then insertions
-(SMFIR_INSHEADER) in the handler's order; then CONTINUE. A :class:`Reject` or
+(SMFIR_INSHEADER) in the handler's order; then SMFIR_QUARANTINE for a
+:class:`Quarantine` (Postfix holds the message), then CONTINUE. A :class:`Reject` or
 :class:`TempFail` replaces all of it with SMFIR_REPLYCODE. ABORT drops the message
 and keeps the connection's data (client, HELO, connect macros); a new MAIL may follow.
 
@@ -37,7 +38,7 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.logger import Logger
 
 from srsd.log_limit import LimitedLog
-from srsd.mailauth.message import DeleteHeader, Envelope, InsertHeader, Message, Reject, TempFail
+from srsd.mailauth.message import DeleteHeader, Envelope, InsertHeader, Message, Quarantine, Reject, TempFail
 from srsd.protocols import milter_codec as mc
 from srsd.protocols.base import EndpointFactory, EndpointProtocol
 
@@ -60,6 +61,8 @@ DEFAULT_MACROS: dict[int, str] = {
 
 #: header insert and change/delete
 NEEDED_ACTIONS = mc.SMFIF_ADDHDRS | mc.SMFIF_CHGHDRS
+#: asked for when offered (Postfix and Sendmail do): DMARC quarantine (dmarc.action)
+OPTIONAL_ACTIONS = mc.SMFIF_QUARANTINE
 #: steps asked for when the MTA offers them: skip what srsd does not use, reply to
 #: nothing before end-of-message, and header values exactly as received
 WANTED_PROTOCOL = (
@@ -106,6 +109,7 @@ class MilterProtocol(EndpointProtocol):
         self._negotiated = False
         self._no_reply: frozenset[str] = frozenset()
         self._leading_space = False
+        self._can_quarantine = False
         self._closed = False
         self._quit = False
         self._pending: Deferred | None = None  # the handler's answer at end-of-message
@@ -248,7 +252,8 @@ class MilterProtocol(EndpointProtocol):
             raise mc.NegotiationFailed(f"the MTA speaks milter protocol {offer.version}; srsd needs 2 or later")
         if offer.actions & NEEDED_ACTIONS != NEEDED_ACTIONS:
             raise mc.NegotiationFailed(f"the MTA does not let filters add and change headers ({offer.actions:#x})")
-        actions = NEEDED_ACTIONS
+        actions = NEEDED_ACTIONS | (OPTIONAL_ACTIONS & offer.actions)
+        self._can_quarantine = bool(actions & mc.SMFIF_QUARANTINE)
         macros = self.factory.macros
         if macros and offer.actions & mc.SMFIF_SETSYMLIST:
             actions |= mc.SMFIF_SETSYMLIST
@@ -433,7 +438,7 @@ class MilterProtocol(EndpointProtocol):
     def _encode_actions(self, actions: Iterable[Any], queue_id: str) -> bytes:
         """The end-of-message reply for the handler's *actions*; never raises."""
         try:
-            inserts, deletes = [], []
+            inserts, deletes, holds = [], [], []
             for action in actions:
                 if isinstance(action, InsertHeader):
                     inserts.append(
@@ -443,6 +448,8 @@ class MilterProtocol(EndpointProtocol):
                     )
                 elif isinstance(action, DeleteHeader):
                     deletes.append(action)
+                elif isinstance(action, Quarantine):
+                    holds = self._quarantine(action, queue_id)
                 elif isinstance(action, Reject | TempFail):
                     return self._refusal(action, queue_id)
                 else:
@@ -465,7 +472,17 @@ class MilterProtocol(EndpointProtocol):
             i=len(inserts),
             d=len(edits),
         )
-        return b"".join(edits + inserts) + mc.CONTINUE
+        return b"".join(edits + inserts + holds) + mc.CONTINUE
+
+    def _quarantine(self, action: Quarantine, queue_id: str) -> list[bytes]:
+        """SMFIR_QUARANTINE for *action*, or nothing (the message passes, said in the
+        log) when the MTA did not offer it: a 4xx would have it retried for ever."""
+        if not self._can_quarantine:
+            limited.warn("milter_quarantine", "{endpoint}: message {queue_id} should be held ({reason}), but the "
+                         "MTA offered no quarantine action: passed on", endpoint=self.factory.name,
+                         queue_id=queue_id, reason=action.reason)  # fmt: skip
+            return []
+        return [mc.encode_quarantine(action.reason)]
 
     def _refusal(self, action: Reject | TempFail, queue_id: str) -> bytes:
         log.info(

@@ -38,6 +38,7 @@ __all__ = [
     "encode_insert_header",
     "encode_change_header",
     "encode_add_header",
+    "encode_quarantine",
 ]
 
 # -- commands (MTA -> filter), SMFIC_* ---------------------------------------------------
@@ -71,6 +72,7 @@ R_PROGRESS = "p"
 R_REJECT = "r"
 R_TEMPFAIL = "t"
 R_REPLYCODE = "y"
+R_QUARANTINE = "q"  # at end of message only, before the final reply
 
 # -- actions the filter may take (SMFIF_*), offered by the MTA in OPTNEG ---------------
 
@@ -511,3 +513,16 @@ def encode_change_header(occurrence: int, name: str, value: str, *, leading_spac
 def encode_add_header(name: str, value: str, *, leading_space: bool = True) -> bytes:
     """SMFIR_ADDHEADER: append a field after the last one."""
     return encode_packet(R_ADDHEADER, _header_name(name) + b"\0" + _header_value(value, leading_space) + b"\0")
+
+
+def encode_quarantine(reason: str) -> bytes:
+    """SMFIR_QUARANTINE: hold the message (needs SMFIF_QUARANTINE negotiated). *reason*
+    may not be empty (libmilter's smfi_quarantine refuses that); line breaks and NULs
+    become spaces.
+
+    :raises ValueError: an empty *reason*.
+    """
+    text = _LINE_BREAKS.sub(" ", reason).strip()
+    if not text:
+        raise ValueError("empty quarantine reason")
+    return encode_packet(R_QUARANTINE, _wire(text) + b"\0")

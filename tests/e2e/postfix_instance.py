@@ -10,6 +10,7 @@ Needs root (Postfix's master starts as root) and the Debian `postfix` package.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -262,6 +263,25 @@ class PostfixInstance:
     def queue_listing(self) -> str:
         result = self._run("postqueue", "-p", timeout=20, check=False)
         return (result.stdout + result.stderr).strip()
+
+    def queue_entries(self) -> list[dict]:
+        """``postqueue -j``: one object per queued message (``queue_name``: incoming,
+        active, deferred, hold, ...; ``queue_id``, ``sender``, ``recipients``)."""
+        result = self._run("postqueue", "-j", timeout=20)
+        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+    def wait_for_queued(self, queue_id: str, queue_name: str, timeout: float = 15.0) -> dict:
+        """*queue_id*'s ``postqueue -j`` entry once it is in *queue_name* (e.g. "hold");
+        AssertionError at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.queue_entries() if e.get("queue_id") == queue_id]
+            if found and found[0].get("queue_name") == queue_name:
+                return found[0]
+            if time.monotonic() > deadline:
+                listing = f"{queue_id} not in the {queue_name} queue after {timeout} s: {found}"
+                raise AssertionError(f"{listing}\n{self.diagnostics()}")
+            time.sleep(0.1)
 
     def lookup(self, key: str, table: str) -> str | None:
         """`postmap -q KEY TABLE` with this instance's config: the value, or None.

@@ -218,18 +218,10 @@ def stack(tmp_path_factory, sink, keys, dns_server_session):
     dns_server.reset()
     dns_server.set_zone(base_zone(keys))
 
-    # Fixed ports (Postfix's main.cf names them): a restart comes up on the same ones.
-    ports = {name: free_port() for name in ("tcp_forward", "tcp_reverse")}
-    postfix, socket_dir = milter_postfix(sink, ports, "dkim")
-    srsd = e2e_srsd(
-        tmp_path_factory,
-        "srsd-dkim",
-        endpoints=(),
-        listen={name: tcp_endpoint(port) for name, port in ports.items()}
-        | {"milter": f"unix:{socket_dir / 'milter.sock'}:mode=660", "metrics": tcp_endpoint(free_port())},
-        sections=srsd_sections(dns_server.address, keys.fwd_key_file),
+    stack = milter_stack(
+        tmp_path_factory, sink, dns_server, "dkim", srsd_sections(dns_server.address, keys.fwd_key_file)
     )
-    srsd.prepare()
+    srsd = stack.srsd
 
     # Publish what `srsd dns-records` says to publish.
     records = publish_dns_records(srsd, dns_server)
@@ -237,8 +229,27 @@ def stack(tmp_path_factory, sink, keys, dns_server_session):
     assert records[SRS_DOMAIN] == [f"v=spf1 ip4:{TRUSTED_IP} -all"], records
     assert len(records[f"{FWD_SELECTOR}._domainkey.{SRS_DOMAIN}"]) == 2, records  # 2048 bits: > 255 bytes
 
-    with running(Stack(postfix, srsd, sink, dns_server)) as started:
+    with running(stack) as started:
         yield started
+
+
+def milter_stack(tmp_path_factory, sink: SmtpSink, dns_server, label: str, sections: dict[str, dict]) -> Stack:
+    """A Stack, not started: Postfix from :func:`milter_postfix`, and srsd (config written)
+    serving the tcp_table maps, the milter on the snippet's socket and metrics, with the
+    config *sections* ([dns], [dkim], ...)."""
+    # Fixed ports (Postfix's main.cf names them): a restart comes up on the same ones.
+    ports = {name: free_port() for name in ("tcp_forward", "tcp_reverse")}
+    postfix, socket_dir = milter_postfix(sink, ports, label)
+    srsd = e2e_srsd(
+        tmp_path_factory,
+        f"srsd-{label}",
+        endpoints=(),
+        listen={name: tcp_endpoint(port) for name, port in ports.items()}
+        | {"milter": f"unix:{socket_dir / 'milter.sock'}:mode=660", "metrics": tcp_endpoint(free_port())},
+        sections=sections,
+    )
+    srsd.prepare()
+    return Stack(postfix, srsd, sink, dns_server)
 
 
 @contextlib.contextmanager
@@ -458,9 +469,12 @@ def test_forwarded_message_keeps_its_signature_and_gets_ours_and_an_arc_set(stac
     assert received.mail_from.endswith(f"@{SRS_DOMAIN}") and from_domain == ORIG_DOMAIN
     assert (from_domain, True) in dkimpy_signatures(data, stack.dns)
 
+    # one line for the message, one for its DMARC decision (orig.example: aligned SPF pass)
     logged = [line for line in stack.srsd.log_text().splitlines() if f" {queue_id}: " in line]
-    assert len(logged) == 1 and "forwarded (recipient fwd-user@fwd.example)" in logged[0], logged
-    assert "spf=pass dkim=pass arc=none; sealed i=1; signed d=fwd.example" in logged[0], logged
+    assert len(logged) == 2, logged
+    assert "forwarded (recipient fwd-user@fwd.example)" in logged[1], logged
+    assert "spf=pass dkim=pass arc=none dmarc=pass; sealed i=1; signed d=fwd.example" in logged[1], logged
+    assert f"DMARC pass for {ORIG_DOMAIN} (spf {ORIG_DOMAIN} aligned" in logged[0] and logged[0].endswith(": accept")
 
 
 def test_metrics_and_decision_lines_follow_postfix_traffic(stack, keys):

@@ -131,7 +131,7 @@ def describe(data: bytes) -> list[tuple]:
         elif command == "h":
             name, value, rest = payload.split(b"\0")
             out.append((command, name.decode(), value.decode()))
-        elif command == "y":
+        elif command in "yq":
             assert payload.endswith(b"\0")
             out.append((command, payload[:-1].decode()))
         elif command == "O":

@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from zope.interface import implementer
 
-from srsd.mailauth.message import DeleteHeader, Envelope, InsertHeader, Message, Reject, TempFail
+from srsd.mailauth.message import DeleteHeader, Envelope, InsertHeader, Message, Quarantine, Reject, TempFail
 from srsd.protocols import milter_codec as mc
 from srsd.protocols.milter import DEFAULT_MACROS, WANTED_PROTOCOL, MilterFactory
 from tests.protocols import milter_wire as w
@@ -91,7 +91,7 @@ def test_negotiation_asks_for_few_events_and_no_replies(factory):
     proto.dataReceived(w.optneg())
     ((command, version, actions, protocol, lists),) = w.describe(t.value())
     assert (command, version) == ("O", 6)
-    assert actions == mc.SMFIF_ADDHDRS | mc.SMFIF_CHGHDRS | mc.SMFIF_SETSYMLIST
+    assert actions == mc.SMFIF_ADDHDRS | mc.SMFIF_CHGHDRS | mc.SMFIF_QUARANTINE | mc.SMFIF_SETSYMLIST
     assert protocol == WANTED_PROTOCOL
     # every event we get is unanswered; DATA, EOH, UNKNOWN are not sent at all
     for flag in (mc.SMFIP_NR_CONN, mc.SMFIP_NR_HELO, mc.SMFIP_NR_MAIL, mc.SMFIP_NR_RCPT, mc.SMFIP_NR_HDR):
@@ -109,7 +109,7 @@ def test_negotiation_with_an_old_mta_gets_a_continue_per_event(handler, clock):
     proto, t = connect(factory)
     proto.dataReceived(w.optneg(version=2, actions=w.SENDMAIL_V2_ACTIONS, protocol=w.POSTFIX_V2_PROTOCOL))
     ((_, version, actions, protocol, lists),) = w.describe(t.value())
-    assert (version, actions, lists) == (2, mc.SMFIF_ADDHDRS | mc.SMFIF_CHGHDRS, {})
+    assert (version, actions, lists) == (2, mc.SMFIF_ADDHDRS | mc.SMFIF_CHGHDRS | mc.SMFIF_QUARANTINE, {})
     assert protocol == mc.SMFIP_NOEOH  # the only one offered that we want
     t.clear()
     proto.dataReceived(w.connect() + w.helo() + w.mail("<a@b.example>") + w.rcpt("<c@d.example>"))
@@ -221,6 +221,23 @@ def test_refusals(factory, handler, action, reply):
     proto, t = negotiated(factory)
     proto.dataReceived(message())
     assert w.describe(t.value()) == [("y", reply)]
+
+
+def test_quarantine_comes_after_the_edits(factory, handler):
+    handler.actions = [Quarantine("held per DMARC policy for example.com"), InsertHeader(0, "X-Test", " kept")]
+    proto, t = negotiated(factory)
+    proto.dataReceived(message())
+    assert w.describe(t.value()) == [("i", 0, "X-Test", " kept"), ("q", "held per DMARC policy for example.com"),
+                                     ("c",)]  # fmt: skip
+
+
+def test_quarantine_without_the_mta_offering_it_passes_the_message(factory, handler):
+    handler.actions = [InsertHeader(0, "X-Test", " kept"), Quarantine("held")]
+    proto, t = negotiated(factory, w.optneg(actions=w.POSTFIX_ACTIONS & ~mc.SMFIF_QUARANTINE) + w.connect())
+    with capturedLogs() as events:
+        proto.dataReceived(message())
+    assert w.describe(t.value()) == [("i", 0, "X-Test", " kept"), ("c",)]
+    assert any("offered no quarantine action" in e["log_format"] for e in events)
 
 
 def test_refusal_with_a_bad_code_still_refuses(factory, handler):

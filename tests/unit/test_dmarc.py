@@ -13,17 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from srsd import dmarc
+from srsd.config import ConfigError, parse_config
 from srsd.dmarc import (
     ARCChain,
     DKIMOutcome,
     DMARCSettings,
-    DMARCSettingsError,
     ResolverDNS,
     arc_sealers,
     author_domains,
     check,
     decide,
-    dmarc_settings,
     evaluate,
     parse_record,
     walk_targets,
@@ -432,6 +431,27 @@ def test_a_pass_does_not_need_the_failed_lookup(zone):
     assert got.result == "pass"
 
 
+@pytest.mark.parametrize(
+    "author, spf, dkim, result",
+    [
+        ("example.com", ("temperror", "example.com"), [], "temperror"),  # SPF could still pass and align
+        ("example.com", ("temperror", "bounce.example.com"), [], "temperror"),  # relaxed: aligns too
+        ("example.com", ("temperror", "example.net"), [], "fail"),  # would not align anyway
+        ("example.com", ("none", ""), [("temperror", "example.com")], "temperror"),
+        ("example.com", ("none", ""), [("temperror", "example.net"), ("fail", "example.com")], "fail"),
+        ("example.com", ("temperror", "example.com"), [("pass", "example.com")], "pass"),  # no retry needed
+        ("strict.example.org", ("temperror", "strict.example.org"), [], "temperror"),
+        ("strict.example.org", ("temperror", "bounce.strict.example.org"), [], "fail"),  # aspf=s
+    ],
+)
+def test_a_temporary_spf_or_dkim_error_that_would_align_is_temperror(zone, author, spf, dkim, result):
+    dns = zone(ALIGN_ZONE)
+    got = evaluate(author, dns, spf_result=spf[0], spf_domain=spf[1], dkim=[DKIMOutcome(r, d) for r, d in dkim])
+    assert got.result == result, got
+    if result == "temperror":
+        assert "would align" in got.reason, got.reason
+
+
 def test_existence_timeout_is_temperror(zone):
     dns = zone({**SUBDOMAIN_ZONE, "gone.example.com": [{"A": "TIMEOUT"}]})
     assert evaluate("gone.example.com", dns).result == "temperror"
@@ -520,10 +540,10 @@ def failing(policy, testing=False):
         ("quarantine", "reject", "quarantine"),
         ("quarantine", "quarantine", "quarantine"),
         ("quarantine", "none", "accept"),
-        ("reject", "reject", "reject"),
-        ("reject", "quarantine", "quarantine"),
-        ("reject", "none", "accept"),
-        ("reject", None, "accept"),
+        ("enforce", "reject", "reject"),
+        ("enforce", "quarantine", "quarantine"),
+        ("enforce", "none", "accept"),
+        ("enforce", None, "accept"),
     ],
 )
 def test_actions(action, policy, disposition):
@@ -531,27 +551,29 @@ def test_actions(action, policy, disposition):
 
 
 def test_reject_reply():
-    decision = decide(failing("reject"), DMARCSettings(action="reject"))
+    decision = decide(failing("reject"), DMARCSettings(action="enforce"))
     assert (decision.code, decision.enhanced) == ("550", "5.7.1")
     assert "DMARC" in decision.reply and "example.com" in decision.reply  # 7.2
 
 
 def test_testing_policy_is_never_rejected(zone):
     dns = zone({"_dmarc.example.com": txt("v=DMARC1; p=reject; t=y"), "example.com": [A]})
-    verdict = check([" x@example.com"], dns, DMARCSettings(action="reject"))
+    verdict = check([" x@example.com"], dns, DMARCSettings(action="enforce"))
     assert (verdict.result.policy, verdict.decision.disposition) == ("quarantine", "quarantine")
 
 
 @pytest.mark.parametrize("result", ["pass", "none", "permerror"])
 def test_only_fail_is_enforced(result):
     assert (
-        decide(dmarc.DMARCResult(result, "example.com", policy="reject"), DMARCSettings(action="reject")).disposition
+        decide(dmarc.DMARCResult(result, "example.com", policy="reject"), DMARCSettings(action="enforce")).disposition
         == "accept"
     )
 
 
-@pytest.mark.parametrize("action, temperror, disposition", [("header", "defer", "accept"), ("reject", "defer", "defer"),
-                                                             ("quarantine", "accept", "accept")])  # fmt: skip
+@pytest.mark.parametrize(
+    "action, temperror, disposition",
+    [("header", "defer", "accept"), ("enforce", "defer", "defer"), ("quarantine", "accept", "accept")],
+)
 def test_temperror(action, temperror, disposition):
     decision = decide(dmarc.DMARCResult("temperror", "example.com"), DMARCSettings(action=action, temperror=temperror))
     assert decision.disposition == disposition
@@ -559,7 +581,7 @@ def test_temperror(action, temperror, disposition):
         assert decision.code == "451"
 
 
-TRUSTED = DMARCSettings(action="reject", trusted_arc_sealers=("lists.example",))
+TRUSTED = DMARCSettings(action="enforce", trusted_arc_sealers=("lists.example",))
 
 
 @pytest.mark.parametrize(
@@ -627,6 +649,17 @@ def test_authentication_results_round_trip(zone):
     assert str(results[1]) == "dmarc=fail (sp=quarantine dis=none) header.from=sub.example.com policy.dmarc=quarantine"
 
 
+def test_reasons_in_the_comment_are_one_escaped_line(zone):
+    dns = zone(ALIGN_ZONE)
+    text = str(check([" a@x (c) <b@example.com>\r\n\t(more)"], dns).authres)
+    assert text.startswith("dmarc=permerror (malformed From: field ") and "\r" not in text and "\n" not in text
+    # every parenthesis in the reason escaped: the comment closes where authres expects
+    inner = text[len("dmarc=permerror (") : text.rindex(")")]
+    assert all(inner[i - 1] == "\\" for i, ch in enumerate(inner) if ch in "()")
+    parsed = authres.FeatureContext(authres.dmarc).parse(f"Authentication-Results: fwd.example; {text}")
+    assert [r.result for r in parsed.results] == ["permerror"]
+
+
 def test_temperror_authentication_result(zone):
     dns = zone({"_dmarc.example.com": ["TIMEOUT"]})
     text = str(check([" a@example.com"], dns).authres)
@@ -634,30 +667,40 @@ def test_temperror_authentication_result(zone):
     assert "policy.dmarc" not in text
 
 
-# -- settings -----------------------------------------------------------------------------------------------
+# -- settings: [dmarc] in srsd.config ------------------------------------------------------------------
 
 
-def test_settings_defaults():
-    assert dmarc_settings({}) == DMARCSettings()
+def dmarc_section(tmp_path, table):
+    (tmp_path / "s").write_text("x\n")
+    return parse_config({"srs": {"domain": "fwd.example", "secrets_file": str(tmp_path / "s")}, "dmarc": table})
+
+
+def test_settings_defaults(tmp_path):
+    assert dmarc_section(tmp_path, {}).dmarc == DMARCSettings()
     assert DMARCSettings().action == "header"  # the seed's policy: check, never discard
-    settings = dmarc_settings({"action": "reject", "trusted_arc_sealers": ["Lists.Example."], "temperror": "accept"})
-    assert settings.trusted_arc_sealers == ("lists.example",)
+    config = dmarc_section(tmp_path, {"action": "enforce", "trusted_arc_sealers": ["Lists.Example."],
+                                      "temperror": "accept"})  # fmt: skip
+    assert config.dmarc.trusted_arc_sealers == ("lists.example",)
+    # an action without the milter that applies it: said, not refused
+    assert any(w.startswith("dmarc.action: ") for w in config.warnings), config.warnings
 
 
 @pytest.mark.parametrize(
     "raw, key",
     [
         ({"action": "discard"}, "dmarc.action"),
+        ({"action": "reject"}, "dmarc.action"),  # "enforce" says what it does: p=quarantine is held
         ({"enabled": "yes"}, "dmarc.enabled"),
         ({"temperror": "retry"}, "dmarc.temperror"),
         ({"trusted_arc_sealers": "lists.example"}, "dmarc.trusted_arc_sealers"),
         ({"trusted_arc_sealers": ["not a domain"]}, "dmarc.trusted_arc_sealers"),
+        ({"trusted_arc_sealers": ["com"]}, "dmarc.trusted_arc_sealers"),
         ({"pct": 100}, "dmarc.pct"),
     ],
 )
-def test_settings_errors_name_the_key(raw, key):
-    with pytest.raises(DMARCSettingsError) as info:
-        dmarc_settings(raw)
+def test_settings_errors_name_the_key(tmp_path, raw, key):
+    with pytest.raises(ConfigError) as info:
+        dmarc_section(tmp_path, raw)
     assert str(info.value).startswith(key + ":")
 
 

@@ -191,6 +191,16 @@ MISTAKES = [
         [("DMARC _dmarc.example.org", "2 DMARC records at _dmarc.example.org")],
     ),
     (
+        "a DMARC record without a valid p=",
+        {"_dmarc.example.org": ["v=DMARC1; p=block"]},
+        [("DMARC _dmarc.example.org", "no valid p=")],
+    ),
+    (
+        "a DMARC lookup that times out",
+        {"_dmarc.fwd.example": "TIMEOUT"},
+        [("DMARC _dmarc.fwd.example", "could not check: DNS TXT _dmarc.fwd.example: timed out")],
+    ),
+    (
         "a key record that cannot be looked up",
         {"r1._domainkey.example.org": "TIMEOUT"},
         [("DKIM r1._domainkey.example.org", "could not check: DNS TXT r1._domainkey.example.org: timed out")],

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import dkim
 import pytest
+from twisted.logger import capturedLogs
 
+from srsd import metrics
 from srsd.config import ConfigError, parse_config
 from srsd.dns import Resolver
 from srsd.mailauth.handler import FORWARDED, GRACE, LOCAL, OTHER, MailAuth, auth_settings, classify
 from srsd.mailauth.key_lookup import txt_lookup
 from srsd.mailauth.keys import generate_key
-from srsd.mailauth.message import DeleteHeader, Envelope, InsertHeader, Message, TempFail, message_bytes
+from srsd.mailauth.message import (
+    DeleteHeader,
+    Envelope,
+    InsertHeader,
+    Message,
+    Quarantine,
+    Reject,
+    TempFail,
+    message_bytes,
+)
 from srsd.mailauth.results import authentication_results
 from srsd.mailauth.sign import seal_message, sign_message
 from srsd.mailauth.verify import ARCResult, SignatureResult, verify_arc, verify_signatures
@@ -64,7 +75,7 @@ def reactor():
     fake.shutdown()
 
 
-def make_config(tmp_path, keys, dns_server, **dkim_settings):
+def make_config(tmp_path, keys, dns_server, dmarc=None, **dkim_settings):
     secrets = tmp_path / "secrets"
     secrets.write_text("s3cr3t\n")
     settings = {"selector": "sel", "key_file": keys["fwd"].path, "trusted_networks": ["198.51.100.0/24"]}
@@ -74,6 +85,7 @@ def make_config(tmp_path, keys, dns_server, **dkim_settings):
             "srs": {"domain": "fwd.example", "secrets_file": str(secrets), "local_domains": ["local.example"]},
             "dns": {"nameservers": [dns_server.address], "timeout": 0.5},
             "dkim": settings,
+            "dmarc": dmarc or {},
         }
     )
 
@@ -82,8 +94,8 @@ def make_config(tmp_path, keys, dns_server, **dkim_settings):
 def make_auth(tmp_path, keys, zone, reactor):
     made = []
 
-    def make(**dkim_settings):
-        config = make_config(tmp_path, keys, zone, **dkim_settings)
+    def make(dmarc=None, **dkim_settings):
+        config = make_config(tmp_path, keys, zone, dmarc, **dkim_settings)
         resolver = Resolver([zone.address], timeout=0.5)
         checker = SPFChecker(reactor, resolver, threads=2, budget=5)
         auth = MailAuth(config, resolver, checker, reactor)
@@ -224,7 +236,8 @@ def check_forwarded(zone, delivered, *, origin_dkim="pass", arc_instance=1):
     raw = message_bytes(delivered.headers, delivered.body)
     dnsfunc = txt_lookup(Resolver([zone.address]))
     results = verify_signatures(raw, dnsfunc)
-    assert [(r.result, r.domain) for r in results] == [("pass", "fwd.example"), (origin_dkim, "example.org")]
+    origin = [(origin_dkim, "example.org")] if origin_dkim else []  # None: the message came unsigned
+    assert [(r.result, r.domain) for r in results] == [("pass", "fwd.example"), *origin]
     arc = verify_arc(raw, dnsfunc)
     assert (arc.cv, arc.instances) == ("pass", arc_instance)
     return raw
@@ -249,7 +262,7 @@ def test_forwarded_message_is_verified_sealed_and_signed(make_auth, reactor, key
     results = field(delivered, "Authentication-Results")
     expected = " fwd.example;\r\n\tspf=pass smtp.mailfrom=example.org;\r\n\tdkim=pass header.d=example.org "
     assert results.startswith(expected)
-    assert results.endswith("\tarc=none")
+    assert results.endswith("\tarc=none;\r\n\tdmarc=none header.from=example.org")  # no _dmarc record
     assert field(delivered, "ARC-Authentication-Results").startswith(" i=1; fwd.example;")
     assert " cv=none;" in field(delivered, "ARC-Seal")
     check_forwarded(zone, delivered)
@@ -329,7 +342,7 @@ def test_arc_lookup_failure_with_continue_neither_claims_nor_seals(make_auth, re
     message = hop1_sealed(keys)
     delivered = apply(message, run(reactor, auth, envelope(), message))
     assert names(delivered)[:2] == ["DKIM-Signature", "Authentication-Results"]
-    assert "arc=" not in field(delivered, "Authentication-Results")
+    assert "\tarc=" not in field(delivered, "Authentication-Results")  # (dmarc= stays)
 
 
 def test_verification_only(make_auth, reactor, keys, zone):
@@ -396,6 +409,144 @@ def test_other_mail_is_left_alone(make_auth, reactor, keys, zone):
     forged = ("Authentication-Results", " fwd.example; spf=pass")
     env = envelope(recipients=["bob@remote.example"])
     assert run(reactor, auth, env, Message([forged, *ORIGIN_HEADERS], BODY)) == []
+
+
+# -- DMARC (srsd.dmarc, [dmarc]) -----------------------------------------------------------------------------------
+
+ENFORCE = {"action": "enforce"}
+
+
+def dmarc_result(message):
+    """The dmarc= line of our Authentication-Results field."""
+    (line,) = [x.strip() for x in field(message, "Authentication-Results").split(";") if x.strip().startswith("dmarc=")]
+    return line
+
+
+def hop1_forwarded_broken(keys, sealer="hop1.example"):
+    """The origin message as a list at *sealer* forwarded it: subject tagged (the origin
+    signature breaks), its A-R (dkim=pass on arrival) and an ARC set i=1 on top."""
+    message = origin_message(keys)
+    headers = [(n, " [list] hello" if n == "Subject" else v) for n, v in message.headers]
+    results = authentication_results(
+        sealer,
+        spf=("pass", "smtp.mailfrom", "example.org"),
+        dkim_results=[SignatureResult("pass", domain="example.org")],
+        arc=ARCResult("none"),
+    )
+    headers = [results, *headers]
+    arc_set = seal_message(headers, BODY, keys["hop1"], sealer, "arc", sealer, ORIGIN_SIGNED)
+    return Message([*arc_set, *headers], BODY)
+
+
+def test_dmarc_pass_is_recorded_in_the_results_and_the_arc_set(make_auth, reactor, keys, zone):
+    zone.add("_dmarc.example.org", {"TXT": "v=DMARC1; p=reject"})
+    auth = make_auth()
+    message = origin_message(keys)
+    delivered = apply(message, run(reactor, auth, envelope(client_address="203.0.113.9"), message))  # SPF fails
+    assert dmarc_result(delivered) == "dmarc=pass (p=reject dis=none) header.from=example.org policy.dmarc=reject"
+    # RFC 8617 4.1.1: the AAR carries every result of our ADMD, DMARC's too
+    assert "dmarc=pass header.from=example.org policy.dmarc=reject" in field(delivered, "ARC-Authentication-Results")
+    check_forwarded(zone, delivered)
+
+
+def test_dmarc_fail_is_only_a_header_by_default(make_auth, reactor, keys, zone):
+    zone.add("_dmarc.example.org", {"TXT": "v=DMARC1; p=reject"})
+    auth = make_auth()
+    message = origin_message(keys, sign=False)
+    actions = run(reactor, auth, envelope(client_address="203.0.113.9"), message)
+    assert not [a for a in actions if isinstance(a, Reject | TempFail | Quarantine)]
+    delivered = apply(message, actions)
+    assert dmarc_result(delivered) == "dmarc=fail (p=reject dis=none) header.from=example.org policy.dmarc=reject"
+    check_forwarded(zone, delivered, origin_dkim=None)
+
+
+def test_dmarc_enforce_rejects_p_reject(make_auth, reactor, keys, zone):
+    zone.add("_dmarc.example.org", {"TXT": "v=DMARC1; p=reject"})
+    auth = make_auth(dmarc=ENFORCE)
+    before = dict(metrics.TALLY.counters["dmarc_results"])
+    with capturedLogs() as events:
+        actions = run(reactor, auth, envelope(client_address="203.0.113.9"), origin_message(keys, sign=False))
+    assert actions == [Reject("Email rejected per DMARC policy for example.org", "550", "5.7.1")]
+    assert metrics.TALLY.counters["dmarc_results"][("fail", "reject")] == before.get(("fail", "reject"), 0) + 1
+    lines = [e["line"] for e in events if "line" in e]
+    assert lines == ["DMARC fail for example.org (no authenticated identifier; policy reject from p=reject at "
+                     "example.org): reject 550 5.7.1"], lines  # fmt: skip
+
+
+def test_dmarc_enforce_holds_p_quarantine_and_still_seals_and_signs(make_auth, reactor, keys, zone):
+    zone.add("_dmarc.example.org", {"TXT": "v=DMARC1; p=quarantine"})
+    auth = make_auth(dmarc=ENFORCE)
+    message = origin_message(keys, sign=False)
+    actions = run(reactor, auth, envelope(client_address="203.0.113.9"), message)
+    assert actions[-1] == Quarantine("held per DMARC policy for example.org")
+    delivered = apply(message, actions[:-1])
+    assert dmarc_result(delivered).startswith("dmarc=fail (p=quarantine dis=quarantine) ")
+    check_forwarded(zone, delivered, origin_dkim=None)  # released from the hold queue, it verifies
+
+
+def test_dmarc_pass_via_the_helo_identity_of_a_null_sender(make_auth, reactor, keys, zone):
+    zone.add("_dmarc.example.org", {"TXT": "v=DMARC1; p=reject"})
+    auth = make_auth(dmarc=ENFORCE)
+    message = origin_message(keys, sign=False)
+    delivered = apply(message, run(reactor, auth, envelope(mail_from="", helo="example.org"), message))
+    assert "spf=pass smtp.helo=example.org" in field(delivered, "Authentication-Results")
+    assert dmarc_result(delivered).startswith("dmarc=pass ")  # RFC 9989 3.2.4: the HELO domain for <>
+
+
+@pytest.mark.parametrize(
+    ("dmarc", "expected"), [({}, None), (ENFORCE, TempFail), ({**ENFORCE, "temperror": "accept"}, None)]
+)
+def test_dmarc_dns_failure(make_auth, reactor, keys, zone, dmarc, expected):
+    zone.add("_dmarc.example.org", "TIMEOUT")
+    auth = make_auth(dmarc=dmarc)
+    message = origin_message(keys, sign=False)
+    actions = run(reactor, auth, envelope(client_address="203.0.113.9"), message)
+    if expected is TempFail:
+        assert actions == [TempFail("temporary DNS failure evaluating DMARC for example.org, try again later", "451",
+                                    "4.4.3")]  # fmt: skip
+    else:
+        assert dmarc_result(apply(message, actions)).startswith("dmarc=temperror (")
+
+
+@pytest.mark.parametrize(("sealer", "trusted", "rejected"), [("hop1.example", True, False),
+                                                            ("hop1.example", False, True)])  # fmt: skip
+def test_dmarc_arc_override_for_a_trusted_sealer(make_auth, reactor, keys, zone, sealer, trusted, rejected):
+    zone.add("_dmarc.example.org", {"TXT": "v=DMARC1; p=reject"})
+    auth = make_auth(dmarc={**ENFORCE, "trusted_arc_sealers": ["Hop1.Example."] if trusted else ["lists.example"]})
+    message = hop1_forwarded_broken(keys, sealer)
+    actions = run(reactor, auth, envelope(client_address="192.0.2.77", helo="mx.hop1.example"), message)
+    if rejected:
+        assert len(actions) == 1 and isinstance(actions[0], Reject)
+        return
+    delivered = apply(message, actions)
+    results = field(delivered, "Authentication-Results")
+    assert "arc=pass" in results and "dkim=fail" in results
+    assert dmarc_result(delivered) == ('dmarc=fail (p=reject dis=none) reason="local policy: ARC chain sealed by '
+                                       'trusted hop1.example" header.from=example.org policy.dmarc=reject')  # fmt: skip
+    check_forwarded(zone, delivered, origin_dkim="fail", arc_instance=2)
+
+
+def test_dmarc_can_be_off(make_auth, reactor, keys, zone):
+    zone.add("_dmarc.example.org", {"TXT": "v=DMARC1; p=reject"})
+    auth = make_auth(dmarc={"enabled": False, "action": "enforce"})
+    message = origin_message(keys, sign=False)
+    delivered = apply(message, run(reactor, auth, envelope(client_address="203.0.113.9"), message))
+    assert "dmarc=" not in field(delivered, "Authentication-Results")
+    assert not zone.count("_dmarc.example.org")
+
+
+def test_dmarc_enforced_without_results_header(make_auth, reactor, keys, zone):
+    zone.add("_dmarc.example.org", {"TXT": "v=DMARC1; p=reject"})
+    auth = make_auth(dmarc=ENFORCE, verify=False, selector="", key_file="")  # nothing else to do: still evaluated
+    actions = run(reactor, auth, envelope(client_address="203.0.113.9"), origin_message(keys, sign=False))
+    assert len(actions) == 1 and isinstance(actions[0], Reject)
+
+
+def test_local_mail_is_not_evaluated(make_auth, reactor, keys, zone):
+    zone.add("_dmarc.example.org", {"TXT": "v=DMARC1; p=reject"})
+    auth = make_auth(dmarc=ENFORCE)
+    actions = run(reactor, auth, envelope(macros={"{auth_authen}": "alice"}), origin_message(keys, sign=False))
+    assert [a.name for a in actions] == ["DKIM-Signature"] and not zone.count("_dmarc.example.org")
 
 
 # -- errors --------------------------------------------------------------------------------------------------------

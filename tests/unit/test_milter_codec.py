@@ -125,6 +125,7 @@ def test_replies():
     assert mc.encode_change_header(2, "X-A", "") == w.pkt(b"m", b"\0\0\0\x02X-A\0\0")
     assert mc.encode_add_header("X-A", " v") == w.pkt(b"h", b"X-A\0 v\0")
     assert mc.encode_reply_code("550", "5.7.1", "no\r\n100%") == w.pkt(b"y", b"550 5.7.1 no 100%%\0")
+    assert mc.encode_quarantine("held per DMARC\r\npolicy") == w.pkt(b"q", b"held per DMARC policy\0")
 
 
 @pytest.mark.parametrize(
@@ -139,6 +140,7 @@ def test_replies():
         lambda: mc.encode_reply_code("250", "2.0.0", "ok"),
         lambda: mc.encode_reply_code("550", "4.7.1", "mixed"),
         lambda: mc.encode_reply_code("55", "5.7.1", "short"),
+        lambda: mc.encode_quarantine(" \r\n"),  # libmilter refuses an empty reason too
     ],
 )
 def test_bad_replies_are_refused(call):
