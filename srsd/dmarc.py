@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from authres.dmarc import DMARCAuthenticationResult
 
 from srsd.dns import DNSTemporaryError, Resolver
+from srsd.header_text import comment_text
 
 __all__ = [
     "PASS",
@@ -802,7 +803,9 @@ def authentication_result(result: DMARCResult, decision: DMARCDecision | None = 
         if decision is not None:
             comment += f" dis={_DIS[decision.disposition]}"
     elif result.result in (TEMPERROR, PERMERROR) or (result.result == NONE and result.record is not None):
-        comment = result.reason or None
+        # escaped: the reason quotes the record's tags and the From field, and the stdlib
+        # parser's own defect texts hold unbalanced ")": raw, they ended the comment early
+        comment = comment_text(result.reason) or None
     if decision is not None and decision.override:
         reason = decision.override
     return DMARCAuthenticationResult(

@@ -39,8 +39,12 @@ def one_line(text: str, limit: int = MAX_REPLY_TEXT, *, ascii_only: bool = True)
 
 def comment_text(text: str) -> str:
     """*text* as the inside of an RFC 5322 comment: control characters become spaces,
-    ``(``, ``)`` and ``\\`` are escaped."""
-    return re.sub(r"([()\\])", r"\\\1", _CONTROL.sub(" ", text))
+    non-ASCII ``?``, ``(``, ``)`` and ``\\`` are escaped.
+
+    ASCII only: a header field with UTF-8 is valid in SMTPUTF8 messages alone (RFC 6532),
+    and authres -- which dkimpy's ARC sealing reads srsd's Authentication-Results with --
+    skips such a field, so nothing would be sealed."""
+    return re.sub(r"([()\\])", r"\\\1", _NON_ASCII.sub("?", _CONTROL.sub(" ", text)))
 
 
 def comment(text: str) -> str:
@@ -58,7 +62,8 @@ def quoted(value: str, plain: re.Pattern[str]) -> str:
 
 def pvalue(value: str) -> str:
     """An RFC 8601 2.2 property value: a token or a plain ``local@domain`` as is, else
-    quoted (authres would leave anything with an ``@`` bare, a space included)."""
+    quoted (authres would leave anything with an ``@`` bare, a space included); non-ASCII
+    and control characters become ``?`` (see :func:`comment_text`)."""
     if TOKEN.match(value) or _ADDRESS.match(value):
         return value
-    return quoted(value, TOKEN)
+    return quoted(_NON_ASCII.sub("?", _CONTROL.sub("?", value)), TOKEN)
