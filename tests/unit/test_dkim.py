@@ -375,6 +375,17 @@ def test_body_hash_mismatch_is_a_fail_with_reason(dns_server, rsa_key):
     assert (result.result, result.reason) == ("fail", "body hash mismatch")
 
 
+def test_key_record_whose_p_is_not_a_key_is_permerror(dns_server, rsa_key):
+    # dkimpy's ASN.1 reader asserts on it: AssertionError escaped verify_signatures and the
+    # milter failed on the message at every attempt (fuzz/corpus/headers/crash-key-not-asn1)
+    der = base64.b64decode(rsa_key.txt_record().split("p=")[1])
+    mangled = base64.b64encode(der.replace(b"\x05\x00", b"\x05\x01", 1)).decode()  # a NULL one byte long
+    dns_server.set_zone({"sel._domainkey.fwd.example": [{"TXT": f"v=DKIM1; k=rsa; p={mangled}"}]})
+    message, _ = signed_message(rsa_key)
+    result = verify_signatures(message, lookup(dns_server))[0]
+    assert (result.result, result.reason) == ("permerror", "unusable key: AssertionError")
+
+
 @pytest.mark.parametrize("tag", [b"bh=", b"b="])
 def test_signature_whose_hash_is_not_base64_is_neutral(dns_server, rsa_key, tag):
     # dkimpy decodes bh= and b= in verify() and let binascii.Error out: the milter failed
