@@ -11,11 +11,15 @@ import re
 
 __all__ = ["MAX_REPLY_TEXT", "TOKEN", "DOT_ATOM", "one_line", "comment", "comment_text", "quoted", "pvalue"]
 
+# \Z, not $: "$" also matches before a final newline, which would then end the header line.
 #: RFC 2045 token (RFC 8601 2.2 ``value``/``pvalue``, authserv-id)
-TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")
+TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+\Z")
 #: RFC 5322 3.2.3 dot-atom (Received-SPF key=value pairs, RFC 7208 9.1)
-DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*$")
-_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]*@[A-Za-z0-9.-]+$")
+DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*\Z")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+#: RFC 8601 2.2 pvalue ``[ [ local-part ] "@" ] domain-name``: dot-atoms, no empty label
+#: (authres reads "@example." or "@a..b" as a syntax error)
+_ADDRESS = re.compile(rf"^(?:{_ATEXT}+(?:\.{_ATEXT}+)*)?@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _NON_ASCII = re.compile(r"[^\x20-\x7e]")
 

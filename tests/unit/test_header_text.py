@@ -31,6 +31,12 @@ def test_comment_text_escapes_and_is_ascii():
         ("@bücher.example", '"@b?cher.example"'),
         ("a b", '"a b"'),
         ("x\r\ny", '"x?y"'),
+        # a DKIM-Signature i=: authres failed on the field (fuzz/corpus/signing/crash-identity-trailing-dot)
+        ("@example.", '"@example."'),
+        ("@.example.org", '"@.example.org"'),
+        ("a..b@example.org", '"a..b@example.org"'),
+        ("@example.org", "@example.org"),
+        ("token\n", '"token?"'),  # $ matched before the newline: it was written as is
     ],
 )
 def test_pvalue_is_ascii(value, written):
@@ -61,6 +67,12 @@ class DNS:
 def test_dmarc_result_reads_back(froms, records):
     verdict = dmarc.check(froms, DNS(records))
     assert read_back(f"fwd.example.net; {verdict.authres}") == [("dmarc", verdict.result.result)]
+
+
+@pytest.mark.parametrize("value", ["@example.", "a@b..example", "a\n", "@", "x@"])
+def test_property_values_read_back(value):
+    _, field = authentication_results("fwd.example.net", spf=("pass", "smtp.mailfrom", value), dkim_results=[])
+    assert read_back(field) == [("spf", "pass"), ("dkim", "none")]
 
 
 def test_non_ascii_signature_identity_reads_back():
