@@ -476,6 +476,18 @@ def test_chain_that_already_failed_is_not_sealed_again(dns_server, rsa_key):
     assert (outcome.cv, outcome.sealable) == ("fail", False)
 
 
+@pytest.mark.parametrize("claim", ["i=50", "i=112:00:00 +0000"])
+def test_chain_claiming_instance_50_is_not_sealable(dns_server, rsa_key, claim):
+    # dkimpy's sealer refuses past i=50 by the highest i= of any ARC field; a failed chain's
+    # results did not show it, so the milter sealed and failed on the message at every
+    # attempt (fuzz/corpus/signing/crash-arc-instance-112)
+    publish(dns_server, "arc", "hop1.example", rsa_key)
+    arc_set, results = seal(HEADERS, BODY, rsa_key, "hop1.example")
+    message = message_bytes([("ARC-Message-Signature", f" {claim}"), *arc_set, results, *HEADERS], BODY)
+    outcome = verify_arc(message, lookup(dns_server))
+    assert (outcome.cv, outcome.sealable) == ("fail", False)
+
+
 def test_arc_lookup_timeout_is_temporary(dns_server, rsa_key):
     dns_server.set_zone({"arc._domainkey.hop1.example": ["TIMEOUT"]})
     arc_set, results = seal(HEADERS, BODY, rsa_key, "hop1.example")
