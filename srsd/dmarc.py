@@ -766,7 +766,8 @@ def authentication_result(result: DMARCResult, decision: DMARCDecision | None = 
         if decision is not None:
             comment += f" dis={_DIS[decision.disposition]}"
     elif result.result in (TEMPERROR, PERMERROR) or (result.result == NONE and result.record is not None):
-        # reasons quote DNS names and From: fields: one line, parentheses escaped (RFC 5322 3.2.2)
+        # reasons quote DNS names, the record's tags, From: fields and the stdlib parser's
+        # defect texts (unbalanced ")"): one line, parentheses escaped (RFC 5322 3.2.2)
         comment = comment_text(one_line(result.reason, MAX_COMMENT, ascii_only=True)) if result.reason else None
     if decision is not None and decision.override:
         reason = decision.override

@@ -11,11 +11,15 @@ import re
 
 __all__ = ["MAX_REPLY_TEXT", "TOKEN", "DOT_ATOM", "one_line", "comment", "comment_text", "quoted", "pvalue"]
 
+# \Z, not $: "$" also matches before a final newline, which would then end the header line.
 #: RFC 2045 token (RFC 8601 2.2 ``value``/``pvalue``, authserv-id)
-TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")
+TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+\Z")
 #: RFC 5322 3.2.3 dot-atom (Received-SPF key=value pairs, RFC 7208 9.1)
-DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*$")
-_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]*@[A-Za-z0-9.-]+$")
+DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*\Z")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+#: RFC 8601 2.2 pvalue ``[ [ local-part ] "@" ] domain-name``: dot-atoms, no empty label
+#: (authres reads "@example." or "@a..b" as a syntax error)
+_ADDRESS = re.compile(rf"^(?:{_ATEXT}+(?:\.{_ATEXT}+)*)?@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _NON_ASCII = re.compile(r"[^\x20-\x7e]")
 
@@ -39,8 +43,12 @@ def one_line(text: str, limit: int = MAX_REPLY_TEXT, *, ascii_only: bool = True)
 
 def comment_text(text: str) -> str:
     """*text* as the inside of an RFC 5322 comment: control characters become spaces,
-    ``(``, ``)`` and ``\\`` are escaped."""
-    return re.sub(r"([()\\])", r"\\\1", _CONTROL.sub(" ", text))
+    non-ASCII ``?``, ``(``, ``)`` and ``\\`` are escaped.
+
+    ASCII only: a header field with UTF-8 is valid in SMTPUTF8 messages alone (RFC 6532),
+    and authres -- which dkimpy's ARC sealing reads srsd's Authentication-Results with --
+    skips such a field, so nothing would be sealed."""
+    return re.sub(r"([()\\])", r"\\\1", _NON_ASCII.sub("?", _CONTROL.sub(" ", text)))
 
 
 def comment(text: str) -> str:
@@ -58,7 +66,8 @@ def quoted(value: str, plain: re.Pattern[str]) -> str:
 
 def pvalue(value: str) -> str:
     """An RFC 8601 2.2 property value: a token or a plain ``local@domain`` as is, else
-    quoted (authres would leave anything with an ``@`` bare, a space included)."""
+    quoted (authres would leave anything with an ``@`` bare, a space included); non-ASCII
+    and control characters become ``?`` (see :func:`comment_text`)."""
     if TOKEN.match(value) or _ADDRESS.match(value):
         return value
-    return quoted(value, TOKEN)
+    return quoted(_NON_ASCII.sub("?", _CONTROL.sub("?", value)), TOKEN)

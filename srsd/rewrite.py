@@ -104,15 +104,16 @@ class Rewriter:
             return Answer(NOTFOUND, "already rewritten")
         if not self.always_rewrite and (lowered == self.srs_domain or lowered in self.local_domains):
             return Answer(NOTFOUND, "local domain")
+        if "@" in local:  # as SRS.forward would say; never wrapped: no SRS address holds one
+            return Answer(NOTFOUND, f"not local@domain: {sender!r}")
         try:
-            if "@" in local:  # as SRS.forward would say
-                raise MalformedAddress(f"not local@domain: {sender!r}")
             return Answer(FOUND, self.srs.forward_parts(local, domain, tag, now))
         except MalformedAddress as exc:
-            if tag != "SRS1":
+            if tag is None:
                 return Answer(NOTFOUND, str(exc))
-            # A malformed foreign SRS1 cannot be re-signed into anything whose
-            # bounce is deliverable; wrap it whole so the bounce returns to it.
+            # A foreign SRS0/SRS1 that cannot be re-signed into anything whose bounce is
+            # deliverable (a malformed SRS1, an SRS0 at a dotless domain): wrap it whole
+            # so the bounce returns to it.
             try:
                 return Answer(FOUND, self.srs.srs0(local, domain, now))
             except SRSError as inner:

@@ -130,12 +130,24 @@ _OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
 def srs_tag(local: str) -> str | None:
-    """Return "SRS0"/"SRS1" when *local* starts with that tag and a separator."""
+    """Return "SRS0"/"SRS1" when *local* starts with that tag (ASCII, any case) and a separator."""
     if len(local) > 4 and local[4] in SEPARATORS:
         tag = local[:4].upper()
-        if tag in ("SRS0", "SRS1"):
+        # isascii: str.upper() maps "ſ" (U+017F) to "S"; libsrs2 compares in ASCII only,
+        # and a re-signed "ſrs0=..." would reverse to "SRS0=...", not to the sender.
+        if tag in ("SRS0", "SRS1") and local[:4].isascii():
             return tag
     return None
+
+
+def _check_first_hop(hop: str) -> None:
+    """An SRS1 first hop must be a dotted domain, so its reverse can be delivered, and
+    hold no "=", so the reverse splits the fields where forward joined them.
+
+    :raises MalformedAddress: it is not such a domain.
+    """
+    if "." not in hop or hop.startswith(".") or hop.endswith(".") or "=" in hop:
+        raise MalformedAddress(f"SRS1 first hop {hop!r} is not a domain")
 
 
 class SRS:
@@ -287,9 +299,10 @@ class SRS:
         same first hop. No local-domain logic here (see :mod:`srsd.rewrite`).
 
         :param now: unix time in seconds (default: the clock).
-        :raises MalformedAddress: no ``@``, an empty domain, an ``@``
-            inside the local part, or an SRS1 sender without a dotted first hop
-            and separator-led opaque part.
+        :raises MalformedAddress: no ``@``, an empty domain, an ``@`` inside the local
+            part, a ``=`` in the domain (reverse splits SRS fields at ``=``), an SRS0
+            sender whose domain cannot be an SRS1 first hop (no dot), or an SRS1 sender
+            without a dotted first hop and separator-led opaque part.
         :raises TooLong: the result would exceed ``max_length``.
         """
         local, at, domain = sender.rpartition("@")
@@ -302,6 +315,7 @@ class SRS:
         """:meth:`forward` of ``local@domain`` already split (*tag*: ``srs_tag(local)``),
         for a caller that has split it for its own checks. Same result and errors."""
         if tag == "SRS0":
+            _check_first_hop(domain)
             return self.srs1(domain, local[4:])
         if tag == "SRS1":
             hop, opaque = self.parse_srs1(local)[1:]
@@ -309,7 +323,13 @@ class SRS:
         return self.srs0(local, domain, now)
 
     def srs0(self, local: str, domain: str, now: float | None = None) -> str:
-        """Mint ``SRS0<sep>HHHH=TT=domain=local@srs-domain`` (no checks on input)."""
+        """Mint ``SRS0<sep>HHHH=TT=domain=local@srs-domain``.
+
+        :raises MalformedAddress: *domain* holds a ``=``: reverse would take what follows
+            it for the local part, and the hash would not verify.
+        """
+        if "=" in domain:
+            raise MalformedAddress(f"domain {domain!r} holds an SRS separator '='")
         tt = self._today(now)
         h = self.sign(tt + domain + local)
         return self._finish(f"SRS0{self.separator}{h}={tt}={domain}={local}")
@@ -332,8 +352,7 @@ class SRS:
         if len(parts) != 3:
             raise MalformedAddress("SRS1 needs hash, first hop and opaque part")
         h, hop, opaque = parts
-        if "." not in hop or hop.startswith(".") or hop.endswith("."):
-            raise MalformedAddress(f"SRS1 first hop {hop!r} is not a domain")
+        _check_first_hop(hop)
         if not opaque or opaque[0] not in SEPARATORS:
             raise MalformedAddress("SRS1 opaque part does not start with a separator")
         return h, hop, opaque

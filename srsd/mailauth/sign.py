@@ -15,6 +15,7 @@ import dkim
 from srsd.mailauth.dkimpy_setup import QUIET
 from srsd.mailauth.keys import SigningKey
 from srsd.mailauth.message import HeaderField, message_bytes
+from srsd.mailauth.results import authserv_id_of
 
 __all__ = ["sign_message", "seal_message"]
 
@@ -69,6 +70,30 @@ def sign_message(
     return _split_field(line)
 
 
+def _arc_readable(headers: Sequence[HeaderField], authserv_id: str) -> list[HeaderField]:
+    """*headers* without the Authentication-Results fields dkimpy's sealing has no use
+    for: another authserv-id's (it skips them) and those not UTF-8 (it decodes every one
+    and raised UnicodeDecodeError: a stray 8-bit byte in any earlier hop's field failed
+    every delivery attempt; found by fuzz/fuzz_signing.py). No ARC signature covers them
+    (RFC 8617 4.1.2: an AMS never signs Authentication-Results; an AS signs ARC fields),
+    so the set made is the one the whole message would get."""
+    wanted = authserv_id.lower()
+    return [
+        (name, value)
+        for name, value in headers
+        if name.lower() != "authentication-results" or (authserv_id_of(value) == wanted and _is_utf8(value))
+    ]
+
+
+def _is_utf8(text: str) -> bool:
+    """No undecodable byte (the milter keeps each as a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def seal_message(
     headers: Sequence[HeaderField],
     body: bytes,
@@ -89,7 +114,7 @@ def seal_message(
     """
     if key.key_type != "rsa":
         raise ValueError("ARC sets are signed with rsa-sha256 only (RFC 8617)")
-    message = message_bytes(headers, body)
+    message = message_bytes(_arc_readable(headers, authserv_id), body)
     sealer = dkim.ARC(message, logger=QUIET, signature_algorithm=b"rsa-sha256")
     lines = sealer.sign(
         selector.encode("ascii"),

@@ -50,7 +50,8 @@ class PolicyProtocol(RequestProtocol):
         self._error = ""  # why the request being read is malformed
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        lines, overflow = self._lines.feed(data, self.factory.max_line_bytes)
+        # +1: an unfinished line may still end in the "\r" of a CRLF (line_received drops it)
+        lines, overflow = self._lines.feed(data, self.factory.max_line_bytes + 1)
         replies = []
         for line in lines:
             reply = self.line_received(line)
@@ -86,13 +87,14 @@ class PolicyProtocol(RequestProtocol):
             self._fail(f"attribute line longer than {factory.max_line_bytes} bytes")
         else:
             name, sep, value = line.partition(b"=")
+            key = name.decode("utf-8", "replace")
             if not sep or not name:
                 self._fail(f"not a name=value line: {line[:60]!r}")
-            elif len(self._attrs) >= factory.max_attributes and name not in self._attrs:
+            elif len(self._attrs) >= factory.max_attributes and key not in self._attrs:
                 self._fail(f"more than {factory.max_attributes} attributes")
             else:
                 # The last of repeated attributes wins (SMTPD_POLICY_README allows either).
-                self._attrs[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+                self._attrs[key] = value.decode("utf-8", "replace")
         return None
 
     # -- answering --------------------------------------------------------------

@@ -171,6 +171,24 @@ def test_repeated_attribute_last_wins(factory, scripted):
     assert t.value() == b"action=ANSWER b\n\n"
 
 
+def test_repeated_attribute_at_the_attribute_limit(factory, scripted):
+    # A repeat is no new attribute: it was counted as one once the limit was reached (the
+    # name, bytes, was looked up among decoded names). Found by fuzz/fuzz_policy.py.
+    attrs = b"".join(b"a%d=1\n" % i for i in range(7)) + b"recipient=a\nrecipient=b\n\n"
+    proto, t = connect(factory)
+    proto.dataReceived(attrs)
+    assert t.value() == b"action=ANSWER b\n\n"
+
+
+def test_crlf_line_at_the_limit_split_before_newline(factory, scripted):
+    # 128 bytes and its CR, the LF in the next read: as in one read, not over the limit.
+    line = b"recipient=" + b"r" * 118 + b"\r"
+    proto, t = connect(factory)
+    proto.dataReceived(line)
+    proto.dataReceived(b"\n\n")
+    assert t.value() == b"action=ANSWER " + b"r" * 118 + b"\n\n"
+
+
 def test_empty_request_is_passed_on(factory, scripted):
     """A lone empty line is a request without attributes (the service says DUNNO)."""
     proto, t = connect(factory)

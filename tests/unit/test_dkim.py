@@ -420,6 +420,30 @@ def test_body_hash_mismatch_is_a_fail_with_reason(dns_server, rsa_key):
     assert (result.result, result.reason) == ("fail", "body hash mismatch")
 
 
+def test_key_record_whose_p_is_not_a_key_is_permerror(dns_server, rsa_key):
+    # dkimpy's ASN.1 reader asserts on it: AssertionError escaped verify_signatures and the
+    # milter failed on the message at every attempt (fuzz/corpus/headers/crash-key-not-asn1)
+    der = base64.b64decode(rsa_key.txt_record().split("p=")[1])
+    mangled = base64.b64encode(der.replace(b"\x05\x00", b"\x05\x01", 1)).decode()  # a NULL one byte long
+    dns_server.set_zone({"sel._domainkey.fwd.example": [{"TXT": f"v=DKIM1; k=rsa; p={mangled}"}]})
+    message, _ = signed_message(rsa_key)
+    result = verify_signatures(message, lookup(dns_server))[0]
+    assert (result.result, result.reason) == ("permerror", "unusable key: AssertionError")
+
+
+@pytest.mark.parametrize("tag", [b"bh=", b"b="])
+def test_signature_whose_hash_is_not_base64_is_neutral(dns_server, rsa_key, tag):
+    # dkimpy decodes bh= and b= in verify() and let binascii.Error out: the milter failed
+    # on the message at every attempt (fuzz/corpus/headers/crash-bh-not-base64)
+    publish(dns_server, "sel", "fwd.example", rsa_key)
+    message, _ = signed_message(rsa_key)
+    # one base64 character less: b64decode drops the 8-bit byte, then the padding is wrong
+    broken = re.sub(rb"(\s" + tag + rb"[A-Za-z0-9+/]{5})[A-Za-z0-9+/]", lambda m: m[1] + b"\xed", message, count=1)
+    result = verify_signatures(broken, lookup(dns_server))[0]
+    assert (result.result, result.domain) == ("neutral", "fwd.example")
+    assert result.reason.startswith("malformed signature: ")
+
+
 def test_signature_count_is_capped(dns_server, rsa_key):
     publish(dns_server, "sel", "fwd.example", rsa_key)
     signature = sign_message(HEADERS, BODY, rsa_key, "fwd.example", "sel", SIGNED)
@@ -497,6 +521,18 @@ def test_chain_that_already_failed_is_not_sealed_again(dns_server, rsa_key):
     assert (outcome.cv, outcome.sealable) == ("fail", False)
 
 
+@pytest.mark.parametrize("claim", ["i=50", "i=112:00:00 +0000"])
+def test_chain_claiming_instance_50_is_not_sealable(dns_server, rsa_key, claim):
+    # dkimpy's sealer refuses past i=50 by the highest i= of any ARC field; a failed chain's
+    # results did not show it, so the milter sealed and failed on the message at every
+    # attempt (fuzz/corpus/signing/crash-arc-instance-112)
+    publish(dns_server, "arc", "hop1.example", rsa_key)
+    arc_set, results = seal(HEADERS, BODY, rsa_key, "hop1.example")
+    message = message_bytes([("ARC-Message-Signature", f" {claim}"), *arc_set, results, *HEADERS], BODY)
+    outcome = verify_arc(message, lookup(dns_server))
+    assert (outcome.cv, outcome.sealable) == ("fail", False)
+
+
 def test_arc_lookup_timeout_is_temporary(dns_server, rsa_key):
     dns_server.set_zone({"arc._domainkey.hop1.example": ["TIMEOUT"]})
     arc_set, results = seal(HEADERS, BODY, rsa_key, "hop1.example")
@@ -514,6 +550,19 @@ def test_seal_needs_our_authentication_results(rsa_key):
     with pytest.raises(ValueError, match="rsa-sha256 only"):
         seal_message(HEADERS, BODY, generate_key(str(rsa_key.path) + ".ed", "ed25519-sha256"), "a.b", "s",
                         "a.b", SIGNED)  # fmt: skip
+
+
+def test_seal_despite_an_earlier_hops_8bit_authentication_results(dns_server, rsa_key):
+    # dkimpy decodes every Authentication-Results field as UTF-8 when sealing: a Latin-1
+    # byte in another hop's field (kept by the milter as a surrogate) raised
+    # UnicodeDecodeError, and the message was refused for now at every attempt.
+    publish(dns_server, "arc", "hop1.example", rsa_key)
+    latin1 = ("Authentication-Results", " mx.other.example; spf=pass (J\udcf6rg) smtp.mailfrom=example.org")
+    arc_set, results = seal([latin1, *HEADERS], BODY, rsa_key, "hop1.example")
+    assert arc_set[0][0] == "ARC-Seal"
+    assert "other.example" not in arc_set[2][1]  # the set records our results alone
+    message = message_bytes([*arc_set, results, latin1, *HEADERS], BODY)
+    assert verify_arc(message, lookup(dns_server)) == ARCResult("pass", "", 1)
 
 
 # -- Authentication-Results -------------------------------------------------------------------------------

@@ -80,8 +80,38 @@ def test_malformed_foreign_srs1_is_wrapped_so_its_bounce_returns(rw):
     assert rw.reverse(out.text, NOW) == (FOUND, sender)
 
 
-def test_malformed_sender_is_left_alone(rw):
-    assert rw.forward('"a@b"@example.org', NOW).status == NOTFOUND
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "SRS0=2yAB=M5=example.org=user@fnet",  # fuzz/corpus/srs/crash-srs0-dotless-hop
+        "SRS0=abcd=AB=orig.example=carol@hop1.example.",
+        "SRS0=abcd=AB=orig.example=carol@.hop1.example",
+    ],
+)
+def test_foreign_srs0_that_cannot_be_a_first_hop_is_wrapped(rw, sender):
+    # As SRS1 its reverse would be refused ("first hop is not a domain"): the bounce lost.
+    out = rw.forward(sender, NOW)
+    assert out.status == FOUND and out.text.startswith("SRS0=")
+    assert rw.reverse(out.text, NOW) == (FOUND, sender)
+
+
+@pytest.mark.parametrize("sender", ["user@exa=mple.org", "SRS0=abcd=AB=o.example=c@hop=1.example"])
+def test_sender_whose_domain_holds_the_separator_is_left_alone(rw, sender):
+    # An SRS0 address for it would not reverse: its "=" splits the fields differently.
+    assert rw.forward(sender, NOW).status == NOTFOUND
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        '"a@b"@example.org',
+        # wrapped whole before (fuzz/corpus/srs/crash-at-in-srs1-local): "SRS0=...=SRS1=...@...@fwd.example"
+        "SRS1=DBXV=first-hop.example=+ATf0=NP=orig.example=alice@x.example@second-hop.example",
+        "SRS0=abcd=AB=orig.example=carol@x.example@hop1.example",
+    ],
+)
+def test_malformed_sender_is_left_alone(rw, sender):
+    assert rw.forward(sender, NOW).status == NOTFOUND
 
 
 def test_oversize_result_is_not_found(rw):

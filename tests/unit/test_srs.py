@@ -2,7 +2,7 @@
 
 import pytest
 
-from srsd.srs import SRS, BadHash, BadTimestamp, MalformedAddress, NotSRS, TooLong
+from srsd.srs import SRS, BadHash, BadTimestamp, MalformedAddress, NotSRS, TooLong, srs_tag
 
 NOW = 1795521600  # 2026-11-24T12:00:00Z, day 20781, TT "JN"
 DAY = 86400
@@ -138,7 +138,18 @@ def test_reverse_errors(srs, address, error):
 
 @pytest.mark.parametrize(
     "sender",
-    ["no-at-sign", "user@", '"a@b"@example.org', "SRS1=garbage@example.org", "SRS1=Xa1b=6ppn=3g=o.example=u@h.example"],
+    [
+        "no-at-sign",
+        "user@",
+        '"a@b"@example.org',
+        "SRS1=garbage@example.org",
+        "SRS1=Xa1b=6ppn=3g=o.example=u@h.example",
+        # fuzz/corpus/srs/crash-srs0-dotless-hop: the SRS1 minted for it could not be reversed
+        "SRS0=2yAB=M5=example.org=user@fnet",
+        "SRS0=abcd=AB=orig.example=carol@hop1.example.",
+        "user@exa=mple.org",  # reverse would split the domain at its "=" and refuse the hash
+        "SRS0=abcd=AB=o.example=carol@hop=1.example",
+    ],
 )
 def test_forward_malformed(srs, sender):
     with pytest.raises(MalformedAddress):
@@ -179,3 +190,14 @@ def test_secrets_required():
         SRS([], "fwd.example")
     with pytest.raises(ValueError):
         SRS([b""], "fwd.example")
+
+
+@pytest.mark.parametrize("local", ["ſrs0=abcd=AB=o.example=carol", "ſRS1=abcd=hop.example==x=AB=o.example=c"])
+def test_only_an_ascii_tag_is_srs(srs, local):
+    # str.upper() makes "ſ" (U+017F) an "S": forward took this for SRS0, and its bounce
+    # went to "SRS0=abcd...@hop1.example", not back to the sender (found by fuzz/fuzz_srs.py).
+    assert srs_tag(local) is None
+    sender = local + "@hop1.example"
+    assert srs.reverse(srs.forward(sender, NOW), NOW) == sender
+    with pytest.raises(NotSRS):
+        srs.reverse(local + "@fwd.example", NOW)
