@@ -2,7 +2,10 @@
 `start`) must not kill it: workers and lookup processes start with SIGHUP blocked until
 their handler is set."""
 
+import re
 import signal
+import socket
+import time
 
 import pytest
 
@@ -21,3 +24,29 @@ def test_sighup_during_child_start_kills_no_child(srsd_factory, child):
     status, _ = daemon.lookup("tcp_table", "forward", "alice@orig.example")
     assert status == "found"
     assert daemon.stop() == 0
+
+
+def _gone(pid: int) -> bool:
+    """Whether *pid* has exited (a zombie no one reaps yet counts: it serves nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_children_stop_with_a_killed_parent(srsd_factory):
+    """A SIGKILLed parent leaves no child serving its sockets: orphans would go on
+    answering (a restarted parent shares their SO_REUSEPORT ports) unsupervised."""
+    daemon = srsd_factory(workers=2, listen={"policy": None}, sections={"daemon": {"lookup_processes": 2}})
+    text = daemon.log_text()
+    children = [int(pid) for pid in re.findall(r"(?:worker|lookup process) \d+ started \(pid (\d+)\)", text)]
+    assert len(children) == 3, daemon.diagnostics()
+    daemon.kill()
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in children):
+        assert time.monotonic() < deadline, f"children still running 10 s after the parent died: {children}"
+        time.sleep(0.05)
+    for port in daemon.ports.values():
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import smtplib
+import socket
 import threading
 import time
 import uuid
@@ -76,6 +77,7 @@ class ForwardingStack:
         self.milter = milter
         self.sink = SmtpSink()
         ports = {name: free_port() for name in ("tcp_forward", "tcp_reverse", "socketmap")}
+        self.lookup_ports = dict(ports)
         main_cf = [render_snippet(SNIPPETS[protocol], ports)]
         if policy:
             ports["policy"] = free_port()
@@ -132,6 +134,22 @@ class ForwardingStack:
         code = self.srsd.stop()
         self.sink.stop()
         return code
+
+    def wait_lookups_refused(self, timeout: float = 10.0) -> None:
+        """Poll until no process answers on any lookup port: a killed srsd's lookup
+        processes are gone too (they stop with their parent), so the outage is real."""
+        deadline = time.monotonic() + timeout
+        for name, port in self.lookup_ports.items():
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                except ConnectionRefusedError:
+                    break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{name} (port {port}) still answers {timeout} s after srsd was killed")
+                time.sleep(0.02)
 
     def release_held(self) -> None:
         """Release the held mail (``postsuper -H ALL``) and have it delivered now."""
@@ -329,8 +347,10 @@ def sigkill_during_batch(stack: ForwardingStack, count: int, down: float, timeou
     before = peak_rss_kb(stack.srsd.pid)
     stack.srsd.kill()
     killed_at = len(batch.accepted)
+    stack.wait_lookups_refused()
+    down_since = time.monotonic()
     stack.release_held()  # delivered now, through cleanup's lookups: srsd is down
-    time.sleep(down)
+    time.sleep(max(0.0, down - (time.monotonic() - down_since)))
     stack.srsd.start()
     batch.join()
     stack.release_held()  # what was held after the first release
