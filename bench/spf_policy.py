@@ -2,7 +2,7 @@
 """SPF policy checks per second: srsd's policy service against policyd-spf, on this machine.
 
     python bench/spf_policy.py [--requests 3000] [--connections 1,8] [--mixes warm,cold]
-                               [--rounds 3] [--warmup 3000] [--srsd-threads 8]
+                               [--rounds 3] [--warmup 3000] [--srsd-threads 8] [--srsd-workers 1]
                                [--json FILE]
 
 Both sides answer Postfix's policy delegation protocol (access(5) ``action=`` replies)
@@ -201,9 +201,10 @@ class PolicydSpf:
 class Srsd:
     name = "srsd"
 
-    def __init__(self, workdir: Path, dns_port: int, threads: int) -> None:
+    def __init__(self, workdir: Path, dns_port: int, threads: int, workers: int = 1) -> None:
         self.daemon = SrsdDaemon(
             workdir,
+            workers=workers,
             endpoints=("policy",),
             sections={
                 "dns": {"nameservers": [f"127.0.0.1:{dns_port}"]},
@@ -215,7 +216,13 @@ class Srsd:
         self.cpu = 0.0
 
     def pids(self) -> list[int]:
-        return [self.daemon.pid]
+        """The daemon and its worker processes (``--workers``)."""
+        pid = self.daemon.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [pid, *map(int, children)]
 
     def reap(self) -> None:
         pass
@@ -231,6 +238,34 @@ def process_cpu(pids: list[int]) -> float:
             fields = fh.read().rpartition(")")[2].split()
         total += int(fields[11]) + int(fields[12])
     return total / TICK
+
+
+class DNSServerProcess:
+    """tests/dnsserver.py's server in a process of its own (forked with the whole zone):
+    in the generator's process its threads would share one GIL with the connections'
+    and slow both sides alike, squeezing every ratio towards 1."""
+
+    def __init__(self, zone: dict, ttl: int) -> None:
+        self.zone, self.ttl = zone, ttl
+
+    def __enter__(self) -> DNSServerProcess:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        ours, theirs = ctx.Pipe()
+        self.process = ctx.Process(target=self._serve, args=(theirs,), daemon=True)
+        self.process.start()
+        self.port = ours.recv()
+        return self
+
+    def _serve(self, pipe) -> None:
+        server = DNSServer(self.zone, ttl=self.ttl).start()
+        pipe.send(server.port)
+        pipe.recv()  # until the parent closes its end (or dies)
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.join(10)
 
 
 def run_connection(port: int, requests: list[Request], bad: list[str]) -> None:
@@ -291,7 +326,8 @@ def main() -> int:
     parser.add_argument("--mixes", default="warm,cold")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3000, help="untimed warm-mix requests to each side first")
-    parser.add_argument("--srsd-threads", type=int, default=8, help="[spf] threads")
+    parser.add_argument("--srsd-threads", type=int, default=8, help="[spf] threads (checks at once)")
+    parser.add_argument("--srsd-workers", type=int, default=1, help="srsd serve --workers N")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", help="write every run's figures here")
     args = parser.parse_args()
@@ -311,8 +347,9 @@ def main() -> int:
 
     warmup = make_requests("warm", args.warmup, "warmup", zone, rng) if "warm" in mixes else []
     results: list[Result] = []
-    with DNSServer(zone, ttl=3600) as dns, tempfile.TemporaryDirectory(prefix="srsd-bench-spf-") as tmp:
-        sides = {"policyd-spf": PolicydSpf(dns.port), "srsd": Srsd(Path(tmp), dns.port, args.srsd_threads)}
+    with DNSServerProcess(zone, ttl=3600) as dns, tempfile.TemporaryDirectory(prefix="srsd-bench-spf-") as tmp:
+        srsd = Srsd(Path(tmp), dns.port, args.srsd_threads, args.srsd_workers)
+        sides = {"policyd-spf": PolicydSpf(dns.port), "srsd": srsd}
         try:
             print(f"load average {os.getloadavg()[0]:.1f}; {args.requests} requests a run; CPU "
                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_utime:.0f} s so far in the generator")  # fmt: skip

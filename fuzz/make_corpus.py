@@ -195,6 +195,45 @@ def dmarc_seeds() -> Seeds:
         yield name, "\n".join(lines).encode() + b"\n"
 
 
+def dns_reply_seeds() -> Seeds:
+    """Replies of tests/dnsserver.py (dnspython-built) to each question the target can ask:
+    answers, CNAME chains, NODATA and NXDOMAIN with their SOA, truncation, and a few
+    a resolver would not send (a pointer forward, trailing bytes, an EDNS option)."""
+    import struct
+
+    from fuzz.fuzz_dns_reply import NAMES, QTYPES
+    from srsd.dns_wire import query_wire
+    from tests.dnsserver import DNSServer
+
+    zone = {
+        "example.org": [{"TXT": "v=spf1 include:_spf.a.b.example.com mx -all"}, {"MX": [10, "mx.example.org"]},
+                        {"MX": [0, "."]}, {"A": "192.0.2.1"}, {"AAAA": "2001:db8::1"}],
+        "mixed.example.org": [{"CNAME": "example.org."}],
+        "_spf.a.b.example.com": [{"TXT": ["v=spf1 ip4:192.0.2.0/24", " ip6:2001:db8::/32 ~all"]},
+                                 {"SPF": "v=spf1 -all"}],
+        "1.2.0.192.in-addr.arpa": [{"PTR": "mail.example.org."}, {"PTR": "MAIL.example.org."}],
+        "x": [{"TXT": "v=spf1 " + " ".join(f"ip4:10.0.{i}.0/24" for i in range(90)) + " -all"}],
+        "xn--bcher-kva.example": [{"CNAME": "loop.example."}],
+        "loop.example": [{"CNAME": "xn--bcher-kva.example."}],
+    }  # fmt: skip
+    server = DNSServer(zone)
+    for n, name in enumerate(NAMES):
+        for t, qtype in enumerate(QTYPES[:7]):
+            query = query_wire(0x1234, name, qtype)
+            for transport, tcp_bit in (("udp", 0), ("tcp", 0x40)):
+                reply = server._respond(query, transport)  # what the server would send
+                if reply is None:
+                    continue
+                head = bytes((t | (n << 3) | tcp_bit,))
+                if transport == "udp" or qtype == "TXT":
+                    yield f"{qtype}-{n}-{transport}", head + reply
+    reply = server._respond(query_wire(7, "example.org", "MX"), "udp") or b""
+    yield "trailing-bytes", bytes((2,)) + reply + b"\x00"
+    yield "pointer-forward", bytes((0,)) + struct.pack("!HHHHHH", 7, 0x8180, 1, 1, 0, 0) + b"\xc0\x20" + bytes(30)
+    opt_with_option = reply[:-11] + struct.pack("!BHHIH", 0, 41, 1232, 0, 4) + b"\x00\x0a\x00\x00"
+    yield "edns-option", bytes((2,)) + opt_with_option
+
+
 SEEDS = {
     "srs": srs_seeds,
     "tcp_table": tcp_table_seeds,
@@ -204,6 +243,7 @@ SEEDS = {
     "headers": headers_seeds,
     "signing": headers_seeds,  # the same messages, sealed and signed
     "dmarc": dmarc_seeds,
+    "dns_reply": dns_reply_seeds,
 }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dns.exception
@@ -25,7 +25,15 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-__all__ = ["Resolver", "DNSTemporaryError", "parse_nameserver"]
+__all__ = [
+    "DNSTemporaryError",
+    "Resolver",
+    "no_such_name",
+    "parse_nameserver",
+    "shorter_ttl",
+    "spf_lookup",
+    "spf_records",
+]
 
 # pyspf asks for the SPF RR type (99) by name; dnspython knows it as rdatatype.SPF.
 _QTYPES = {"A", "AAAA", "MX", "PTR", "TXT", "SPF", "CNAME"}
@@ -58,6 +66,36 @@ def parse_nameserver(text: str) -> tuple[str, int]:
     return host, port
 
 
+def shorter_ttl(current: float | None, answer: dns.resolver.Answer) -> float:
+    """The seconds a decision resting on *current* (None: nothing yet) and *answer* stays valid."""
+    remaining = max(0.0, answer.expiration - time.time())
+    return remaining if current is None else min(current, remaining)
+
+
+def no_such_name(exc: Exception, name: str, qtype: str) -> None:
+    """What a failed dnspython lookup of *name*/*qtype* means for srsd: None (return it)
+    for no such name -- NXDOMAIN, or a CNAME loop, which pyspf treats as no data (RFC 7208
+    ptr-cname-loop) and dnspython reports as ChainTooLong per server.
+
+    :raises DNSTemporaryError: timeout, SERVFAIL/REFUSED or no server answered (a generic
+        text: it may reach a remote SMTP client; no server addresses).
+    :raises ValueError: *name* is not a DNS name.
+    :raises Exception: *exc* itself, when it is none of these.
+    """
+    if isinstance(exc, dns.resolver.NXDOMAIN):
+        return None
+    if isinstance(exc, dns.resolver.NoNameservers):
+        errors = exc.kwargs.get("errors") or []
+        if errors and all(isinstance(e[3], dns.message.ChainTooLong) for e in errors):
+            return None
+        raise DNSTemporaryError(f"DNS {qtype} {name}: no nameserver answered") from None
+    if isinstance(exc, dns.exception.Timeout):  # LifetimeTimeout is one
+        raise DNSTemporaryError(f"DNS {qtype} {name}: timed out") from None
+    if isinstance(exc, (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel, dns.name.BadEscape)):
+        raise ValueError(f"bad DNS name {name!r}: {exc}") from None
+    raise exc
+
+
 class Resolver:
     """A caching stub resolver for SPF and DKIM lookups.
 
@@ -88,9 +126,7 @@ class Resolver:
         return getattr(self._ttl, "value", None)
 
     def _note(self, answer: dns.resolver.Answer) -> None:
-        remaining = max(0.0, answer.expiration - time.time())
-        current = getattr(self._ttl, "value", None)
-        self._ttl.value = remaining if current is None else min(current, remaining)
+        self._ttl.value = shorter_ttl(getattr(self._ttl, "value", None), answer)
 
     # -- lookups ----------------------------------------------------------------
 
@@ -118,62 +154,65 @@ class Resolver:
         lifetime = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
         try:
             answer = self._resolver.resolve(name, qtype, lifetime=lifetime, raise_on_no_answer=False, search=False)
-        except dns.resolver.NXDOMAIN:
-            return None
-        except dns.resolver.NoNameservers as exc:
-            # A CNAME loop is no data, as pyspf treats it (RFC 7208 ptr-cname-loop),
-            # not a server failure; dnspython reports it as ChainTooLong per server.
-            errors = exc.kwargs.get("errors") or []
-            if errors and all(isinstance(e[3], dns.message.ChainTooLong) for e in errors):
-                return None
-            # Generic text: it may reach a remote SMTP client; no server addresses.
-            raise DNSTemporaryError(f"DNS {qtype} {name}: no nameserver answered") from None
-        except (dns.exception.Timeout, dns.resolver.LifetimeTimeout):
-            raise DNSTemporaryError(f"DNS {qtype} {name}: timed out") from None
-        except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel, dns.name.BadEscape) as exc:
-            raise ValueError(f"bad DNS name {name!r}: {exc}") from None
+        except Exception as exc:
+            return no_such_name(exc, name, qtype)
         self._note(answer)
         return answer
 
+    @property
+    def dnspython(self) -> dns.resolver.Resolver:
+        """The dnspython resolver underneath (its settings and cache; srsd.dns_async drives it)."""
+        return self._resolver
+
     def spf_lookup(self, name: str, qtype: str, strict: Any = True, timeout: float | None = None) -> list:
-        """pyspf's DNSLookup: ``[((name, type), value), ...]``, CNAMEs included.
+        """pyspf's DNSLookup over this resolver: see :func:`spf_lookup`."""
+        return spf_lookup(lambda n, q, t: spf_records(self.resolve(n, q, t), n), name, qtype, timeout)
 
-        Values: A/AAAA address strings, MX (preference, exchange name), PTR target
-        text, TXT/SPF tuples of bytes, CNAME target text.
 
-        :raises spf.TempError: on :class:`DNSTemporaryError`.
-        """
-        import spf
+def spf_lookup(records: Callable[[str, str, float | None], list], name: str, qtype: str, timeout: float | None) -> list:
+    """pyspf's DNSLookup, ``[((name, type), value), ...]`` (:func:`spf_records`), from
+    *records* (name, type, timeout) of a resolver; a type srsd does not look up and an
+    impossible name have no records (pyspf: a void lookup).
 
-        if qtype not in _QTYPES:
-            return []
-        try:
-            answer = self.resolve(name, qtype, timeout)
-        except DNSTemporaryError as exc:
-            raise spf.TempError(str(exc)) from None
-        except ValueError:
-            return []  # an impossible name has no records (pyspf: void lookup)
-        if answer is None:
-            return []
-        out: list = []
-        for rrset in answer.response.answer:
-            # pyspf finds the answer under the name it asked for; to_text() would
-            # escape odd bytes (a space -> "\\032", e.g. after %_ macro expansion)
-            if rrset.name == answer.qname:
-                owner = name.rstrip(".")
+    :raises spf.TempError: on :class:`DNSTemporaryError`.
+    """
+    import spf
+
+    if qtype not in _QTYPES:
+        return []
+    try:
+        return records(name, qtype, timeout)
+    except DNSTemporaryError as exc:
+        raise spf.TempError(str(exc)) from None
+    except ValueError:
+        return []
+
+
+def spf_records(answer: dns.resolver.Answer | None, name: str) -> list:
+    """*answer* (None: no such name) in pyspf's DNSLookup shape, asked as *name*:
+    ``[((name, type), value), ...]``, CNAMEs included. Values: A/AAAA address strings, MX
+    (preference, exchange name), PTR target text, TXT/SPF tuples of bytes, CNAME target text."""
+    if answer is None:
+        return []
+    out: list = []
+    for rrset in answer.response.answer:
+        # pyspf finds the answer under the name it asked for; to_text() would
+        # escape odd bytes (a space -> "\\032", e.g. after %_ macro expansion)
+        if rrset.name == answer.qname:
+            owner = name.rstrip(".")
+        else:
+            owner = rrset.name.to_text(omit_final_dot=True)
+        rtype = dns.rdatatype.to_text(rrset.rdtype)
+        for rdata in rrset:
+            if rtype in ("A", "AAAA"):
+                value: Any = rdata.address
+            elif rtype == "MX":
+                value = (rdata.preference, rdata.exchange.to_text(omit_final_dot=True))
+            elif rtype in ("PTR", "CNAME"):
+                value = rdata.target.to_text(omit_final_dot=True)
+            elif rtype in ("TXT", "SPF"):
+                value = tuple(rdata.strings)
             else:
-                owner = rrset.name.to_text(omit_final_dot=True)
-            rtype = dns.rdatatype.to_text(rrset.rdtype)
-            for rdata in rrset:
-                if rtype in ("A", "AAAA"):
-                    value: Any = rdata.address
-                elif rtype == "MX":
-                    value = (rdata.preference, rdata.exchange.to_text(omit_final_dot=True))
-                elif rtype in ("PTR", "CNAME"):
-                    value = rdata.target.to_text(omit_final_dot=True)
-                elif rtype in ("TXT", "SPF"):
-                    value = tuple(rdata.strings)
-                else:
-                    continue
-                out.append(((owner, rtype), value))
-        return out
+                continue
+            out.append(((owner, rtype), value))
+    return out

@@ -1,15 +1,19 @@
-"""SPF evaluation (RFC 7208) with pyspf over srsd's resolver, off the reactor thread.
+"""SPF evaluation (RFC 7208) with pyspf over srsd's resolver, never blocking the reactor.
 
-pyspf is synchronous: each check runs on a bounded thread pool with an overall
-time budget (pyspf's ``querytime``; its default 0 means no limit) and a per-query
-timeout. A check that runs past its budget, or finds the pool saturated, answers
-``temperror``: callers decide what temperror means for them (SPF-aware rewriting
-rewrites; the policy service defers or accepts per config).
+pyspf is synchronous. In the daemon (:class:`SPFChecker`) each check runs as a greenlet
+on the reactor thread (:mod:`srsd.greenpool`), its DNS queries asynchronous
+(:mod:`srsd.dns_async`): a check waiting on DNS parks and the reactor goes on; no thread
+hand-offs. :func:`check_host` itself is plain blocking code, and the command line
+(``srsd spf``, ``check-dns``) calls it with the blocking :class:`~srsd.dns.Resolver`.
+Each check has an overall time budget (pyspf's ``querytime``; its default 0 means no
+limit) and a per-query timeout. A check that runs past its budget, or finds the checker
+saturated, answers ``temperror``: callers decide what temperror means for them (SPF-aware
+rewriting rewrites; the policy service defers or accepts per config).
 """
 
 from __future__ import annotations
 
-import threading
+import contextvars
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,8 +24,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from srsd.dns import Resolver
+from srsd.dns_async import AsyncResolver, Exchange, WaitingResolver
+from srsd.greenpool import GreenPool
 from srsd.spf_cache import SPFResultCache
-from srsd.workpool import BoundedPool, PoolOverloaded
+from srsd.workpool import PoolOverloaded
 
 __all__ = ["SPFResult", "SPFChecker", "RESULTS", "check_host", "install_dns_hook"]
 
@@ -31,21 +37,32 @@ log = Logger(namespace="srsd.spf")
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 
 # pyspf has one module-global DNS hook (spf.DNSLookup); srsd routes it to the
-# resolver of the check running on the calling thread, so checkers with different
-# resolvers coexist.
-_thread = threading.local()
+# resolver of the check running in the calling context -- a thread, or a greenlet,
+# which runs in a context of its own -- so checks and resolvers coexist.
+
+
+class _Check:
+    __slots__ = ("resolver", "sender_specific")
+
+    def __init__(self, resolver: Any) -> None:
+        self.resolver = resolver
+        self.sender_specific = False
+
+
+_current: contextvars.ContextVar[_Check] = contextvars.ContextVar("srsd_spf_check")
 
 
 def _dns_lookup(name: str, qtype: str, strict: Any = True, timeout: float | None = None) -> list:
-    records = _thread.resolver.spf_lookup(name, qtype, strict, timeout)
-    if qtype in ("TXT", "SPF") and not _thread.sender_specific:
+    check = _current.get()
+    records = check.resolver.spf_lookup(name, qtype, strict, timeout)
+    if qtype in ("TXT", "SPF") and not check.sender_specific:
         # %{s}/%{l} make the result depend on the local part, not only the domain.
         for (_name, rtype), strings in records:
             if rtype not in ("TXT", "SPF"):
                 continue  # the CNAMEs on the way
             text = b"".join(strings).lower()
             if b"%{l" in text or b"%{s" in text:
-                _thread.sender_specific = True
+                check.sender_specific = True
     return records
 
 
@@ -78,7 +95,7 @@ class SPFResult:
 
 
 def check_host(
-    resolver: Resolver,
+    resolver: Resolver | WaitingResolver,
     ip: str,
     sender: str,
     helo: str,
@@ -98,8 +115,15 @@ def check_host(
         temperror.
     """
     install_dns_hook()
-    _thread.resolver = resolver
-    _thread.sender_specific = False
+    check = _Check(resolver)
+    token = _current.set(check)
+    try:
+        return _evaluate(resolver, check, ip, sender, helo, budget, receiver)
+    finally:
+        _current.reset(token)
+
+
+def _evaluate(resolver: Any, check: _Check, ip: str, sender: str, helo: str, budget: float, receiver: str) -> SPFResult:
     resolver.start_ttl_tracking()
     identity = "mailfrom" if sender else "helo"
     try:
@@ -124,19 +148,23 @@ def check_host(
         result, explanation, header = "temperror", f"SPF check failed: {type(exc).__name__}: {exc}", ""
     if result not in RESULTS:
         result = "temperror"
-    return SPFResult(result, explanation, identity, header, resolver.tracked_ttl(), _thread.sender_specific)
+    return SPFResult(result, explanation, identity, header, resolver.tracked_ttl(), check.sender_specific)
 
 
 class SPFChecker:
-    """Runs :func:`check_host` on a dedicated, bounded thread pool.
+    """Runs :func:`check_host` as greenlets on the reactor thread (:mod:`srsd.greenpool`),
+    its DNS through an :class:`~srsd.dns_async.AsyncResolver` over *resolver*.
 
-    :param resolver: the DNS resolver (its per-query timeout applies).
-    :param threads: pool size; checks beyond ``4 * threads`` waiting answer
-        temperror at once instead of queueing without bound.
+    :param resolver: the DNS resolver (its servers, per-query timeout and cache apply).
+    :param threads: checks running at once (``[spf] threads``; the name is from the days
+        of a thread pool); checks beyond ``4 * threads`` waiting answer temperror at once
+        instead of queueing without bound.
     :param budget: default seconds per check.
     :param receiver: this host's name for Received-SPF comments.
     :param cache_size: results kept (:class:`~srsd.spf_cache.SPFResultCache`); 0 = none.
     :param max_ttl: seconds a kept result lives at most.
+    :param exchange: how DNS requests reach the servers (default: the reactor's UDP and
+        TCP; tests on a fake reactor give their own).
 
     The same check asked again while it runs waits for that one; a result kept in the
     cache answers at once, without the pool.
@@ -152,12 +180,14 @@ class SPFChecker:
         receiver: str = "",
         cache_size: int = 50000,
         max_ttl: float = 3600.0,
+        exchange: Exchange | None = None,
     ) -> None:
         self.reactor = reactor
         self.resolver = resolver
+        self.async_resolver = AsyncResolver(resolver, reactor, exchange)
         self.budget = budget
         self.receiver = receiver
-        self.pool = BoundedPool(reactor, threads, "srsd-spf")
+        self.pool = GreenPool(reactor, threads)
         self.cache = SPFResultCache(cache_size, max_ttl)
         # (ip, sender, helo, budget) -> the check under way: callers asking the same wait for it
         self._inflight: dict[tuple[str, str, str, float], defer.Deferred] = {}
@@ -171,7 +201,7 @@ class SPFChecker:
         return self.pool.max_pending
 
     def stop(self) -> None:
-        """Stop the thread pool (waits for running checks; call from a thread, or at exit)."""
+        """Refuse the checks still waiting for a turn (running ones end as their lookups do)."""
         self.pool.stop()
 
     def cached(self, ip: str, sender: str, helo: str) -> SPFResult | None:
@@ -207,9 +237,8 @@ class SPFChecker:
         identity = "mailfrom" if sender else "helo"
         started = time.monotonic()
         # A small grace over the budget: pyspf enforces it between queries only.
-        d = self.pool.run(
-            budget + 0.25, check_host, self.resolver, ip, sender, helo, budget=budget, receiver=self.receiver
-        )
+        resolver = WaitingResolver(self.async_resolver)
+        d = self.pool.run(budget + 0.25, check_host, resolver, ip, sender, helo, budget=budget, receiver=self.receiver)
 
         def failed(failure: Any) -> Any:
             if failure.check(defer.CancelledError):

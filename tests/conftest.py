@@ -44,3 +44,13 @@ def pytest_runtest_makereport(item, call):
             except Exception as exc:  # diagnostics must never hide the failure
                 text = f"(could not collect diagnostics: {exc!r})"
             report.sections.append((f"diagnostics of {name}", text))
+
+
+@pytest.fixture(scope="session")
+def reactor_thread():
+    """A real reactor on its own thread (tests/reactor_thread.py), shared by the session."""
+    from tests.reactor_thread import ReactorThread
+
+    loop = ReactorThread()
+    yield loop
+    loop.stop()

@@ -1,6 +1,8 @@
 """The SPF conformance suites (RFC 7208 and the older RFC 4408 one) run through
 :func:`srsd.spf.check_host` with :class:`srsd.dns.Resolver` over real DNS: a
-loopback server (tests/dnsserver.py) serves each scenario's ``zonedata``.
+loopback server (tests/dnsserver.py) serves each scenario's ``zonedata``. The RFC 7208
+suite runs a second time the daemon's way: :class:`srsd.spf.SPFChecker` (greenlets,
+srsd.dns_async) on a real reactor.
 
 Runner conventions follow pyspf's own runner (test/testspf.py), see
 tests/data/spf/README.md: a name with SPF (type 99) records but no TXT entry
@@ -23,7 +25,7 @@ import spf as pyspf
 import yaml
 
 from srsd.dns import Resolver
-from srsd.spf import check_host
+from srsd.spf import SPFChecker, check_host
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "spf"
 FAST_TIMEOUT = 0.3  # seconds per query in scenarios with TIMEOUT records
@@ -76,10 +78,17 @@ def load_suite(suite: str) -> list:
     return params
 
 
-def run_test(dns_server, zone: dict, timeout: float, test: dict) -> None:
+def run_test(dns_server, zone: dict, timeout: float, test: dict, loop=None) -> None:
+    """One test through check_host and the blocking resolver (the CLI's path), or with
+    *loop* (a tests/reactor_thread.py ReactorThread) through the daemon's: SPFChecker's
+    greenlets over srsd.dns_async on a real reactor."""
     dns_server.set_zone(zone)
     resolver = Resolver([dns_server.address], timeout=timeout)
-    outcome = check_host(resolver, test["host"], test["mailfrom"], test["helo"])
+    if loop is None:
+        outcome = check_host(resolver, test["host"], test["mailfrom"], test["helo"])
+    else:
+        checker = loop.call(SPFChecker, loop.reactor, resolver, cache_size=0)
+        outcome = loop.call(checker.check, test["host"], test["mailfrom"], test["helo"])
     expected = test["result"] if isinstance(test["result"], list) else [test["result"]]
     detail = f"{test.get('spec')}: {test.get('description', '')} got {outcome}"
     assert outcome.result in expected, detail
@@ -93,6 +102,11 @@ def run_test(dns_server, zone: dict, timeout: float, test: dict) -> None:
 @pytest.mark.parametrize(("zone", "timeout", "test"), load_suite("rfc7208"))
 def test_rfc7208(dns_server, zone, timeout, test):
     run_test(dns_server, zone, timeout, test)
+
+
+@pytest.mark.parametrize(("zone", "timeout", "test"), load_suite("rfc7208"))
+def test_rfc7208_in_the_daemon(dns_server, reactor_thread, zone, timeout, test):
+    run_test(dns_server, zone, timeout, test, reactor_thread)
 
 
 @pytest.mark.parametrize(("zone", "timeout", "test"), load_suite("rfc4408"))

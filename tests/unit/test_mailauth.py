@@ -97,7 +97,7 @@ def make_auth(tmp_path, keys, zone, reactor):
     def make(dmarc=None, **dkim_settings):
         config = make_config(tmp_path, keys, zone, dmarc, **dkim_settings)
         resolver = Resolver([zone.address], timeout=0.5)
-        checker = SPFChecker(reactor, resolver, threads=2, budget=5)
+        checker = SPFChecker(reactor, resolver, threads=2, budget=5, exchange=reactor.exchange)
         auth = MailAuth(config, resolver, checker, reactor)
         made.append(auth)
         return auth

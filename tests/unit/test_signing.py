@@ -96,7 +96,7 @@ def make(tmp_path, key_dir, zone, reactor):  # noqa: F811 (the imported fixture)
 
     def auth(keys=DEFAULT_TABLE, **dkim_settings):
         resolver = Resolver([zone.address], timeout=5)
-        checker = SPFChecker(reactor, resolver, threads=2, budget=5)
+        checker = SPFChecker(reactor, resolver, threads=2, budget=5, exchange=reactor.exchange)
         made.append(MailAuth(config(keys, **dkim_settings), resolver, checker, reactor,
                              Resolver([zone.address], timeout=5, cache_size=0)))  # fmt: skip
         return made[-1]

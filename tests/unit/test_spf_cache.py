@@ -83,7 +83,9 @@ ZONE = {
 
 def test_checker_answers_a_second_sender_of_the_domain_without_dns(dns_server, fake_reactor):
     dns_server.set_zone(ZONE)
-    checker = SPFChecker(fake_reactor, Resolver([dns_server.address], cache_size=0), threads=2, budget=5)
+    checker = SPFChecker(
+        fake_reactor, Resolver([dns_server.address], cache_size=0), threads=2, budget=5, exchange=fake_reactor.exchange
+    )
     first = fake_reactor.wait(checker.check(IP, "alice@example.org", HELO))
     asked = dns_server.query_count
     assert first.result == "pass" and asked >= 2
@@ -96,7 +98,13 @@ def test_checker_answers_a_second_sender_of_the_domain_without_dns(dns_server, f
 
 def test_checker_shares_a_running_check_and_never_keeps_a_temperror(dns_server, fake_reactor):
     dns_server.set_zone(ZONE)
-    checker = SPFChecker(fake_reactor, Resolver([dns_server.address], timeout=0.3, cache_size=0), threads=2, budget=5)
+    checker = SPFChecker(
+        fake_reactor,
+        Resolver([dns_server.address], timeout=0.3, cache_size=0),
+        threads=2,
+        budget=5,
+        exchange=fake_reactor.exchange,
+    )
     same = [checker.check(IP, "a@example.org", HELO) for _ in range(3)]
     assert [fake_reactor.wait(d).result for d in same] == ["pass"] * 3
     assert dns_server.count("example.org", "TXT") == 1  # one check for the three callers

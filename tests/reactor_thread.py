@@ -1,0 +1,56 @@
+"""A real Twisted reactor on a thread of its own, for tests that drive reactor-side code
+(srsd.dns_async, SPFChecker's greenlets) from plain pytest functions.
+
+The reactor is a fresh ``EPollReactor`` instance, never installed as the process's global
+one (in-process tests of fake-reactor code keep theirs), run without signal handlers;
+:meth:`ReactorThread.call` runs a function on it and waits for its result (a Deferred's
+included).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import threads
+from twisted.internet.epollreactor import EPollReactor
+
+from srsd.dns import Resolver
+from srsd.dns_async import AsyncResolver, WaitingResolver
+from srsd.dns_wire import Reading
+
+__all__ = ["ReactorResolver", "ReactorThread"]
+
+
+class ReactorThread:
+    def __init__(self) -> None:
+        self.reactor = EPollReactor()
+        self._thread = threading.Thread(target=self.reactor.run, kwargs={"installSignalHandlers": False}, daemon=True)
+        self._thread.start()
+
+    def call(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``f(*args, **kwargs)`` on the reactor thread; its result (a Deferred's, waited for)."""
+        return threads.blockingCallFromThread(self.reactor, f, *args, **kwargs)
+
+    def stop(self) -> None:
+        self.reactor.callFromThread(self.reactor.stop)
+        self._thread.join(10)
+
+
+class ReactorResolver(WaitingResolver):
+    """:class:`srsd.dns.Resolver`'s blocking interface over an :class:`AsyncResolver` on a
+    :class:`ReactorThread` (the test's thread waits, not a greenlet): the resolver tests
+    run unchanged over both. ``resolve`` gives the :class:`~srsd.dns_wire.Reading` of an
+    answer (None for NODATA and NXDOMAIN)."""
+
+    def __init__(self, resolver: Resolver, loop: ReactorThread) -> None:
+        super().__init__(AsyncResolver(resolver, loop.reactor))
+        self.loop = loop
+
+    def fetch(self, name: str, qtype: str, timeout: float | None) -> Reading:
+        return self.loop.call(self.resolver.lookup, name, qtype, timeout)
+
+    def resolve(self, name: str, qtype: str, timeout: float | None = None) -> Reading | None:
+        reading = self.reading(name, qtype, timeout)
+        return reading if reading.kind == "answer" else None
