@@ -51,15 +51,20 @@ class _UDPQueries(protocol.DatagramProtocol):
     """One UDP socket; each reply goes to the query waiting for its (server, id)."""
 
     def __init__(self) -> None:
-        self.waiting: dict[tuple[str, int, int], defer.Deferred] = {}
+        self.waiting: dict[tuple[str, int, int], tuple[defer.Deferred, Any]] = {}
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802 (Twisted's name)
         if len(datagram) < 2:
             return
-        (qid,) = struct.unpack("!H", datagram[:2])
-        d = self.waiting.pop((addr[0], addr[1], qid), None)
-        if d is not None:
-            d.callback(datagram)
+        waiter = self.waiting.pop((addr[0], addr[1], (datagram[0] << 8) | datagram[1]), None)
+        if waiter is not None:
+            waiter[1].cancel()
+            waiter[0].callback(datagram)
+
+    def expire(self, key: tuple[str, int, int], seconds: float) -> None:
+        waiter = self.waiting.pop(key, None)
+        if waiter is not None:
+            waiter[0].errback(dns.exception.Timeout(timeout=seconds))
 
 
 class _TCPQuery(protocol.Protocol):
@@ -95,25 +100,26 @@ class ReactorExchange:
         self._udp: dict[str, _UDPQueries] = {}
 
     def __call__(self, wire: bytes, address: str, port: int, tcp: bool, timeout: float) -> defer.Deferred:
-        d = self._tcp(wire, address, port) if tcp else self._datagram(wire, address, port)
-        return d.addTimeout(max(0.001, timeout), self.reactor, onTimeoutCancel=_timed_out)
+        if tcp:
+            return self._tcp(wire, address, port).addTimeout(max(0.001, timeout), self.reactor,
+                                                              onTimeoutCancel=_timed_out)  # fmt: skip
+        return self._datagram(wire, address, port, max(0.001, timeout))
 
-    def _datagram(self, wire: bytes, address: str, port: int) -> defer.Deferred:
+    def _datagram(self, wire: bytes, address: str, port: int, timeout: float) -> defer.Deferred:
         family = "inet6" if ":" in address else "inet"
         queries = self._udp.get(family)
         if queries is None:
             queries = self._udp[family] = _UDPQueries()
             self.reactor.listenUDP(0, queries, interface="::" if family == "inet6" else "0.0.0.0")
-        key = (address, port, struct.unpack("!H", wire[:2])[0])
+        key = (address, port, (wire[0] << 8) | wire[1])
         if key in queries.waiting:  # the same id to the same server in flight: a new id
             return defer.fail(_IdInUse())
-        d = defer.Deferred(lambda _d: queries.waiting.pop(key, None))
-        queries.waiting[key] = d
         try:
             queries.transport.write(wire, (address, port))
         except OSError as exc:
-            queries.waiting.pop(key, None)
             return defer.fail(exc)
+        d: defer.Deferred = defer.Deferred()
+        queries.waiting[key] = (d, self.reactor.callLater(timeout, queries.expire, key, timeout))
         return d
 
     def _tcp(self, wire: bytes, address: str, port: int) -> defer.Deferred:
