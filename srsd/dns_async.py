@@ -248,11 +248,7 @@ class _Lookup:
             self._fail("timed out")
             return
         qid = random.getrandbits(16)
-        try:
-            wire = query_wire(qid, self.name, self.qtype)
-        except ValueError as exc:
-            self.done.errback(exc)
-            return
+        wire = query_wire(qid, self.name, self.qtype)  # the name passed qname_wire in lookup()
         d = self.owner.exchange(wire, server[0], server[1], tcp, remaining)
         d.addCallbacks(self._reply, self._failed, callbackArgs=(server, qid, tcp), errbackArgs=(server, tcp))
 

@@ -16,7 +16,6 @@ greenlet (the reactor's), never inside a job.
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -89,18 +88,6 @@ class GreenPool:
     def max_pending(self) -> int:
         return 4 * self.size
 
-    def resize(self, size: int) -> None:
-        self.size = size
-        self._start_waiting()
-
-    def stop(self) -> None:
-        """Refuse the jobs still waiting for a turn (running ones end as their lookups do)."""
-        while self._queue:
-            d, _run = self._queue.popleft()
-            self.pending -= 1
-            if not d.called:
-                d.errback(PoolOverloaded("the pool stopped"))
-
     def run(self, timeout: float, f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
         """``f(*args, **kwargs)`` as a job (f may call :func:`wait`).
 
@@ -122,10 +109,6 @@ class GreenPool:
         self._queue.append((d, lambda: f(*args, **kwargs)))
         self._start_waiting()
         return d
-
-    def run_until(self, deadline: float, f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
-        """:meth:`run` with an absolute *deadline* (``time.monotonic()`` seconds)."""
-        return self.run(deadline - time.monotonic(), f, *args, **kwargs)
 
     def _start_waiting(self) -> None:
         if greenlet.getcurrent().parent is not None:  # inside a job: start it from the reactor
@@ -158,5 +141,5 @@ class GreenPool:
 def _outcome(run: Callable[[], Any]) -> Any:
     try:
         return run()
-    except BaseException:  # noqa: B036 (a job's failure goes to its caller)
+    except Exception:  # a job's failure goes to its caller; GreenletExit and the like do not
         return Failure()

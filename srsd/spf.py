@@ -200,10 +200,6 @@ class SPFChecker:
     def max_pending(self) -> int:
         return self.pool.max_pending
 
-    def stop(self) -> None:
-        """Refuse the checks still waiting for a turn (running ones end as their lookups do)."""
-        self.pool.stop()
-
     def cached(self, ip: str, sender: str, helo: str) -> SPFResult | None:
         """The kept result of this check, if there is one (no check is started)."""
         return self.cache.get(ip, sender, helo, time.monotonic())

@@ -9,12 +9,14 @@ included).
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import threads
+from twisted.internet import defer
 from twisted.internet.epollreactor import EPollReactor
+from twisted.python import failure
 
 from srsd.dns import Resolver
 from srsd.dns_async import AsyncResolver, WaitingResolver
@@ -29,9 +31,27 @@ class ReactorThread:
         self._thread = threading.Thread(target=self.reactor.run, kwargs={"installSignalHandlers": False}, daemon=True)
         self._thread.start()
 
-    def call(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``f(*args, **kwargs)`` on the reactor thread; its result (a Deferred's, waited for)."""
-        return threads.blockingCallFromThread(self.reactor, f, *args, **kwargs)
+    def call(self, f: Callable[..., Any], *args: Any, timeout: float = 30.0, **kwargs: Any) -> Any:
+        """``f(*args, **kwargs)`` on the reactor thread; its result (a Deferred's, waited for).
+
+        :raises TimeoutError: no result within *timeout* seconds (a Deferred that never fires
+            fails its test instead of hanging the suite).
+        :raises Exception: what *f* raised or its Deferred failed with.
+        """
+        done: queue.Queue = queue.Queue()
+
+        def start() -> None:
+            d = defer.maybeDeferred(f, *args, **kwargs)
+            d.addBoth(done.put)
+
+        self.reactor.callFromThread(start)
+        try:
+            result = done.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"{getattr(f, '__name__', f)} gave no result in {timeout:g} s") from None
+        if isinstance(result, failure.Failure):
+            result.raiseException()
+        return result
 
     def stop(self) -> None:
         self.reactor.callFromThread(self.reactor.stop)

@@ -21,4 +21,4 @@ def fake_reactor():
 
     reactor = ThreadedClockReactor()
     yield reactor
-    reactor.shutdown()  # stops the checker's pool (joins its threads)
+    reactor.shutdown()  # runs the shutdown triggers (the DKIM pools join their threads)
