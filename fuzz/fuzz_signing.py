@@ -10,12 +10,11 @@ srsd's, whatever the message says about those names). Only srsd is instrumented 
 (twice the speed); dkimpy's branches guide :mod:`fuzz.fuzz_headers`.
 
 * the Authentication-Results field srsd writes (SPF, every DKIM result, ARC, DMARC) parses
-  back with authres: dkimpy's sealing reads it so (checked below), and where nothing is
-  sealed the target does, to one result per method in order;
+  back with authres, to one result per method in order (the next hop's reader; the
+  ARC-Authentication-Results is a copy of it);
 * signing and sealing never raise (in the milter that is a logged failure and the
   message refused for now, each time it is retried);
-* sealing makes an ARC set whenever the chain could be checked (dkimpy seals nothing,
-  silently, when it cannot read srsd's Authentication-Results);
+* sealing makes an ARC set whenever the chain could be checked;
 * the message as it leaves -- DKIM-Signature, ARC set, Authentication-Results, then the
   fields it came with minus forged Authentication-Results -- verifies: srsd's signature
   passes, and the chain passes when it did not fail on arrival.
@@ -72,10 +71,9 @@ def test_one_input(data: bytes) -> None:
     results, arc = concluded.field, concluded.arc
     leaving: list[HeaderField] = [results, *without_forged(headers, AUTHSERV_ID)]
     arc_set: list[HeaderField] = []
-    if arc.temporary or not arc.sealable:  # as the milter: never seal a chain it could not check
-        read_back(concluded)
-    else:  # dkimpy reads the field back itself (authres), and seals nothing if it cannot
-        arc_set = seal_message(leaving, body, _SEALER, FORWARDER, "fuzzarc", AUTHSERV_ID, _SIGNED)
+    read_back(concluded)
+    if not arc.temporary and arc.sealable:  # as the milter: never seal a chain it could not check
+        arc_set = seal_message(leaving, body, _SEALER, FORWARDER, "fuzzarc", AUTHSERV_ID, _SIGNED, cv=arc.cv)
         expect(arc_set, "no ARC set was made over our Authentication-Results", results)
     signature = sign_message([*arc_set, *leaving], body, _SIGNER, FORWARDER, "fuzzsig", _SIGNED)
     out = [signature, *arc_set, *leaving]

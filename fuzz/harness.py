@@ -154,9 +154,9 @@ def no_failure_logged() -> Iterator[None]:
 
 def check_authres(value: str) -> authres.core.AuthenticationResultsHeader:
     """Parse an Authentication-Results field value (folded or not) as an RFC 8601 reader
-    would: what srsd writes there must read back. ASCII only: authres, which dkimpy's ARC
-    sealing reads srsd's field with, skips a field with anything else (RFC 6532 UTF-8 is
-    for SMTPUTF8 messages only) and then seals nothing.
+    would: what srsd writes there must read back. ASCII only: authres, which readers such
+    as dkimpy's ARC sealer (at the next hop) use, skips a field with anything else (RFC 6532
+    UTF-8 is for SMTPUTF8 messages only).
 
     :raises AssertionError: it does not parse (an injected comment, a broken token, a
         non-ASCII character), or holds a line break that is not folding.

@@ -46,8 +46,7 @@ def comment_text(text: str) -> str:
     non-ASCII ``?``, ``(``, ``)`` and ``\\`` are escaped.
 
     ASCII only: a header field with UTF-8 is valid in SMTPUTF8 messages alone (RFC 6532),
-    and authres -- which dkimpy's ARC sealing reads srsd's Authentication-Results with --
-    skips such a field, so nothing would be sealed."""
+    and readers built on authres (dkimpy's ARC sealer, at the next hop) skip such a field."""
     return re.sub(r"([()\\])", r"\\\1", _NON_ASCII.sub("?", _CONTROL.sub(" ", text)))
 
 

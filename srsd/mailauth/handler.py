@@ -231,6 +231,7 @@ def _sign_job(
     signers: tuple[TableKey, ...],
     results: HeaderField | None = None,
     sealer: TableKey | None = None,
+    cv: str = "none",
 ) -> list[HeaderField]:
     """Worker thread: the fields to add, newest (top) first: a DKIM-Signature per
     key of *signers* (in their order), then [ARC-Seal, ARC-Message-Signature,
@@ -238,14 +239,15 @@ def _sign_job(
 
     *headers* are the message's fields as they will leave, minus ours; *results* our
     Authentication-Results, which sits right above them (the caller inserts it) and
-    which the ARC set records. Every signature covers the same fields (ours are never
-    in h=), so each verifies on its own (RFC 8463 dual signing).
+    which the ARC set records, with *cv* the chain's validation it reports (``arc=``).
+    Every signature covers the same fields (ours are never in h=), so each verifies
+    on its own (RFC 8463 dual signing).
     """
     leaving = ([results] if results else []) + headers
     added: list[HeaderField] = []
     if sealer is not None and results:
         added = seal_message(leaving, body, sealer.key, sealer.domain, sealer.selector, settings.authserv_id,
-                             settings.signed_headers)  # fmt: skip
+                             settings.signed_headers, cv=cv)  # fmt: skip
         leaving = added + leaving
     signatures = [sign_message(leaving, body, k.key, k.domain, k.selector, settings.signed_headers) for k in signers]
     return signatures + added
@@ -522,8 +524,9 @@ class _Forwarding:
                 return _Outcome([], summary, action, outcome)
         if not (self.seal or self.signers):
             return _Outcome([header] if settings.verify else [], summary, action, outcome)
+        cv = self.arc.cv if self.arc is not None else "none"
         d = self.auth.pool.run_until(self.deadline, _sign_job, settings, self.kept, self.body, self.signers, header,
-                                     self.sealer if self.seal else None)  # fmt: skip
+                                     self.sealer if self.seal else None, cv)  # fmt: skip
         return d.addCallback(self._signed, header, summary, action, outcome)
 
     def _signed(
@@ -532,8 +535,8 @@ class _Forwarding:
         text = summary
         if any(name == "ARC-Seal" for name, _ in added):
             text += f"; sealed i={(self.arc.instances if self.arc else 0) + 1}"
-        elif self.seal:  # dkimpy seals nothing, silently, when it cannot read our A-R
-            log.warn("{qid}: no ARC set was made (check dkim.authserv_id)", qid=self.envelope.queue_id or "-")
+        elif self.seal:  # seal_message seals nothing over a chain whose sets validate nothing
+            log.warn("{qid}: no ARC set was made (the chain on arrival has ended)", qid=self.envelope.queue_id or "-")
         if self.signers:
             text += f"; signed {_signed_by(self.signers)}"
         return _Outcome(added + ([header] if self.settings.verify else []), text, action, outcome)

@@ -43,7 +43,8 @@ class SignatureResult:
 class ARCResult:
     """ARC chain validation (RFC 8617 5.2): ``cv`` is none, pass or fail;
     ``sealable`` False when no new set may be added (a set already says cv=fail,
-    an ARC field claims instance 50 or more, or the chain could not be checked now);
+    an ARC field claims instance 50 or more or has no instance, or the chain could not
+    be checked now);
     ``temporary`` True when a DNS failure prevented the check."""
 
     cv: str
@@ -138,25 +139,35 @@ def verify_arc(message: bytes, dnsfunc: KeyLookup) -> ARCResult:
     except DKIMTemporaryError as exc:
         return ARCResult("fail", f"temporary DNS error: {exc}", sealable=False, temporary=True)
     except Exception as exc:  # dkimpy lets parsing errors of odd chains escape
-        return ARCResult("fail", f"{type(exc).__name__}: {exc}"[:200], sealable=_highest_instance(message) < 50)
+        return ARCResult("fail", f"{type(exc).__name__}: {exc}"[:200], sealable=_sealable(message, 0))
     instances = max((r.get("instance", 0) for r in results), default=0)
     if cv is None:
         # A set already reported cv=fail: the chain has ended (RFC 8617 5.1 step 1).
         return ARCResult("fail", _text_or(reason), instances, sealable=False)
     text = cv.decode("ascii")
-    sealable = max(instances, _highest_instance(message)) < 50
-    return ARCResult(text, "" if text != "fail" else _text_or(reason), instances, sealable=sealable)
+    reason = "" if text != "fail" else _text_or(reason)
+    return ARCResult(text, reason, instances, sealable=_sealable(message, instances))
 
 
-def _highest_instance(message: bytes) -> int:
-    """The highest i= of the message's ARC fields, read as dkimpy's sealer reads it. The
-    sealer refuses past 50 (ParameterError) by that number, which the results of a chain
-    that failed need not show: an ARC field claiming i=112 made every attempt to seal the
-    message fail (found by fuzz/fuzz_signing.py)."""
+def _sealable(message: bytes, instances: int) -> bool:
+    """Whether a new set may go on *message*, whose chain validated *instances* sets:
+
+    * the highest i= of its ARC fields, read as the sealer reads it
+      (:func:`srsd.mailauth.sign.seal_message`), is under 50: the sealer refuses past
+      that, and the results of a chain that failed need not show it (an ARC field
+      claiming i=112 made every attempt to seal the message fail; fuzz/fuzz_signing.py);
+    * every ARC field has an instance of 1 or more: one without (or with ``i=0``)
+      belongs to no set, and verifiers disagree on what a seal over it covers (dkimpy's
+      picks ARC fields by position and instance 0 as one below 1, so it hashed such a
+      field instead of ours and our set failed; fuzz/fuzz_signing.py).
+    """
     try:
-        return dkim.ARC(message, logger=QUIET).sorted_arc_headers()[0]
+        arc = dkim.ARC(message, logger=QUIET)
+        highest, numbered = arc.sorted_arc_headers()
     except dkim.DKIMException:  # dkimpy cannot read the message: nor can it seal it
-        return 0
+        return True
+    fields = sum(1 for name, _ in arc.headers if name.lower().rstrip() in dkim.ARC.ARC_HEADERS)
+    return max(instances, highest) < 50 and fields == sum(1 for i, _ in numbered if i >= 1)
 
 
 def _text_or(reason: Any) -> str:

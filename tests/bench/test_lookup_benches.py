@@ -65,8 +65,10 @@ def test_spf_policy_alternates_with_policyd_spf():
 @pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix needs root")
 def test_dkim_signing_alternates_srsd_serve_with_opendkim():
     out = run("dkim_signing.py", "--seconds", "0.2", "--postfix", "--messages", "8", "--rounds", "2", "--workers", "1")
-    assert re.search(r"forwarded: verify\+seal\+sign +srsd \(dkimpy_setup\) +\d+", out), out
-    rounds = re.findall(r"round \d: .*srsd w1 \d+ msgs/s.*opendkim \d+ msgs/s|round \d: opendkim.*srsd w1", out)
+    assert re.search(r"forwarded: verify\+seal\+sign +srsd +\d+", out), out
+    assert re.search(r"forwarded: verify\+seal\+sign +dkimpy 1.1.8 as shipped +\d+", out), out
+    rate = r"\d+ msgs/s \(\d+\.\d ms CPU/msg\)"
+    rounds = re.findall(rf"round \d: .*srsd w1 {rate}.*opendkim {rate}|round \d: opendkim {rate}.*srsd w1 {rate}", out)
     assert len(rounds) == 2, out
     assert re.search(r"srsd w1 / OpenDKIM, median of 2 rounds: \d+\.\d\dx", out), out
     assert "srsd: 8/8 delivered messages verify" in out, out

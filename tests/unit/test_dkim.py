@@ -187,14 +187,18 @@ def test_the_adapter_is_installed():
     install()
     assert installed() and dkim.RSASSA_PKCS1_v1_5_sign is openssl_rsa_sign
     assert dkim.RSASSA_PKCS1_v1_5_verify is openssl_rsa_verify
-    with pure_python_rsa():  # dkimpy as shipped, all five functions
+    with pure_python_rsa():  # dkimpy as shipped, every function
         assert not installed()
         assert dkim.RSASSA_PKCS1_v1_5_sign is dkim.crypto.RSASSA_PKCS1_v1_5_sign
         assert dkim.RSASSA_PKCS1_v1_5_verify is dkim.crypto.RSASSA_PKCS1_v1_5_verify
         assert dkim.parse_pem_private_key is dkim.crypto.parse_pem_private_key
         assert dkim.parse_public_key is dkim.crypto.parse_public_key
         assert dkim.canonicalization.CanonicalizationPolicy.canonicalize_body.__module__ == "dkim.canonicalization"
+        assert dkim.rfc822_parse.__module__ == "dkim"
+        assert dkim.canonicalization.Relaxed.canonicalize_headers.__module__ == "dkim.canonicalization"
+        assert dkim.canonicalization.Relaxed.canonicalize_body.__module__ == "dkim.canonicalization"
     assert installed()
+    assert dkim.canonicalization.Relaxed.canonicalize_body.__module__ == "srsd.mailauth.dkimpy_setup"
 
 
 @pytest.mark.parametrize("bits", [1024, 2048])
@@ -275,33 +279,119 @@ def test_adapter_signatures_are_byte_identical_to_dkimpy(tmp_path, bits, digest)
         assert bytes(ours) == bytes(theirs)
 
 
-@pytest.fixture
-def frozen_clock(monkeypatch):
-    """dkimpy's t= comes from time.time(): pin it so two signings can be compared."""
-    monkeypatch.setattr(dkim.time, "time", lambda: 1795521600.0)
+T = 1795521600  # a fixed t= so two signers can be compared
 
 
-def test_whole_dkim_signature_is_byte_identical(rsa_key, frozen_clock):
-    fast = sign_message(HEADERS, BODY, rsa_key, "fwd.example", "sel", SIGNED)
-    with pure_python_rsa():
-        slow = sign_message(HEADERS, BODY, rsa_key, "fwd.example", "sel", SIGNED)
-    assert fast == slow
-    assert "t=1795521600" in fast[1]
+def _dkimpy_field(line: bytes) -> tuple[str, str]:
+    name, _, value = line.decode("ascii").partition(":")
+    return name, value.removesuffix("\r\n")
 
 
-def test_whole_arc_set_is_byte_identical(rsa_key):
-    results = authentication_results("fwd.example", spf=("pass", "smtp.mailfrom", "example.org"),
-                                        dkim_results=[], arc=ARCResult("none"))  # fmt: skip
-    fast = seal_message([results, *HEADERS], BODY, rsa_key, "fwd.example", "sel", "fwd.example", SIGNED, 1795521600)
-    with pure_python_rsa():
-        slow = seal_message(
-            [results, *HEADERS], BODY, rsa_key, "fwd.example", "sel", "fwd.example", SIGNED, 1795521600
-        )
-    assert fast == slow and [name for name, _ in fast] == [
-        "ARC-Seal",
-        "ARC-Message-Signature",
-        "ARC-Authentication-Results",
-    ]
+def _odd_headers(rng: random.Random) -> list[tuple[str, str]]:
+    """HEADERS with random repeats, folds, tabs and runs of spaces (what relaxed canonicalization is for)."""
+    pieces = ["a", "b c", "\t", "  ", "\r\n ", "\r\n\t", "x\ty", "=?utf-8?q?J=C3=B6rg?=", "é"]
+    out = list(HEADERS)
+    for _ in range(rng.randrange(1, 6)):
+        name = rng.choice(["To", "Subject", "Date", "X-Other", "Content-Type", "List-Id"])
+        value = " " + "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 8))) + "z"
+        out.insert(rng.randrange(0, len(out) + 1), (name, value))
+    return out
+
+
+@pytest.mark.parametrize("algorithm", ["rsa-sha256", "ed25519-sha256"])
+def test_whole_dkim_signature_is_byte_identical_to_dkimpys(rsa_key, ed_key, monkeypatch, algorithm):
+    from srsd.mailauth.sign import _signed_fields
+
+    monkeypatch.setattr(dkim.time, "time", lambda: float(T))
+    key = rsa_key if algorithm == "rsa-sha256" else ed_key
+    rng = random.Random(algorithm)
+    for headers in [HEADERS] + [_odd_headers(rng) for _ in range(20)]:
+        ours = sign_message(headers, BODY, key, "fwd.example", "sel", SIGNED, timestamp=T)
+        signer = dkim.DKIM(message_bytes(headers, BODY), signature_algorithm=algorithm.encode())
+        theirs = signer.sign(b"sel", b"fwd.example", key.dkimpy_key, canonicalize=(b"relaxed", b"relaxed"),
+                             include_headers=_signed_fields(headers, SIGNED))  # fmt: skip
+        assert ours == _dkimpy_field(theirs), headers
+        assert f"t={T};" in ours[1]
+
+
+def test_whole_arc_sets_are_dkimpys(dns_server, rsa_key, monkeypatch):
+    """The ARC-Seal and ARC-Message-Signature are byte for byte those of dkimpy's own sealer,
+    for a first hop (cv=none), a second (cv=pass: the seal covers both sets) and after a
+    failed chain (cv=fail: it covers the new set only); the ARC-Authentication-Results
+    is a verbatim copy of our field where dkimpy rewrites it (same canonical form)."""
+    from srsd.mailauth.sign import _signed_fields, relaxed_header
+
+    publish(dns_server, "sel", "fwd.example", rsa_key)
+    headers = list(HEADERS)
+    for hop, cv in enumerate(["none", "pass", "fail", "fail"], 1):
+        authserv_id = f"mx{hop}.fwd.example"  # each hop's own (dkimpy merges the fields of one id)
+        results = authentication_results(authserv_id, spf=("pass", "smtp.mailfrom", "example.org"),
+                                            dkim_results=[], arc=ARCResult(cv))  # fmt: skip
+        leaving = [results, *headers]
+        ours = seal_message(leaving, BODY, rsa_key, "fwd.example", "sel", authserv_id, SIGNED, T, cv=cv)
+        sealer = dkim.ARC(message_bytes(leaving, BODY), signature_algorithm=b"rsa-sha256")
+        theirs = [_dkimpy_field(line) for line in sealer.sign(b"sel", b"fwd.example", rsa_key.dkimpy_key,
+                  authserv_id.encode(), include_headers=_signed_fields(leaving, SIGNED), timestamp=T)]  # fmt: skip
+        assert [name for name, _ in ours] == ["ARC-Seal", "ARC-Message-Signature", "ARC-Authentication-Results"]
+        assert ours[:2] == theirs[:2], hop
+        assert ours[2] == ("ARC-Authentication-Results", f" i={hop};{results[1]}")
+        assert relaxed_header(*ours[2]) == relaxed_header(*theirs[2])
+        headers = [*ours, *leaving]
+        outcome = verify_arc(message_bytes(headers, BODY), lookup(dns_server))
+        assert outcome.cv == ("pass" if cv != "fail" else "fail"), hop
+
+
+def test_seal_refuses_what_it_cannot_seal(rsa_key):
+    results = authentication_results("fwd.example", spf=None, dkim_results=[], arc=ARCResult("pass"))
+    with pytest.raises(ValueError, match="no earlier ARC set"):
+        seal_message([results, *HEADERS], BODY, rsa_key, "fwd.example", "s", "fwd.example", SIGNED, cv="pass")
+    past = [("ARC-Seal", " i=50; cv=pass; a=rsa-sha256; d=x; s=y; b=AAAA"), results, *HEADERS]
+    with pytest.raises(ValueError, match="instance 51 is past 50"):
+        seal_message(past, BODY, rsa_key, "fwd.example", "s", "fwd.example", SIGNED, cv="fail")
+    half = [("ARC-Seal", " i=1; cv=none; a=rsa-sha256; d=x; s=y; b=AAAA"), results, *HEADERS]
+    with pytest.raises(ValueError, match="i=1 has 0 arc-authentication-results"):
+        seal_message(half, BODY, rsa_key, "fwd.example", "s", "fwd.example", SIGNED, cv="pass")
+    assert seal_message(half, BODY, rsa_key, "fwd.example", "s", "fwd.example", SIGNED, cv="none") == []
+    with pytest.raises(ValueError, match="Received is never signed"):
+        sign_message(HEADERS, BODY, rsa_key, "fwd.example", "s", ["From", "Received"])
+
+
+def test_relaxed_canonicalization_is_dkimpys():
+    """srsd's faster header and body canonicalization give dkimpy's bytes, for random
+    text made of the characters that matter (WSP, CR, LF) and a little else."""
+    from srsd.mailauth import dkimpy_setup
+    from srsd.mailauth.sign import relaxed_header
+
+    rng = random.Random(6376)
+    for _ in range(20000):
+        body = bytes(rng.choice(b" \t\r\nab") for _ in range(rng.randrange(0, 40)))
+        assert dkimpy_setup.relaxed_body(body) == dkimpy_setup._RELAXED_BODY(body), body
+        value = "".join(rng.choice([" ", "\t", "\r\n ", "\r\n\t", "a", "b c", "\x0b", "é"]) for _ in range(8))
+        field = ("X-Test", value)
+        (theirs,) = dkimpy_setup._RELAXED_HEADERS(dkim.rfc822_parse(message_bytes([field], b""))[0])
+        assert relaxed_header(*field) == theirs[0] + b":" + theirs[1], field
+        assert dkimpy_setup._memo_relaxed_headers([theirs]) == dkimpy_setup._RELAXED_HEADERS([theirs])
+
+
+def test_each_message_is_parsed_once_and_each_caller_gets_its_own_lists(monkeypatch):
+    from srsd.mailauth import dkimpy_setup
+
+    calls = []
+    shipped = dkimpy_setup._RFC822_PARSE
+    monkeypatch.setattr(dkimpy_setup, "_RFC822_PARSE", lambda m: (calls.append(m), shipped(m))[1])
+    memo = dkimpy_setup._MessageMemo(size=2, largest=1000)
+    message = message_bytes(HEADERS, BODY)
+    first, body = memo.rfc822_parse(message)
+    first[0][1] += b"changed"  # dkimpy extends its lists: no other caller may see it
+    again, body_again = memo.rfc822_parse(message)
+    assert (again, body_again) == shipped(message) and len(calls) == 1
+    for i in range(3):  # the oldest goes
+        memo.rfc822_parse(message + b"%d" % i)
+    memo.rfc822_parse(message)
+    assert len(calls) == 5
+    memo.rfc822_parse(message + b"x" * 1000)  # too large to keep
+    memo.rfc822_parse(message + b"x" * 1000)
+    assert len(calls) == 7
 
 
 def test_keys_dkimpy_parses_itself_are_signed_too(tmp_path):
@@ -476,7 +566,7 @@ def seal(headers, body, key, domain, selector="arc", cv="none", spf="pass"):
     results = authentication_results(
         domain, spf=(spf, "smtp.mailfrom", "example.org"), dkim_results=[], arc=ARCResult(cv)
     )
-    return seal_message([results, *headers], body, key, domain, selector, domain, SIGNED), results
+    return seal_message([results, *headers], body, key, domain, selector, domain, SIGNED, cv=cv), results
 
 
 def test_first_arc_set_validates_in_dkimpy(dns_server, rsa_key):
@@ -523,7 +613,7 @@ def test_chain_that_already_failed_is_not_sealed_again(dns_server, rsa_key):
 
 @pytest.mark.parametrize("claim", ["i=50", "i=112:00:00 +0000"])
 def test_chain_claiming_instance_50_is_not_sealable(dns_server, rsa_key, claim):
-    # dkimpy's sealer refuses past i=50 by the highest i= of any ARC field; a failed chain's
+    # the sealer refuses past i=50 by the highest i= of any ARC field; a failed chain's
     # results did not show it, so the milter sealed and failed on the message at every
     # attempt (fuzz/corpus/signing/crash-arc-instance-112)
     publish(dns_server, "arc", "hop1.example", rsa_key)
@@ -531,6 +621,22 @@ def test_chain_claiming_instance_50_is_not_sealable(dns_server, rsa_key, claim):
     message = message_bytes([("ARC-Message-Signature", f" {claim}"), *arc_set, results, *HEADERS], BODY)
     outcome = verify_arc(message, lookup(dns_server))
     assert (outcome.cv, outcome.sealable) == ("fail", False)
+
+
+def test_an_arc_field_without_an_instance_is_not_sealed_over(dns_server, rsa_key):
+    # it belongs to no set, and dkimpy's verifier picks ARC fields by position: it hashed
+    # that field instead of our new ARC-Message-Signature, and our set failed at the next
+    # hop (fuzz/corpus/signing/crash-arc-field-without-instance, crash-arc-instance-0)
+    publish(dns_server, "arc", "hop1.example", rsa_key)
+    stray = ("ARC-Message-Signature", " a=rsa-sha256; d=x.example; s=y; h=from; bh=AAAA; b=AAAA")
+    outcome = verify_arc(message_bytes([*HEADERS, stray], BODY), lookup(dns_server))
+    assert (outcome.cv, outcome.sealable) == ("none", False)
+    zero = ("ARC-Seal", " i=0; cv=none; a=rsa-sha256; d=x.example; s=y; b=AAAA")  # crash-arc-instance-0
+    outcome = verify_arc(message_bytes([*HEADERS, zero], BODY), lookup(dns_server))
+    assert (outcome.cv, outcome.sealable) == ("none", False)
+    arc_set, results = seal(HEADERS, BODY, rsa_key, "hop1.example")
+    outcome = verify_arc(message_bytes([stray, *arc_set, results, *HEADERS], BODY), lookup(dns_server))
+    assert (outcome.cv, outcome.sealable) == ("pass", False)
 
 
 def test_arc_lookup_timeout_is_temporary(dns_server, rsa_key):
@@ -546,10 +652,10 @@ def test_no_arc_headers_is_none(dns_server):
 
 def test_seal_needs_our_authentication_results(rsa_key):
     foreign = ("Authentication-Results", " mx.other.example; spf=pass smtp.mailfrom=example.org")
-    assert seal_message([foreign, *HEADERS], BODY, rsa_key, "fwd.example", "s", "fwd.example", SIGNED) == []
+    assert seal_message([foreign, *HEADERS], BODY, rsa_key, "fwd.example", "s", "fwd.example", SIGNED, cv="none") == []
     with pytest.raises(ValueError, match="rsa-sha256 only"):
         seal_message(HEADERS, BODY, generate_key(str(rsa_key.path) + ".ed", "ed25519-sha256"), "a.b", "s",
-                        "a.b", SIGNED)  # fmt: skip
+                        "a.b", SIGNED, cv="none")  # fmt: skip
 
 
 def test_seal_despite_an_earlier_hops_8bit_authentication_results(dns_server, rsa_key):

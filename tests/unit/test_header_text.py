@@ -76,8 +76,8 @@ def test_property_values_read_back(value):
 
 
 def test_non_ascii_signature_identity_reads_back():
-    # dkimpy's ARC sealing reads our field with authres, which skips a field with UTF-8:
-    # then no ARC set was made at all (fuzz/corpus/signing/crash-non-ascii-identity)
+    # authres (dkimpy's ARC sealer, which srsd used until it sealed by itself) skips a field
+    # with UTF-8: then no ARC set was made at all (fuzz/corpus/signing/crash-non-ascii-identity)
     bad = SignatureResult("neutral", "malformed signature: i= é (x))", "example.org", "rsa", "@example.or\ufffd")
     _, value = authentication_results("fwd.example.net", spf=None, dkim_results=[bad])
     assert read_back(value) == [("dkim", "neutral")]
