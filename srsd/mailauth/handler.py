@@ -253,6 +253,45 @@ def _sign_job(
     return signatures + added
 
 
+@dataclass(frozen=True)
+class _Concluded:
+    """What :func:`_conclude_job` decided: the DMARC verdict (None: not evaluated), our
+    Authentication-Results, DMARC's action (None: deliver) and the fields signing added
+    ([] when DMARC refuses the message or nothing signs)."""
+
+    verdict: DMARCVerdict | None
+    header: HeaderField
+    action: Reject | TempFail | Quarantine | None
+    added: list[HeaderField]
+
+
+def _conclude_job(
+    resolver: Resolver,
+    settings: AuthSettings,
+    headers: list[HeaderField],
+    body: bytes,
+    verified: tuple[tuple[str, str, str] | None, list[SignatureResult], ARCResult | None],
+    dmarc_deadline: float | None,
+    signers: tuple[TableKey, ...],
+    sealer: TableKey | None,
+) -> _Concluded:
+    """Worker thread: everything after verification in one job (each job is two thread
+    hand-offs): DMARC over the *verified* (spf, signatures, arc) when *dmarc_deadline* is
+    given (``time.monotonic()`` seconds for its DNS), our Authentication-Results, then
+    the ARC set (*sealer*) and DKIM signatures unless DMARC refuses the message."""
+    spf, signatures, arc = verified
+    verdict = None
+    if dmarc_deadline is not None:
+        verdict = _dmarc_job(resolver, settings.dmarc, headers, spf, signatures, arc, dmarc_deadline)
+    extra = [verdict.authres] if verdict is not None else []
+    header = authentication_results(settings.authserv_id, spf=spf, dkim_results=signatures, arc=arc, extra=extra)
+    action = _dmarc_action(verdict.decision) if verdict is not None else None
+    if isinstance(action, Reject | TempFail) or not (sealer or signers):
+        return _Concluded(verdict, header, action, [])
+    cv = arc.cv if arc is not None else "none"
+    return _Concluded(verdict, header, action, _sign_job(settings, headers, body, signers, header, sealer, cv))
+
+
 def _local_job(
     settings: AuthSettings, table: SigningTable, headers: list[HeaderField], body: bytes
 ) -> tuple[list[HeaderField], str]:
@@ -438,9 +477,10 @@ class MailAuth:
 
 class _Forwarding:
     """One forwarded message on its way, step by step on the reactor thread: SPF and
-    DKIM/ARC verification (at once), DMARC, then ARC-sealing and signing unless DMARC
-    refuses the message. The blocking work runs on :class:`MailAuth`'s pools; every
-    step is a Deferred callback. :meth:`start` fires with an :class:`_Outcome`."""
+    DKIM/ARC verification (at once), then DMARC, ARC-sealing and signing (one job:
+    :func:`_conclude_job`) unless DMARC refuses the message. The blocking work runs on
+    :class:`MailAuth`'s pools; every step is a Deferred callback. :meth:`start` fires
+    with an :class:`_Outcome`."""
 
     def __init__(
         self,
@@ -495,26 +535,20 @@ class _Forwarding:
         self.arc = arc
         self.spf = _spf_triple(spf_result, self.envelope)
         self.signatures = checked.signatures
-        if not self.dmarc:
-            return self._evaluated(None)
         # DMARC's lookups share the message's budget with SPF's and the keys'
-        d = self.auth.pool.run_until(self.deadline, _dmarc_job, self.auth.resolver, self.settings.dmarc, self.kept,
-                                     self.spf, self.signatures, arc, self.started + self.settings.budget)  # fmt: skip
-        return d.addCallback(self._evaluated)
+        dmarc_deadline = self.started + self.settings.budget if self.dmarc else None
+        sealer = self.sealer if self.seal else None
+        job = (self.auth.resolver, self.settings, self.kept, self.body, (self.spf, self.signatures, arc),
+               dmarc_deadline, self.signers, sealer)  # fmt: skip
+        if dmarc_deadline is None and not (sealer or self.signers):
+            return self._concluded(_conclude_job(*job))  # the field alone: no DNS, no crypto
+        return self.auth.pool.run_until(self.deadline, _conclude_job, *job).addCallback(self._concluded)
 
-    def _evaluated(self, verdict: DMARCVerdict | None) -> Any:
-        settings = self.settings
-        header = authentication_results(
-            settings.authserv_id,
-            spf=self.spf,
-            dkim_results=self.signatures,
-            arc=self.arc,
-            extra=[verdict.authres] if verdict is not None else [],
-        )
+    def _concluded(self, concluded: _Concluded) -> _Outcome:
+        settings, verdict, header, action = self.settings, concluded.verdict, concluded.header, concluded.action
         summary = summarize(header[1])
-        action, outcome = None, "handled"
+        outcome = "handled"
         if verdict is not None:
-            action = _dmarc_action(verdict.decision)
             outcome = _DMARC_OUTCOMES.get(verdict.decision.disposition, outcome)
             metrics.count_dmarc(verdict.result.result, verdict.decision)
             limited.info("dmarc", "{qid}: {line}", qid=self.envelope.queue_id or "-", line=_dmarc_line(verdict))
@@ -524,10 +558,7 @@ class _Forwarding:
                 return _Outcome([], summary, action, outcome)
         if not (self.seal or self.signers):
             return _Outcome([header] if settings.verify else [], summary, action, outcome)
-        cv = self.arc.cv if self.arc is not None else "none"
-        d = self.auth.pool.run_until(self.deadline, _sign_job, settings, self.kept, self.body, self.signers, header,
-                                     self.sealer if self.seal else None, cv)  # fmt: skip
-        return d.addCallback(self._signed, header, summary, action, outcome)
+        return self._signed(concluded.added, header, summary, action, outcome)
 
     def _signed(
         self, added: list[HeaderField], header: HeaderField, summary: str, action: Quarantine | None, outcome: str

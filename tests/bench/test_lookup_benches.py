@@ -72,3 +72,11 @@ def test_dkim_signing_alternates_srsd_serve_with_opendkim():
     assert len(rounds) == 2, out
     assert re.search(r"srsd w1 / OpenDKIM, median of 2 rounds: \d+\.\d\dx", out), out
     assert "srsd: 8/8 delivered messages verify" in out, out
+
+
+def test_workpool_hop_alternates_the_pools():
+    out = run("workpool_hop.py", "--jobs", "40", "--rounds", "2", "--work", "0,100")
+    pools = r"(srsd BoundedPool|before \(deferToThreadPool\))"
+    measured = re.findall(rf"round \d: work \d+, [14] at once, {pools}: \d+ µs", out)
+    assert len(measured) == 16, out
+    assert len(re.findall(r"before / now CPU per job, median of 2 rounds: \d+\.\d\dx", out)) == 4, out
