@@ -35,6 +35,7 @@ __all__ = [
     "PolicySettings",
     "DKIMSettings",
     "DKIMKeySettings",
+    "NEVER_SIGNED",
     "DMARCSettings",
     "DMARC_ACTIONS",
     "DMARC_TEMPERROR_ACTIONS",
@@ -136,6 +137,15 @@ class DKIMKeySettings:
     selector: str = ""  # s=
     key_file: str = ""  # default: dkim.key_directory/<domain>/<selector>.private
     state: str = "active"  # "active", "next" (signs once published), "retired" (published only)
+
+
+#: header fields no DKIM or ARC signature of srsd covers (``dkim.signed_headers`` refuses
+#: them): they change in transit, or srsd and later hops add them (RFC 6376 5.4.1; RFC 8617
+#: 4.1.2: an ARC-Message-Signature never signs Authentication-Results)
+NEVER_SIGNED = frozenset(
+    {"return-path", "received", "comments", "keywords", "bcc", "resent-bcc", "dkim-signature",
+     "arc-seal", "arc-message-signature", "arc-authentication-results", "authentication-results"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -611,9 +621,6 @@ def _validate_dkim(cfg: Config, read_keys: bool = True) -> tuple[Any, ...]:
     """Check [dkim]; every signing key it names, loaded (see :func:`_dkim_keys`; none
     unless *read_keys*)."""
     d = cfg.dkim
-    # never signed: changed in transit, or added by srsd and later hops
-    never_signed = {"return-path", "received", "dkim-signature", "authentication-results", "arc-seal",
-                    "arc-message-signature", "arc-authentication-results", "bcc", "resent-bcc"}  # fmt: skip
     if d.domain and not is_domain(d.domain):
         raise ConfigError(f"dkim.domain: {d.domain!r} is not a domain name")
     if d.algorithm not in ("rsa-sha256", "ed25519-sha256"):
@@ -629,7 +636,7 @@ def _validate_dkim(cfg: Config, read_keys: bool = True) -> tuple[Any, ...]:
     for name in d.signed_headers:
         if not re.match(r"^[!-9;-~]+$", name):
             raise ConfigError(f"dkim.signed_headers: {name!r} is not a header field name")
-        if name.lower() in never_signed:
+        if name.lower() in NEVER_SIGNED:
             raise ConfigError(f"dkim.signed_headers: {name} must not be signed (it changes in transit or is ours)")
     if d.authserv_id and not TOKEN.match(d.authserv_id):
         raise ConfigError(f"dkim.authserv_id: {d.authserv_id!r} must be a single token, e.g. a host name")

@@ -26,21 +26,16 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim import fold
 
+from srsd.config import NEVER_SIGNED
 from srsd.mailauth.dkimpy_setup import canonical_body
 from srsd.mailauth.keys import SigningKey
 from srsd.mailauth.message import HeaderField
 from srsd.mailauth.results import authserv_id_of
 
-__all__ = ["MAX_ARC_INSTANCE", "NEVER_SIGNED", "forget_fields", "relaxed_header", "seal_message", "sign_message"]
+__all__ = ["MAX_ARC_INSTANCE", "forget_fields", "relaxed_header", "seal_message", "sign_message"]
 
 #: the highest ARC instance (RFC 8617 4.2.1)
 MAX_ARC_INSTANCE = 50
-#: fields no signature of ours covers: they change in transit, or are ours (RFC 6376
-#: 5.4.1, RFC 8617 4.1.2: an AMS never signs Authentication-Results)
-NEVER_SIGNED = frozenset(
-    {"return-path", "received", "comments", "keywords", "bcc", "resent-bcc", "dkim-signature",
-     "arc-seal", "arc-message-signature", "arc-authentication-results", "authentication-results"}
-)  # fmt: skip
 
 _ARC_FIELDS = ("arc-authentication-results", "arc-message-signature", "arc-seal")  # a set's hash order
 _NEWLINE = re.compile(rb"\r?\n")
@@ -55,7 +50,7 @@ _SHA256 = Prehashed(hashes.SHA256())
 def _canonical(headers: Sequence[HeaderField]) -> list[tuple[str, bytes]]:
     """(name, :func:`relaxed_header`) of each field; fields of up to 1,000 characters
     come from a memo (a message with N signatures and an ARC set is read N + 1 times;
-    the bound keeps the memo under ~4 MB whatever the fields)."""
+    2,048 such fields are a few MB at most, whatever they hold)."""
     return [(name, _short_relaxed(name, value) if len(value) <= 1000 else relaxed_header(name, value))
             for name, value in headers]  # fmt: skip
 
@@ -83,7 +78,7 @@ def _signed_fields(headers: Sequence[HeaderField], wanted: Sequence[str]) -> lis
     once more (over-signed: a second From cannot be added). Absent fields are not
     listed, so a later hop may add them (List-Id, ...) without breaking us.
 
-    :raises ValueError: a field of :data:`NEVER_SIGNED` is wanted (``[dkim]
+    :raises ValueError: a field of :data:`srsd.config.NEVER_SIGNED` is wanted (``[dkim]
         signed_headers`` refuses them; this is a caller's bug).
     """
     present: dict[str, int] = {}
@@ -162,7 +157,7 @@ def sign_message(
     seconds since the epoch) for the message made of *headers* and *body*, as (name,
     value) ready for a milter insert.
 
-    :raises ValueError: *signed_headers* names a field of :data:`NEVER_SIGNED`.
+    :raises ValueError: *signed_headers* names a field of :data:`srsd.config.NEVER_SIGNED`.
     """
     include = _signed_fields(headers, signed_headers)
     d = domain.encode("ascii")
@@ -209,7 +204,7 @@ def seal_message(
     :raises ValueError: an Ed25519 key (ARC is rsa-sha256 only, RFC 8617 4.1), an
         instance past :data:`MAX_ARC_INSTANCE`, cv ``pass`` or ``fail`` with no earlier
         set, a passing chain with a set not whole, or *signed_headers* naming a field
-        of :data:`NEVER_SIGNED`.
+        of :data:`srsd.config.NEVER_SIGNED`.
     """
     if key.key_type != "rsa":
         raise ValueError("ARC sets are signed with rsa-sha256 only (RFC 8617)")

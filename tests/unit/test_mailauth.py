@@ -604,8 +604,9 @@ def test_config_checks_the_key(tmp_path, keys, dns_server):
         make_config(tmp_path, keys, dns_server, algorithm="ed25519-sha256", arc=False)
     with pytest.raises(ConfigError, match="^dkim.arc: ARC sets are rsa-sha256 only"):
         make_config(tmp_path, keys, dns_server, algorithm="ed25519-sha256")
-    with pytest.raises(ConfigError, match="^dkim.signed_headers: Received must not be signed"):
-        make_config(tmp_path, keys, dns_server, signed_headers=["From", "Received"])
+    for name in ("Received", "Comments", "ARC-Seal"):  # srsd.config.NEVER_SIGNED, which the signer refuses too
+        with pytest.raises(ConfigError, match=f"^dkim.signed_headers: {name} must not be signed"):
+            make_config(tmp_path, keys, dns_server, signed_headers=["From", name])
     with pytest.raises(ConfigError, match="^dkim.trusted_networks: "):
         make_config(tmp_path, keys, dns_server, trusted_networks=["nope"])
     with pytest.raises(ConfigError, match="^dkim.authserv_id: "):
