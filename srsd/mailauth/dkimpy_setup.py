@@ -261,18 +261,23 @@ def _memo_rfc822_parse(message: Any) -> tuple[list[list[bytes]], bytes]:
 
 _relaxed_fields: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
 _MAX_RELAXED_FIELDS = 4096
+_MAX_RELAXED_FIELD_BYTES = 1000  # longer fields are canonicalized each time: the memo stays a few MB
 
 
 def _memo_relaxed_headers(headers: Any) -> list[tuple[bytes, bytes]]:
     """``Relaxed.canonicalize_headers``, each field remembered: dkimpy canonicalizes every
     field of a message again for each signature it checks or makes (five times for a
-    forwarded message with one signature and one ARC set)."""
+    forwarded message with one signature and one ARC set). Fields over
+    :data:`_MAX_RELAXED_FIELD_BYTES` are not kept (Postfix passes fields of up to 100 KB)."""
     out = []
     for field in headers:
         key = (field[0], field[1])
         done = _relaxed_fields.get(key)
         if done is None:
             done = _RELAXED_HEADERS([key])[0]
+            if len(key[1]) > _MAX_RELAXED_FIELD_BYTES:
+                out.append(done)
+                continue
             if len(_relaxed_fields) >= _MAX_RELAXED_FIELDS:
                 _relaxed_fields.clear()  # under the GIL: a racing reader only misses
             _relaxed_fields[key] = done

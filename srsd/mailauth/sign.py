@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from dkim import fold
+from dkim import ARC, fold
 
 from srsd.config import NEVER_SIGNED
 from srsd.mailauth.dkimpy_setup import canonical_body
@@ -40,9 +40,9 @@ MAX_ARC_INSTANCE = 50
 _ARC_FIELDS = ("arc-authentication-results", "arc-message-signature", "arc-seal")  # a set's hash order
 _NEWLINE = re.compile(rb"\r?\n")
 _WSP = re.compile(rb"[\t ]+")
-# dkimpy's reading of an ARC field's instance, which the verifier's sealable check shares
+# an ARC field's instance as dkimpy reads it, the verifier's sealable check included
 # (srsd.mailauth.verify): the first i= of the relaxed value
-_INSTANCE = re.compile(rb"[\s;]?i\s*=\s*(\d+)", re.IGNORECASE)
+_INSTANCE = ARC.INSTANCE_RE
 _PLACEHOLDER = b"0" * 60  # dkimpy's b= stand-in: it folds onto a line of its own
 _SHA256 = Prehashed(hashes.SHA256())
 

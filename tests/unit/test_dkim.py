@@ -371,6 +371,9 @@ def test_relaxed_canonicalization_is_dkimpys():
         (theirs,) = dkimpy_setup._RELAXED_HEADERS(dkim.rfc822_parse(message_bytes([field], b""))[0])
         assert relaxed_header(*field) == theirs[0] + b":" + theirs[1], field
         assert dkimpy_setup._memo_relaxed_headers([theirs]) == dkimpy_setup._RELAXED_HEADERS([theirs])
+    big = (b"X-Big", b" " + b"x  y " * 1000 + b"\r\n")  # over the memo's field size: never kept
+    assert dkimpy_setup._memo_relaxed_headers([big]) == dkimpy_setup._RELAXED_HEADERS([big])
+    assert big not in dkimpy_setup._relaxed_fields
 
 
 def test_each_message_is_parsed_once_and_each_caller_gets_its_own_lists(monkeypatch):
