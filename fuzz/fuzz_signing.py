@@ -1,6 +1,6 @@
 """Fuzz target: what srsd's milter does to a forwarded message's header -- Authentication-
 Results, an ARC set, a DKIM signature (:mod:`srsd.mailauth.sign`) -- read back by the
-next hop's verifier (:mod:`srsd.mailauth.verify`).
+next hop's verifiers: srsd's (:mod:`srsd.mailauth.verify`) and dkimpy's.
 
 Input: a message, as for :mod:`fuzz.fuzz_headers` (whose splitting, zone and checks it
 reuses): header lines, an empty line, a body; ``X-DNS: NAME TEXT`` fields are DNS.
@@ -17,13 +17,16 @@ srsd's, whatever the message says about those names). Only srsd is instrumented 
 * sealing makes an ARC set whenever the chain could be checked;
 * the message as it leaves -- DKIM-Signature, ARC set, Authentication-Results, then the
   fields it came with minus forged Authentication-Results -- verifies: srsd's signature
-  passes, and the chain passes when it did not fail on arrival.
+  passes, and the chain passes when it did not fail on arrival, in srsd's verifier and
+  in dkimpy's (``DKIM.verify``, ``arc_verify``: not srsd's code).
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+
+import dkim
 
 from fuzz.harness import expect, instrumented, main
 
@@ -32,6 +35,7 @@ with instrumented(__name__):
     from fuzz.fuzz_headers import authentication_results_of, read_back, split_message, verified, zone_of
     from srsd.config import DKIMSettings
     from srsd.mailauth import dkimpy_setup
+    from srsd.mailauth.dkimpy_setup import QUIET
     from srsd.mailauth.key_lookup import txt_lookup
     from srsd.mailauth.keys import SigningKey, dns_record_name, generate_key
     from srsd.mailauth.message import HeaderField, message_bytes
@@ -67,7 +71,7 @@ def test_one_input(data: bytes) -> None:
     """
     dkimpy_setup.install()  # RSA through OpenSSL, as the milter signs (idempotent)
     headers, body = split_message(data)
-    concluded = authentication_results_of(headers, message_bytes(headers, body), _OWN_ZONE)
+    concluded = authentication_results_of(headers, body, _OWN_ZONE)
     results, arc = concluded.field, concluded.arc
     leaving: list[HeaderField] = [results, *without_forged(headers, AUTHSERV_ID)]
     arc_set: list[HeaderField] = []
@@ -77,10 +81,16 @@ def test_one_input(data: bytes) -> None:
         expect(arc_set, "no ARC set was made over our Authentication-Results", results)
     signature = sign_message([*arc_set, *leaving], body, _SIGNER, FORWARDER, "fuzzsig", _SIGNED)
     out = [signature, *arc_set, *leaving]
-    own, new_arc = verified(message_bytes(out, body), txt_lookup(zone_of(out, _OWN_ZONE)), limit=1)  # ours is on top
+    lookup = txt_lookup(zone_of(out, _OWN_ZONE))
+    own, new_arc = verified(out, body, lookup, limit=1)  # ours is on top
     expect(own and own[0].result == "pass", "srsd's own DKIM signature does not verify", out, own[:1])
+    # and in a verifier that is not srsd's (dkimpy reads the message bytes itself)
+    leaving_bytes = message_bytes(out, body)
+    expect(dkim.DKIM(leaving_bytes, logger=QUIET).verify(idx=0, dnsfunc=lookup), "not in dkimpy", out)
     if arc_set and arc.cv in ("none", "pass"):
         expect(new_arc.cv == "pass", "srsd's ARC set does not validate", out, new_arc)
+        cv = dkim.arc_verify(leaving_bytes, logger=QUIET, dnsfunc=lookup)[0]
+        expect(cv == b"pass", "srsd's ARC set does not validate in dkimpy", out, cv)
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None =
     from srsd.metrics_workers import Reporter
     from srsd.privileges import target_account
     from srsd.service import Daemon, _switch_user, endpoint_specs, load, setup_logging, start_log_target
-    from srsd.workers import parse_inherit, tell_parent, watch_parent
+    from srsd.workers import parse_inherit, stop_once_on_sigterm, tell_parent, watch_parent
 
     setup_logging()
     try:
@@ -208,21 +208,6 @@ def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None =
         Reporter(report[1]).start(reactor)
     LoopingCall(log_limit.tick).start(1.0, now=False)
     tell_parent(status_fd, "ready")
-    reactor.callWhenRunning(_stop_once_on_sigterm, reactor)
+    reactor.callWhenRunning(stop_once_on_sigterm, reactor)
     reactor.run()
     return 0
-
-
-def _stop_once_on_sigterm(reactor: Any) -> None:
-    """SIGTERM and SIGINT stop the reactor, once: systemd's stop signals every process of
-    the unit and the parent relays it too, and the asyncio reactor's own handler raises
-    ReactorNotRunning on the second. Installed once the reactor runs (over Twisted's)."""
-    stopping = []
-
-    def stop() -> None:
-        if not stopping:
-            stopping.append(True)
-            reactor.stop()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda signum, frame: reactor.callFromThread(stop))

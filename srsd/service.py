@@ -588,7 +588,7 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None,
     from srsd import log_limit
     from srsd.metrics_workers import Reporter, WorkerCounts
     from srsd.privileges import target_account
-    from srsd.workers import WorkerPool, parse_inherit, tell_parent, watch_parent
+    from srsd.workers import WorkerPool, parse_inherit, stop_once_on_sigterm, tell_parent, watch_parent
 
     setup_logging()
     try:
@@ -721,5 +721,6 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None,
     reuseport = (workers > 1 or lookups > 1) and account is None
     d = daemon.listen(reactor, inherited, reuseport=reuseport)
     d.addCallbacks(started, failed)
+    reactor.callWhenRunning(stop_once_on_sigterm, reactor)
     reactor.run()
     return status["code"]

@@ -32,6 +32,7 @@ __all__ = [
     "reuseport_socket",
     "WorkerPool",
     "parse_inherit",
+    "stop_once_on_sigterm",
     "watch_parent",
     "tell_parent",
 ]
@@ -147,6 +148,22 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def stop_once_on_sigterm(reactor: Any) -> None:
+    """SIGTERM and SIGINT stop the reactor, once: systemd's stop signals every process of
+    the unit and the parent relays it too, and the reactors' own handlers (Twisted's and
+    the asyncio one's) raise ReactorNotRunning on the second, logged as critical.
+    Installed once the reactor runs (over Twisted's), in every process of ``srsd serve``."""
+    stopping = []
+
+    def stop() -> None:
+        if not stopping:
+            stopping.append(True)
+            reactor.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: reactor.callFromThread(stop))
 
 
 def watch_parent(reactor: Any) -> LoopingCall:

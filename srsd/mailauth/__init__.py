@@ -6,13 +6,14 @@ Authentication-Results (RFC 8601).
 ``message``         the milter's view of a message and the edits it can make
 ``verify``          DKIM and ARC verification (blocking; worker threads)
 ``sign``            DKIM signing and ARC sealing (blocking; worker threads)
+``canonical``       canonicalization and field selection the signer and verifier share
 ``results``         Authentication-Results: build (authres), read our authserv-id
 ``signing_table``   which keys sign which mail: From domain, subdomains, active/next/retired
 ``author``          the RFC5322.From domain local mail is signed for
 ``rotation``        a next key starts signing once its DNS record is published
 ``keys``            signing keys: load, generate, DNS record text and whether a record matches
-``key_lookup``      DKIM key lookups over srsd's resolver (dkimpy's dnsfunc)
-``dkimpy_setup``    dkimpy's RSA step through OpenSSL, installed by the handler
+``key_lookup``      DKIM key lookups over srsd's resolver (a dnsfunc, as dkimpy's)
+``dkimpy_setup``    dkimpy's slow steps swapped (RSA in OpenSSL, memos), the body memo
 ==================  ==========================================================
 
 Importing the package runs nothing; see docs/dkim.md.

@@ -20,7 +20,9 @@ for these, each by one that gives the same result:
 * ``rfc822_parse`` -> a memo of the last few messages (one message is parsed for its
   signatures, its ARC chain and the sealable check).
 
-srsd's own signer (:mod:`srsd.mailauth.sign`) uses :func:`canonical_body` from here.
+srsd's own signer and verifier (:mod:`srsd.mailauth.canonical`) use :func:`canonical_body`
+from here; dkimpy's own entry points (the independent verifier of tests and benchmarks)
+get the rest.
 
 (These are dkimpy's module-level names; ``tests/unit/test_dkim.py`` checks each
 replacement against the original.) Nothing happens at import: the milter handler

@@ -15,62 +15,34 @@ sockets: runs on the milter's worker threads.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
-import re
 import time
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from dkim import ARC, fold
+from dkim import fold
 
 from srsd.config import NEVER_SIGNED
+from srsd.mailauth.canonical import (
+    ARC_FIELDS,
+    MAX_ARC_INSTANCE,
+    arc_sets,
+    body_digest,
+    canonical_fields,
+    relaxed_header,
+    selected,
+)
 from srsd.mailauth.dkimpy_setup import canonical_body
 from srsd.mailauth.keys import SigningKey
 from srsd.mailauth.message import HeaderField
 from srsd.mailauth.results import authserv_id_of
 
-__all__ = ["MAX_ARC_INSTANCE", "forget_fields", "relaxed_header", "seal_message", "sign_message"]
+__all__ = ["seal_message", "sign_message"]
 
-#: the highest ARC instance (RFC 8617 4.2.1)
-MAX_ARC_INSTANCE = 50
-
-_ARC_FIELDS = ("arc-authentication-results", "arc-message-signature", "arc-seal")  # a set's hash order
-_NEWLINE = re.compile(rb"\r?\n")
-_WSP = re.compile(rb"[\t ]+")
-# an ARC field's instance as dkimpy reads it, the verifier's sealable check included
-# (srsd.mailauth.verify): the first i= of the relaxed value
-_INSTANCE = ARC.INSTANCE_RE
 _PLACEHOLDER = b"0" * 60  # dkimpy's b= stand-in: it folds onto a line of its own
 _SHA256 = Prehashed(hashes.SHA256())
-
-
-def _canonical(headers: Sequence[HeaderField]) -> list[tuple[str, bytes]]:
-    """(name, :func:`relaxed_header`) of each field; fields of up to 1,000 characters
-    come from a memo (a message with N signatures and an ARC set is read N + 1 times;
-    2,048 such fields are a few MB at most, whatever they hold)."""
-    return [(name, _short_relaxed(name, value) if len(value) <= 1000 else relaxed_header(name, value))
-            for name, value in headers]  # fmt: skip
-
-
-def relaxed_header(name: str, value: str) -> bytes:
-    """RFC 6376 3.4.2 "relaxed" for one field: ``name:value`` with the name in lower
-    case, the value unfolded, each run of WSP one space, WSP removed at both ends, and
-    CRLF. Undecodable bytes (kept by the milter as lone surrogates) go back as bytes."""
-    raw = value.encode("utf-8", "surrogateescape")
-    if b"\n" in raw or b"\t" in raw or b"  " in raw:  # most fields need none of this
-        raw = _WSP.sub(b" ", _NEWLINE.sub(b"", raw))
-    return name.lower().rstrip().encode("utf-8", "surrogateescape") + b":" + raw.strip() + b"\r\n"
-
-
-_short_relaxed = functools.lru_cache(maxsize=2048)(relaxed_header)
-
-
-def forget_fields() -> None:
-    """Empty the field memo (benchmarks: each message's fields canonicalized once, counted)."""
-    _short_relaxed.cache_clear()
 
 
 def _signed_fields(headers: Sequence[HeaderField], wanted: Sequence[str]) -> list[bytes]:
@@ -98,23 +70,9 @@ def _signed_fields(headers: Sequence[HeaderField], wanted: Sequence[str]) -> lis
     return out
 
 
-def _selected(canonical: Sequence[tuple[str, bytes]], names: Sequence[bytes]) -> list[bytes]:
-    """The canonical fields h= *names* picks (RFC 6376 5.4.2): for each name, the last
-    occurrence not yet picked, going up the header; a name with none left picks nothing."""
-    by_name: dict[bytes, list[bytes]] = {}
-    for name, line in canonical:
-        by_name.setdefault(name.lower().rstrip().encode("utf-8", "surrogateescape"), []).append(line)
-    picked = []
-    for name in names:
-        left = by_name.get(name)
-        if left:
-            picked.append(left.pop())
-    return picked
-
-
 def _body_hash(body: bytes) -> bytes:
     """bh=: base64 SHA-256 of the relaxed body (RFC 6376 3.7)."""
-    return base64.b64encode(hashlib.sha256(canonical_body(body)).digest())
+    return base64.b64encode(body_digest(canonical_body(body), "sha256"))
 
 
 def _sign_digest(key: SigningKey, digest: bytes) -> bytes:
@@ -173,8 +131,8 @@ def sign_message(
         (b"h", b" : ".join(include)),
         (b"bh", _body_hash(body)),
     ]
-    canonical = _canonical(headers)
-    return _signature_field("DKIM-Signature", tags, _selected(canonical, include), key)
+    canonical = canonical_fields(headers)
+    return _signature_field("DKIM-Signature", tags, selected(canonical, include), key)
 
 
 def seal_message(
@@ -212,12 +170,8 @@ def seal_message(
     ours = next((v for n, v in headers if n.lower() == "authentication-results" and authserv_id_of(v) == wanted), None)
     if ours is None:
         return []
-    canonical = _canonical(headers)
-    sets: dict[tuple[int, str], list[bytes]] = {}
-    for name, line in canonical:
-        lowered = name.lower().rstrip()
-        if lowered in _ARC_FIELDS and (match := _INSTANCE.search(line, line.index(b":"))):
-            sets.setdefault((int(match.group(1)), lowered), []).append(line)
+    canonical = canonical_fields(headers)
+    sets, _ = arc_sets(canonical)
     instance = max((n for n, _ in sets), default=0) + 1
     if instance > MAX_ARC_INSTANCE:
         raise ValueError(f"ARC instance {instance} is past {MAX_ARC_INSTANCE} (RFC 8617 4.2.1)")
@@ -228,11 +182,11 @@ def seal_message(
     earlier: list[bytes] = []
     if cv == "pass":
         for n in range(1, instance):
-            for name in _ARC_FIELDS:
-                lines = sets.get((n, name), [])
-                if len(lines) != 1:
-                    raise ValueError(f"ARC set i={n} has {len(lines)} {name} fields")
-                earlier += lines
+            for name in ARC_FIELDS:
+                positions = sets.get((n, name), [])
+                if len(positions) != 1:
+                    raise ValueError(f"ARC set i={n} has {len(positions)} {name} fields")
+                earlier.append(canonical[positions[0]][1])
 
     i = str(instance).encode("ascii")
     d, s = domain.encode("ascii"), selector.encode("ascii")
@@ -241,7 +195,7 @@ def seal_message(
     include = _signed_fields(headers, signed_headers)
     ams_tags = [(b"i", i), (b"a", b"rsa-sha256"), (b"c", b"relaxed/relaxed"), (b"d", d), (b"s", s), (b"t", t),
                 (b"h", b" : ".join(include)), (b"bh", _body_hash(body))]  # fmt: skip
-    ams = _signature_field("ARC-Message-Signature", ams_tags, _selected(canonical, include), key)
+    ams = _signature_field("ARC-Message-Signature", ams_tags, selected(canonical, include), key)
     as_tags = [(b"i", i), (b"cv", cv.encode("ascii")), (b"a", b"rsa-sha256"), (b"d", d), (b"s", s), (b"t", t)]
     seal = _signature_field("ARC-Seal", as_tags, [*earlier, relaxed_header(*aar), relaxed_header(*ams)], key)
     return [seal, ams, aar]

@@ -28,6 +28,7 @@ from srsd.mailauth.message import (
     Reject,
     TempFail,
     message_bytes,
+    split_message,
 )
 from srsd.mailauth.results import authentication_results
 from srsd.mailauth.sign import seal_message, sign_message
@@ -235,10 +236,10 @@ def check_forwarded(zone, delivered, *, origin_dkim="pass", arc_instance=1):
     ]
     raw = message_bytes(delivered.headers, delivered.body)
     dnsfunc = txt_lookup(Resolver([zone.address]))
-    results = verify_signatures(raw, dnsfunc)
+    results = verify_signatures(*split_message(raw), dnsfunc)
     origin = [(origin_dkim, "example.org")] if origin_dkim else []  # None: the message came unsigned
     assert [(r.result, r.domain) for r in results] == [("pass", "fwd.example"), *origin]
-    arc = verify_arc(raw, dnsfunc)
+    arc = verify_arc(*split_message(raw), dnsfunc)
     assert (arc.cv, arc.instances) == ("pass", arc_instance)
     return raw
 
@@ -318,7 +319,7 @@ def test_unsigned_message_reports_dkim_none(make_auth, reactor, keys, zone):
     results = field(delivered, "Authentication-Results")
     assert "spf=fail smtp.mailfrom=example.org" in results and "dkim=none" in results
     raw = message_bytes(delivered.headers, delivered.body)
-    assert verify_arc(raw, txt_lookup(Resolver([zone.address]))).cv == "pass"
+    assert verify_arc(*split_message(raw), txt_lookup(Resolver([zone.address]))).cv == "pass"
 
 
 def test_null_sender_reports_the_helo_identity(make_auth, reactor, keys, zone):
@@ -360,7 +361,7 @@ def test_sealing_and_signing_without_results_header(make_auth, reactor, keys, zo
     assert "Authentication-Results" not in names(delivered)
     assert "spf=pass" in field(delivered, "ARC-Authentication-Results")
     raw = message_bytes(delivered.headers, delivered.body)
-    assert verify_arc(raw, txt_lookup(Resolver([zone.address]))).cv == "pass"
+    assert verify_arc(*split_message(raw), txt_lookup(Resolver([zone.address]))).cv == "pass"
 
 
 def test_signing_only(make_auth, reactor, keys, zone):
