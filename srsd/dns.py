@@ -96,6 +96,29 @@ def no_such_name(exc: Exception, name: str, qtype: str) -> None:
     raise exc
 
 
+class _NoSuchName:
+    """An NXDOMAIN kept in :class:`Resolver`'s front cache until *expiration* (unix time)."""
+
+    response = None
+
+    def __init__(self, expiration: float) -> None:
+        self.expiration = expiration
+
+
+def _negative_ttl(exc: dns.resolver.NXDOMAIN) -> float:
+    """Seconds an NXDOMAIN may be kept: its SOA's TTL, capped by the SOA MINIMUM
+    (RFC 2308 5); 0 when the answer brought no SOA."""
+    try:
+        responses = exc.responses()
+    except Exception:  # noqa: BLE001 - an NXDOMAIN without its responses is not kept
+        return 0.0
+    for response in responses.values():
+        for rrset in response.authority:
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                return float(min(rrset.ttl, rrset[0].minimum))
+    return 0.0
+
+
 class Resolver:
     """A caching stub resolver for SPF and DKIM lookups.
 
@@ -115,9 +138,10 @@ class Resolver:
         self.timeout = timeout
         self._ttl = threading.local()  # smallest TTL seen by this thread's current check
         # (name, type) -> answer, before dnspython's cache: a hit there builds Name
-        # objects and a resolution state (~20 µs); here it is a dict lookup. Answers only
-        # (NXDOMAIN stays with dnspython), each until its expiration, as many as the cache.
-        self._front: dict[tuple[str, str], dns.resolver.Answer] = {}
+        # objects and a resolution state (~20 µs; a cached NXDOMAIN raises through it);
+        # here it is a dict lookup. Each until its expiration (an NXDOMAIN: its SOA's,
+        # RFC 2308 5), as many as the cache holds.
+        self._front: dict[tuple[str, str], Any] = {}
         self._front_size = cache_size
 
     # -- TTL tracking for decision caches ---------------------------------------
@@ -157,21 +181,31 @@ class Resolver:
     def _query(self, name: str, qtype: str, timeout: float | None) -> dns.resolver.Answer | None:
         """The answer (NODATA included), None for NXDOMAIN (or a CNAME loop)."""
         key = (name, qtype)
-        answer = self._front.get(key)
-        if answer is not None and answer.expiration > time.time():
-            self._note(answer)
-            return answer
+        front = self._front.get(key)
+        if front is not None and front.expiration > time.time():
+            if front.response is None:  # a kept NXDOMAIN
+                return None
+            self._note(front)
+            return front
         lifetime = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
         try:
             answer = self._resolver.resolve(name, qtype, lifetime=lifetime, raise_on_no_answer=False, search=False)
+        except dns.resolver.NXDOMAIN as exc:
+            ttl = _negative_ttl(exc)
+            if ttl > 0:
+                self._keep(key, _NoSuchName(time.time() + ttl))
+            return None
         except Exception as exc:
             return no_such_name(exc, name, qtype)
+        self._keep(key, answer)
+        self._note(answer)
+        return answer
+
+    def _keep(self, key: tuple[str, str], entry: Any) -> None:
         if self._front_size:
             if len(self._front) >= self._front_size:
                 self._front.clear()  # under the GIL: a racing reader only misses
-            self._front[key] = answer
-        self._note(answer)
-        return answer
+            self._front[key] = entry
 
     @property
     def dnspython(self) -> dns.resolver.Resolver:
