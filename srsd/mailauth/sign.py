@@ -1,12 +1,12 @@
 """DKIM signing (RFC 6376 5) and ARC sealing (RFC 8617 5.1) of a message as it leaves.
 
 srsd builds these fields itself, from the (name, value) fields and body the milter
-holds: each header field is canonicalized once per call, the body once per message
-(:func:`srsd.mailauth.dkimpy_setup.canonical_body`), no Authentication-Results field is
+holds: each header field is canonicalized once per message and the body once
+(:mod:`srsd.mailauth.canonical`, shared with the verifier), no Authentication-Results field is
 parsed, and the RSA or Ed25519 step is one OpenSSL call (``cryptography``). The layout
 is dkimpy's, tag for tag and fold for fold (``dkim.fold``), so a DKIM-Signature or an
 ARC-Message-Signature is byte-identical to the one dkimpy 1.1.8 makes (tested). Why not
-dkimpy's own ``sign``: docs/dkim.md, "Signing without dkimpy's message objects".
+dkimpy's own ``sign``: docs/dkim.md, "Signing and verifying without dkimpy's message objects".
 
 Signatures are relaxed/relaxed, ``i=@domain``, with From over-signed. Blocking, no
 sockets: runs on the milter's worker threads.
