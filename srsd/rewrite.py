@@ -133,16 +133,17 @@ class Rewriter:
             (:mod:`srsd.srs_alias`), or NOTFOUND with the reason.
         """
         local, at, domain = address.rpartition("@")
-        if not at or srs_tag(local) is None:
+        tag = srs_tag(local) if at else None
+        if tag is None:
             return Answer(NOTFOUND, _NOT_SRS)
         if domain.lower() not in self.reverse_domains:
             return Answer(NOTFOUND, _OTHER_DOMAIN)
         if now is None:
             now = time.time()
         try:
-            if self.aliases.is_alias(local):
+            if self.aliases.is_alias(local, tag):
                 return Answer(ALIAS, self.aliases.key_of(address, now))
-            return Answer(FOUND, self.srs.reverse(address, now))
+            return Answer(FOUND, self.srs.reverse_parts(local, tag, now))
         except SRSError as exc:
             return Answer(NOTFOUND, str(exc))
 

@@ -375,12 +375,20 @@ class SRS:
         if not at:
             raise MalformedAddress(f"no @ in {address!r}")
         tag = srs_tag(local)
+        if tag is None:
+            raise NotSRS(f"not an SRS address: {address!r}")
+        return self.reverse_parts(local, tag, now)
+
+    def reverse_parts(self, local: str, tag: str, now: float | None = None) -> str:
+        """:meth:`reverse` of an address whose local part *local* the caller has already
+        split off and tagged (*tag*: ``srs_tag(local)``, SRS0 or SRS1). Same result and
+        errors."""
         if tag == "SRS1":
             h, hop, opaque = self.parse_srs1(local)
             self.verify(h, hop + opaque)
             return f"SRS0{opaque}@{hop}"
         if tag != "SRS0":
-            raise NotSRS(f"not an SRS address: {address!r}")
+            raise NotSRS(f"not an SRS address: {local!r}")
         parts = local[5:].split("=", 3)
         if len(parts) != 4:
             raise MalformedAddress("SRS0 needs hash, timestamp, domain and local part")

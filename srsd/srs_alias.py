@@ -99,10 +99,11 @@ class AliasAddresses:
         return f"SRS0{self.srs.separator}{self._hash.sign(tt + key)}={tt}=={key}@{self.srs.domain}"
 
     @staticmethod
-    def is_alias(local: str) -> bool:
+    def is_alias(local: str, tag: str | None) -> bool:
         """Whether local part *local* has the alias form (SRS0 with an empty domain field);
-        it says nothing of its hash or timestamp."""
-        if srs_tag(local) != "SRS0":
+        it says nothing of its hash or timestamp. *tag*: ``srs_tag(local)``, which the
+        callers have at hand."""
+        if tag != "SRS0":
             return False
         parts = local[5:].split("=", 3)
         return len(parts) == 4 and parts[2] == ""
@@ -118,7 +119,7 @@ class AliasAddresses:
         :raises BadHash: the hash is too short or verifies with no secret (forged).
         """
         local = address.rpartition("@")[0]
-        if not self.is_alias(local):
+        if not self.is_alias(local, srs_tag(local)):
             raise MalformedAddress(f"not an alias address: {address!r}")
         h, tt, _empty, key = local[5:].split("=", 3)
         if not _KEY.fullmatch(key):

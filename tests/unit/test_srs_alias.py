@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from srsd.domains import DomainSet
 from srsd.rewrite import ALIAS, FOUND, NOTFOUND, Rewriter
-from srsd.srs import SRS, BadHash, BadTimestamp, MalformedAddress, SRSError
+from srsd.srs import SRS, BadHash, BadTimestamp, MalformedAddress, SRSError, srs_tag
 from srsd.srs_alias import KEY_LENGTH, AliasAddresses, alias_local_length
 
 NOW = 1795521600  # 2026-11-24T12:00:00Z, day 20781, TT "JN"
@@ -145,10 +145,13 @@ def test_malformed_keys_are_refused(aliases, address):
 
 def test_the_form_never_collides_with_a_plain_srs0(srs, aliases):
     # Plain SRS0 always carries the sender's domain; PostSRSd 2.x's database alias carries "1".
-    assert not aliases.is_alias(srs.forward(LONG, NOW).split("@")[0])
-    assert not aliases.is_alias("SRS0=abcd=JN=1=" + "0" * 32)
-    assert not aliases.is_alias("SRS1=abcd=hop.example==abcd=JN==" + "A" * KEY_LENGTH)
-    assert aliases.is_alias("SRS0+abcd=JN==" + "A" * KEY_LENGTH)  # any separator
+    def is_alias(local):
+        return aliases.is_alias(local, srs_tag(local))
+
+    assert not is_alias(srs.forward(LONG, NOW).split("@")[0])
+    assert not is_alias("SRS0=abcd=JN=1=" + "0" * 32)
+    assert not is_alias("SRS1=abcd=hop.example==abcd=JN==" + "A" * KEY_LENGTH)
+    assert is_alias("SRS0+abcd=JN==" + "A" * KEY_LENGTH)  # any separator
     # srsd never mints a plain SRS0 with an empty domain field: such a sender is refused.
     rewriter = Rewriter(srs, DomainSet([]))
     assert rewriter.forward("someone@", NOW) == (NOTFOUND, "not a complete address")
