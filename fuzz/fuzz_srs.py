@@ -78,7 +78,8 @@ def _check_reverse(srs: SRS, rewriter: Rewriter, aliases: AliasAddresses, addres
         key = None
     else:
         expect(_KEY.fullmatch(key), "alias key is not 16 base32 characters", address, key)
-        expect(aliases.is_alias(address.rpartition("@")[0]), "key_of accepted a non-alias", address)
+        local = address.rpartition("@")[0]
+        expect(aliases.is_alias(local, srs_tag(local)), "key_of accepted a non-alias", address)
     answer = rewriter.reverse(address, NOW)
     expect(answer.status in (FOUND, NOTFOUND, ALIAS), "reverse status", address, answer)
     if answer.status == FOUND:
