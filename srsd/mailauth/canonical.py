@@ -18,7 +18,7 @@ import dkim.canonicalization
 from dkim import ARC
 
 from srsd.mailauth.dkimpy_setup import canonical_body
-from srsd.mailauth.message import HeaderField
+from srsd.mailauth.message import HeaderField, raw_value
 
 __all__ = [
     "ARC_FIELDS",
@@ -28,7 +28,6 @@ __all__ = [
     "canonical_fields",
     "body_digest",
     "forget_fields",
-    "raw_value",
     "relaxed_header",
     "selected",
     "simple_fields",
@@ -84,16 +83,9 @@ def canonical_fields(headers: Sequence[HeaderField]) -> list[tuple[str, bytes]]:
             for name, value in headers]  # fmt: skip
 
 
-def raw_value(value: str) -> bytes:
-    """A field value as the message carries it: CRLF line ends (a bare LF in a folded
-    value becomes CRLF, as :func:`srsd.mailauth.message.message_bytes` writes it)."""
-    if "\n" in value:
-        value = value.replace("\r\n", "\n").replace("\n", "\r\n")
-    return value.encode("utf-8", "surrogateescape")
-
-
 def simple_fields(headers: Sequence[HeaderField]) -> list[tuple[str, bytes]]:
-    """(name, RFC 6376 3.4.1 "simple" ``name:value CRLF``) of each field: the field as is."""
+    """(name, RFC 6376 3.4.1 "simple" ``name:value CRLF``) of each field: the field as is
+    (the lines of :func:`srsd.mailauth.message.message_bytes`)."""
     return [(name, name.encode("utf-8", "surrogateescape") + b":" + raw_value(value) + b"\r\n")
             for name, value in headers]  # fmt: skip
 

@@ -15,10 +15,7 @@ for these, each by one that gives the same result:
   results by key bytes;
 * ``CanonicalizationPolicy.canonicalize_body`` -> a memo by (algorithm, body), bounded
   to :data:`BODY_MEMO_BYTES`, so each body is canonicalized once per algorithm;
-* ``Relaxed.canonicalize_body`` -> :func:`relaxed_body` (the same bytes, fewer passes);
-* ``Relaxed.canonicalize_headers`` -> a memo per field;
-* ``rfc822_parse`` -> a memo of the last few messages (one message is parsed for its
-  signatures, its ARC chain and the sealable check).
+* ``Relaxed.canonicalize_body`` -> :func:`relaxed_body` (the same bytes, fewer passes).
 
 srsd's own signer and verifier (:mod:`srsd.mailauth.canonical`) use :func:`canonical_body`
 from here; dkimpy's own entry points (the independent verifier of tests and benchmarks)
@@ -71,7 +68,6 @@ _PURE_RSA_VERIFY = dkim.crypto.RSASSA_PKCS1_v1_5_verify
 _PARSE_PEM = dkim.crypto.parse_pem_private_key
 _PARSE_PUBLIC = dkim.crypto.parse_public_key
 _CANONICALIZE_BODY = dkim.canonicalization.CanonicalizationPolicy.canonicalize_body
-_RFC822_PARSE = dkim.rfc822_parse
 _RELAXED_HEADERS = dkim.canonicalization.Relaxed.canonicalize_headers
 _RELAXED_BODY = dkim.canonicalization.Relaxed.canonicalize_body
 _HASHES = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}
@@ -225,74 +221,9 @@ def _memo_canonicalize_body(policy: Any, body: Any) -> Any:
     return _BODY_MEMO.canonicalize_body(policy, body)
 
 
-class _MessageMemo:
-    """``dkim.rfc822_parse`` remembered for the last few messages: verifying one message
-    parses it three times (its DKIM signatures, its ARC chain, the sealable check).
-    Each call gets lists of its own (dkimpy's objects extend theirs)."""
-
-    def __init__(self, size: int, largest: int) -> None:
-        self.size, self.largest = size, largest
-        self._lock = threading.Lock()
-        self._parsed: OrderedDict[bytes, tuple[tuple[tuple[bytes, bytes], ...], bytes]] = OrderedDict()
-
-    def rfc822_parse(self, message: Any) -> tuple[list[list[bytes]], bytes]:
-        if not isinstance(message, bytes) or len(message) > self.largest:
-            return _RFC822_PARSE(message)
-        with self._lock:
-            done = self._parsed.get(message)
-        if done is None:
-            headers, body = _RFC822_PARSE(message)  # raises on a bad message: nothing kept
-            done = (tuple((name, value) for name, value in headers), body)
-            with self._lock:
-                self._parsed[message] = done
-                if len(self._parsed) > self.size:
-                    self._parsed.popitem(last=False)
-        return [[name, value] for name, value in done[0]], done[1]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._parsed.clear()
-
-
-_MESSAGE_MEMO = _MessageMemo(4, BODY_MEMO_BYTES // 8)
-
-
-def _memo_rfc822_parse(message: Any) -> tuple[list[list[bytes]], bytes]:
-    return _MESSAGE_MEMO.rfc822_parse(message)
-
-
-_relaxed_fields: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
-_MAX_RELAXED_FIELDS = 4096
-_MAX_RELAXED_FIELD_BYTES = 1000  # longer fields are canonicalized each time: the memo stays a few MB
-
-
-def _memo_relaxed_headers(headers: Any) -> list[tuple[bytes, bytes]]:
-    """``Relaxed.canonicalize_headers``, each field remembered: dkimpy canonicalizes every
-    field of a message again for each signature it checks or makes (five times for a
-    forwarded message with one signature and one ARC set). Fields over
-    :data:`_MAX_RELAXED_FIELD_BYTES` are not kept (Postfix passes fields of up to 100 KB)."""
-    out = []
-    for field in headers:
-        key = (field[0], field[1])
-        done = _relaxed_fields.get(key)
-        if done is None:
-            done = _RELAXED_HEADERS([key])[0]
-            if len(key[1]) > _MAX_RELAXED_FIELD_BYTES:
-                out.append(done)
-                continue
-            if len(_relaxed_fields) >= _MAX_RELAXED_FIELDS:
-                _relaxed_fields.clear()  # under the GIL: a racing reader only misses
-            _relaxed_fields[key] = done
-        out.append(done)
-    return out
-
-
 def forget_messages() -> None:
-    """Empty the body, message and field memos (benchmarks: each message's first
-    canonicalization and parse counted)."""
+    """Empty the body memo (benchmarks: each message's first canonicalization counted)."""
     _BODY_MEMO.clear()
-    _MESSAGE_MEMO.clear()
-    _relaxed_fields.clear()
 
 
 _SQUEEZED = re.compile(rb"\t[\t ]*| [\t ]+")  # the WSP runs relaxed changes: a single space stays
@@ -310,10 +241,9 @@ def relaxed_body(body: bytes) -> bytes:
     )
 
 
-_SHIPPED = (_PURE_RSA_SIGN, _PURE_RSA_VERIFY, _PARSE_PEM, _PARSE_PUBLIC, _CANONICALIZE_BODY, _RFC822_PARSE,
-            _RELAXED_HEADERS, _RELAXED_BODY)  # fmt: skip
+_SHIPPED = (_PURE_RSA_SIGN, _PURE_RSA_VERIFY, _PARSE_PEM, _PARSE_PUBLIC, _CANONICALIZE_BODY, _RELAXED_BODY)
 _OURS = (openssl_rsa_sign, openssl_rsa_verify, _parse_pem_private_key, _parse_public_key, _memo_canonicalize_body,
-         _memo_rfc822_parse, _memo_relaxed_headers, relaxed_body)  # fmt: skip
+         relaxed_body)  # fmt: skip
 
 
 def _set(functions: tuple[Any, ...]) -> None:
@@ -323,11 +253,8 @@ def _set(functions: tuple[Any, ...]) -> None:
         dkim.parse_pem_private_key,
         dkim.parse_public_key,
         dkim.canonicalization.CanonicalizationPolicy.canonicalize_body,
-        dkim.rfc822_parse,
-        headers,
         body,
     ) = functions
-    dkim.canonicalization.Relaxed.canonicalize_headers = staticmethod(headers)
     dkim.canonicalization.Relaxed.canonicalize_body = staticmethod(body)
 
 
@@ -338,8 +265,6 @@ def _current() -> tuple[Any, ...]:
         dkim.parse_pem_private_key,
         dkim.parse_public_key,
         dkim.canonicalization.CanonicalizationPolicy.canonicalize_body,
-        dkim.rfc822_parse,
-        dkim.canonicalization.Relaxed.canonicalize_headers,
         dkim.canonicalization.Relaxed.canonicalize_body,
     )
 

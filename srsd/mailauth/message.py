@@ -14,6 +14,7 @@ import dkim
 __all__ = [
     "HeaderField",
     "message_bytes",
+    "raw_value",
     "split_message",
     "Envelope",
     "Message",
@@ -33,12 +34,16 @@ space and folding kept)."""
 def message_bytes(headers: Sequence[HeaderField], body: bytes) -> bytes:
     """RFC 5322 bytes, as DKIM canonicalizes them: CRLF line ends (a bare LF in a
     folded value becomes CRLF) from (name, value) fields and a CRLF body."""
-    lines = []
-    for name, value in headers:
-        if "\n" in value:
-            value = value.replace("\r\n", "\n").replace("\n", "\r\n")
-        lines.append(f"{name}:{value}\r\n".encode("utf-8", "surrogateescape"))
+    lines = [name.encode("utf-8", "surrogateescape") + b":" + raw_value(value) + b"\r\n" for name, value in headers]
     return b"".join(lines) + b"\r\n" + body
+
+
+def raw_value(value: str) -> bytes:
+    """A field value as the message carries it: CRLF line ends (a bare LF in a folded
+    value becomes CRLF) and undecodable bytes (kept as lone surrogates) back as bytes."""
+    if "\n" in value:
+        value = value.replace("\r\n", "\n").replace("\n", "\r\n")
+    return value.encode("utf-8", "surrogateescape")
 
 
 def split_message(message: bytes) -> tuple[list[HeaderField], bytes]:

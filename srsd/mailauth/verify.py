@@ -39,14 +39,13 @@ from srsd.mailauth.canonical import (
     body_digest,
     body_for,
     canonical_fields,
-    raw_value,
     selected,
     simple_fields,
     without_b,
 )
 from srsd.mailauth.dkimpy_setup import MIN_RSA_BITS
 from srsd.mailauth.key_lookup import DKIMTemporaryError, KeyLookup
-from srsd.mailauth.message import HeaderField
+from srsd.mailauth.message import HeaderField, raw_value
 
 __all__ = ["SignatureResult", "ARCResult", "verify_signatures", "verify_arc"]
 
@@ -107,6 +106,11 @@ class _Key:
 _DIGESTS = {b"sha256": hashes.SHA256(), b"sha1": hashes.SHA1()}  # noqa: S303 (rsa-sha1 is still verified)
 _H_SEPARATOR = re.compile(rb"\s*:\s*")
 _WHITESPACE = re.compile(rb"\s+")
+
+
+def _signed_names(tags: dict[bytes, bytes]) -> list[bytes]:
+    """h=: the field names a signature covers, lower case, in order (RFC 6376 3.5)."""
+    return [name.lower() for name in _H_SEPARATOR.split(tags[b"h"].strip())]
 
 
 def _text(value: bytes | None) -> str:
@@ -284,7 +288,7 @@ def _message_signature_valid(
     hash_name = tags[b"a"].partition(b"-")[2]
     if not _body_matches(message.body, tags, body_c, hash_name):
         return False, "body hash mismatch"
-    include = [h.lower() for h in _H_SEPARATOR.split(tags[b"h"].strip())]
+    include = _signed_names(tags)
     if b"from" in include:
         include.append(b"from")  # dkimpy's: a second From above the signed one fails it
     lines = selected(message.fields(header_c), include)
@@ -325,7 +329,7 @@ def _verify_one(message: _Message, name: str, value: str, dnsfunc: KeyLookup) ->
     }
     try:
         _validate(tags)
-        if b"from" not in (h.lower() for h in _H_SEPARATOR.split(tags[b"h"].strip())):
+        if b"from" not in _signed_names(tags):
             raise _Refused("neutral", "malformed signature: h= does not sign From (RFC 6376 6.1.1)")
         _canonicalization(tags, b"simple/simple")
     except _Refused as refused:
@@ -432,7 +436,7 @@ def _message_signature_of_set(
     name, value = message.headers[sets[(instance, "arc-message-signature")][0]]
     tags = _tags(value)
     _validate(tags, [b"i", b"a", b"b", b"bh", b"d", b"h", b"s"], True)
-    if b"arc-seal" in (h.lower() for h in _H_SEPARATOR.split(tags[b"h"].strip())):
+    if b"arc-seal" in _signed_names(tags):
         raise _Refused("neutral", "signs ARC-Seal (RFC 8617 4.1.2)")
     return _message_signature_valid(message, name, value, tags, _key(tags, dnsfunc), b"relaxed/relaxed")
 

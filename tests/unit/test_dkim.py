@@ -371,31 +371,6 @@ def test_relaxed_canonicalization_is_dkimpys():
         field = ("X-Test", value)
         (theirs,) = dkimpy_setup._RELAXED_HEADERS(dkim.rfc822_parse(message_bytes([field], b""))[0])
         assert relaxed_header(*field) == theirs[0] + b":" + theirs[1], field
-        assert dkimpy_setup._memo_relaxed_headers([theirs]) == dkimpy_setup._RELAXED_HEADERS([theirs])
-    big = (b"X-Big", b" " + b"x  y " * 1000 + b"\r\n")  # over the memo's field size: never kept
-    assert dkimpy_setup._memo_relaxed_headers([big]) == dkimpy_setup._RELAXED_HEADERS([big])
-    assert big not in dkimpy_setup._relaxed_fields
-
-
-def test_each_message_is_parsed_once_and_each_caller_gets_its_own_lists(monkeypatch):
-    from srsd.mailauth import dkimpy_setup
-
-    calls = []
-    shipped = dkimpy_setup._RFC822_PARSE
-    monkeypatch.setattr(dkimpy_setup, "_RFC822_PARSE", lambda m: (calls.append(m), shipped(m))[1])
-    memo = dkimpy_setup._MessageMemo(size=2, largest=1000)
-    message = message_bytes(HEADERS, BODY)
-    first, body = memo.rfc822_parse(message)
-    first[0][1] += b"changed"  # dkimpy extends its lists: no other caller may see it
-    again, body_again = memo.rfc822_parse(message)
-    assert (again, body_again) == shipped(message) and len(calls) == 1
-    for i in range(3):  # the oldest goes
-        memo.rfc822_parse(message + b"%d" % i)
-    memo.rfc822_parse(message)
-    assert len(calls) == 5
-    memo.rfc822_parse(message + b"x" * 1000)  # too large to keep
-    memo.rfc822_parse(message + b"x" * 1000)
-    assert len(calls) == 7
 
 
 def test_keys_dkimpy_parses_itself_are_signed_too(tmp_path):
