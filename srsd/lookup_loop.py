@@ -161,6 +161,7 @@ def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None =
 
     from srsd import log_limit
     from srsd.config import ConfigError
+    from srsd.heap import settle_heap
     from srsd.metrics_workers import Reporter
     from srsd.privileges import target_account
     from srsd.service import Daemon, _switch_user, endpoint_specs, load, setup_logging, start_log_target
@@ -178,6 +179,10 @@ def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None =
     inherited = parse_inherit(inherit)
     report = inherited.pop("report", None)  # where this process's counts go (srsd.metrics_workers)
     daemon = Daemon(config, config_path, reactor, serves=frozenset(inherited))
+    # Held until the process ends: nothing else refers to an asyncio Server, and uvloop
+    # closes the listening socket of one the collector frees (unix sockets stopped being
+    # served after the first full collection).
+    servers = []
     for spec, description in endpoint_specs(config):
         if spec.name not in inherited:
             continue
@@ -185,7 +190,9 @@ def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None =
             sock = _socket_for(*inherited[spec.name], description)
             factory = spec.make_factory(daemon)
             factory.doStart()
-            loop.run_until_complete(loop.create_server(lambda f=factory: LookupBridge(f), sock=sock, backlog=50))
+            servers.append(
+                loop.run_until_complete(loop.create_server(lambda f=factory: LookupBridge(f), sock=sock, backlog=50))
+            )
         except OSError as exc:
             log.critical("listen.{name}: cannot serve {description!r}: {error}", name=spec.name,
                          description=description, error=exc)  # fmt: skip
@@ -209,5 +216,6 @@ def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None =
     LoopingCall(log_limit.tick).start(1.0, now=False)
     tell_parent(status_fd, "ready")
     reactor.callWhenRunning(stop_once_on_sigterm, reactor)
+    settle_heap()
     reactor.run()
     return 0

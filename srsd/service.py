@@ -586,6 +586,7 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None,
     from twisted.internet.task import LoopingCall
 
     from srsd import log_limit
+    from srsd.heap import settle_heap
     from srsd.metrics_workers import Reporter, WorkerCounts
     from srsd.privileges import target_account
     from srsd.workers import WorkerPool, parse_inherit, stop_once_on_sigterm, tell_parent, watch_parent
@@ -722,5 +723,6 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None,
     d = daemon.listen(reactor, inherited, reuseport=reuseport)
     d.addCallbacks(started, failed)
     reactor.callWhenRunning(stop_once_on_sigterm, reactor)
+    settle_heap()
     reactor.run()
     return status["code"]
