@@ -125,8 +125,8 @@ class ReactorExchange:
     def _tcp(self, wire: bytes, address: str, port: int) -> defer.Deferred:
         done: defer.Deferred = defer.Deferred(lambda _d: connector.disconnect())
         factory = protocol.ClientFactory.forProtocol(lambda: _TCPQuery(wire, done))
-        factory.clientConnectionFailed = lambda _c, reason: done.called or done.errback(
-            ConnectionRefusedError(str(reason.value))
+        factory.clientConnectionFailed = lambda _c, reason: (
+            done.called or done.errback(ConnectionRefusedError(str(reason.value)))
         )
         connector = self.reactor.connectTCP(address, port, factory)
         return done
@@ -180,14 +180,29 @@ class AsyncResolver:
             key = qname_wire(name).lower()
         except ValueError as exc:
             return defer.fail(exc)
+        cached = self._kept(key, qtype)
+        if cached is not None:
+            return defer.succeed(cached)
+        lifetime = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
+        return _Lookup(self, name, qtype, key, time.monotonic() + lifetime).run()
+
+    def cached(self, name: str, qtype: str) -> Reading | None:
+        """The kept reading of *name*/*qtype* that :meth:`lookup` would fire with at once,
+        or None (also for a name :meth:`lookup` refuses: it says why)."""
+        try:
+            key = qname_wire(name).lower()
+        except ValueError:
+            return None
+        return self._kept(key, qtype)
+
+    def _kept(self, key: bytes, qtype: str) -> Reading | None:
         now = time.time()
         for cached in (self.cache.get((key, qtype)), self.cache.get((key, None))):
             if cached is not None:
                 if cached.expires > now:
-                    return defer.succeed(cached)
+                    return cached
                 self.cache.pop((key, qtype if cached.kind != "nxdomain" else None), None)
-        lifetime = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
-        return _Lookup(self, name, qtype, key, time.monotonic() + lifetime).run()
+        return None
 
     def keep(self, key: bytes, qtype: str, reading: Reading) -> None:
         if self.cache_size <= 0 or reading.expires <= time.time():
@@ -318,7 +333,10 @@ class WaitingResolver:
 
     def fetch(self, name: str, qtype: str, timeout: float | None) -> Reading:
         """:meth:`AsyncResolver.lookup`'s reading, the job parked meanwhile
-        (:func:`srsd.greenpool.wait`)."""
+        (:func:`srsd.greenpool.wait`); a kept one without a Deferred."""
+        cached = self.resolver.cached(name, qtype)
+        if cached is not None:
+            return cached
         return wait(self.resolver.lookup(name, qtype, timeout))
 
     def records(self, name: str, qtype: str, timeout: float | None = None) -> list:

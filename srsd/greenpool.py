@@ -49,6 +49,13 @@ def wait(d: defer.Deferred) -> Any:
     job = greenlet.getcurrent()
     if not isinstance(job, _Job):
         raise RuntimeError("srsd.greenpool.wait() outside a GreenPool job")
+    if d.called and not d.paused and not isinstance(d.result, defer.Deferred):
+        # Fired already (an answer from a cache): its result, without a callback round.
+        result = d.result
+        if isinstance(result, Failure):
+            d.addErrback(lambda _f: None)  # handled here: no "Unhandled error in Deferred"
+            result.raiseException()
+        return result
     out: list[Any] = []
     parked = [False]
 

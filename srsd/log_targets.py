@@ -34,7 +34,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-__all__ = ["LogOutput", "SyslogSender", "setup_logging", "set_log_level", "OUTPUT", "QUEUE_LINES"]
+__all__ = ["LogOutput", "SyslogSender", "setup_logging", "set_log_level", "debugging", "OUTPUT", "QUEUE_LINES"]
 
 _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error}
 #: twisted level -> (syslog priority for the journal prefix, Python logging level)
@@ -151,9 +151,20 @@ def setup_logging(stream: Any = None) -> LogOutput:
     return OUTPUT
 
 
+_debugging = False
+
+
+def debugging() -> bool:
+    """True when debug events are logged: a hot path skips building the ones it would
+    only have filtered out (a Twisted event costs its dict and the observer chain)."""
+    return _debugging
+
+
 def set_log_level(name: str) -> None:
     """Log events at *name* (debug, info, warn, error) and above."""
+    global _debugging
     level = _LEVELS[name]
+    _debugging = level <= LogLevel.debug
     _level_filter.setLogLevelForNamespace("", level)
     # Twisted's own per-port and per-factory chatter only when debugging.
     quiet = LogLevel.warn if name == "info" else level

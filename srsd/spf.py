@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from srsd.dns import Resolver
 from srsd.dns_async import AsyncResolver, Exchange, WaitingResolver
 from srsd.greenpool import GreenPool
+from srsd.log_targets import debugging
 from srsd.spf_cache import SPFResultCache
 from srsd.workpool import PoolOverloaded
 
@@ -247,6 +248,8 @@ class SPFChecker:
             return SPFResult("temperror", "SPF check failed", identity)
 
         def done(result: Any) -> Any:
+            if not debugging():
+                return result
             log.debug(
                 "SPF {identity} {ip} {sender!r} helo={helo!r}: {result} in {ms:.1f} ms",
                 identity=identity,
