@@ -3,11 +3,12 @@
 
     python bench/spf_policy.py [--requests 3000] [--connections 1,8] [--mixes warm,cold]
                                [--rounds 3] [--warmup 3000] [--srsd-threads 8] [--srsd-workers 1]
-                               [--json FILE]
+                               [--dns nsd|python] [--json FILE]
 
 Both sides answer Postfix's policy delegation protocol (access(5) ``action=`` replies)
-for the same requests, in the same order, against one loopback DNS server
-(tests/dnsserver.py):
+for the same requests, in the same order, against one loopback DNS server: NSD
+(bench/nsd_server.py, the default) or tests/dnsserver.py (``--dns python``: ~0.25 ms of
+CPU a query in dnspython, the cold mix's bottleneck for both sides, see docs/performance.md):
 
 * **policyd-spf**: Debian's postfix-policyd-spf-python 3.0 with its shipped defaults
   (HELO_reject = Fail, Mail_From_reject = Fail), run as Postfix's spawn(8) runs it: one
@@ -50,6 +51,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # srsd's test harness from this checkout
+
+import nsd_server  # noqa: E402
 
 from tests.dnsserver import DNSServer  # noqa: E402
 from tests.srsd_daemon import SrsdDaemon  # noqa: E402
@@ -217,18 +220,22 @@ class Srsd:
 
     def pids(self) -> list[int]:
         """The daemon and its worker processes (``--workers``)."""
-        pid = self.daemon.pid
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            children = []
-        return [pid, *map(int, children)]
+        return with_children(self.daemon.pid)
 
     def reap(self) -> None:
         pass
 
     def stop(self) -> None:
         self.daemon.stop()
+
+
+def with_children(pid: int) -> list[int]:
+    """*pid* and its descendants (srsd's workers; NSD's main and server processes)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *(p for child in children for p in with_children(int(child)))]
 
 
 def process_cpu(pids: list[int]) -> float:
@@ -257,6 +264,10 @@ class DNSServerProcess:
         self.process.start()
         self.port = ours.recv()
         return self
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def _serve(self, pipe) -> None:
         server = DNSServer(self.zone, ttl=self.ttl).start()
@@ -329,6 +340,8 @@ def main() -> int:
     parser.add_argument("--srsd-threads", type=int, default=8, help="[spf] threads (checks at once)")
     parser.add_argument("--srsd-workers", type=int, default=1, help="srsd serve --workers N")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--dns", choices=("nsd", "python"), default="nsd",
+                        help="the loopback DNS server: NSD, or tests/dnsserver.py (dnspython)")  # fmt: skip
     parser.add_argument("--json", help="write every run's figures here")
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -347,7 +360,14 @@ def main() -> int:
 
     warmup = make_requests("warm", args.warmup, "warmup", zone, rng) if "warm" in mixes else []
     results: list[Result] = []
-    with DNSServerProcess(zone, ttl=3600) as dns, tempfile.TemporaryDirectory(prefix="srsd-bench-spf-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="srsd-bench-spf-") as tmp,
+        (
+            nsd_server.NSDServer(zone, 3600, Path(tmp) / "nsd")
+            if args.dns == "nsd"
+            else DNSServerProcess(zone, ttl=3600)
+        ) as dns,
+    ):
         srsd = Srsd(Path(tmp), dns.port, args.srsd_threads, args.srsd_workers)
         sides = {"policyd-spf": PolicydSpf(dns.port), "srsd": srsd}
         try:
@@ -361,14 +381,17 @@ def main() -> int:
                             for name in sides:
                                 run_one(sides[name], mix, conns, 0, warmup)
                         order = ["policyd-spf", "srsd"] if number % 2 else ["srsd", "policyd-spf"]
-                        pair = {}
+                        pair, dns_ms = {}, {}
                         for name in order:
+                            dns_before = process_cpu(with_children(dns.pid))
                             pair[name] = run_one(sides[name], mix, conns, number, plans[mix, conns, number, name])
+                            dns_ms[name] = 1000 * (process_cpu(with_children(dns.pid)) - dns_before) / args.requests
                             results.append(pair[name])
                         a, b = pair["policyd-spf"], pair["srsd"]
                         print(f"{mix} {conns} conn round {number}: policyd-spf {a.rate:,.0f}/s "
                               f"{a.cpu_ms:.2f} ms CPU, srsd {b.rate:,.0f}/s {b.cpu_ms:.2f} ms CPU "
                               f"({b.rate / a.rate:.2f}x, CPU {b.cpu_ms / a.cpu_ms:.2f}x), bad {a.bad}/{b.bad}, "
+                              f"DNS server {dns_ms['policyd-spf']:.3f}/{dns_ms['srsd']:.3f} ms a request, "
                               f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
         finally:
             for side in sides.values():

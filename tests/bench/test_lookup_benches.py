@@ -54,12 +54,22 @@ def test_postfix_end_to_end_alternates():
     assert re.search(r"\| 20 msgs, 2 SMTP clients \| \d+ msgs/s \| \d+ msgs/s", out), out
 
 
-def test_spf_policy_alternates_with_policyd_spf():
-    out = run("spf_policy.py", "--requests", "40", "--warmup", "40", "--rounds", "2", "--connections", "1,2")
+@pytest.mark.parametrize("dns", ["nsd", "python"])
+def test_spf_policy_alternates_with_policyd_spf(dns):
+    out = run("spf_policy.py", "--requests", "40", "--warmup", "40", "--rounds", "2", "--connections", "1,2",
+              "--dns", dns)  # fmt: skip
     # every round prints the pair, both mixes, every reply checked (exit 0 = no bad reply)
     pairs = re.findall(r"(warm|cold) \d conn round \d: policyd-spf [\d,]+/s .* srsd [\d,]+/s .*bad 0/0", out)
     assert len(pairs) == 8, out
+    assert len(re.findall(r"DNS server \d+\.\d{3}/\d+\.\d{3} ms a request", out)) == 8, out
     assert re.search(r"\| cold \| 2 \| [\d,]+ \| [\d,]+ \| \d+\.\d\dx \|", out), out
+
+
+def test_spf_layers_prints_every_layer():
+    out = run("spf_layers.py", "--requests", "40", "--rounds", "1", "--settle-heap")
+    rows = re.findall(r"^  (\S.*?) +median +\d+\.\d", out, re.M)
+    assert rows == ["cold policy", "collector (cold policy)", "check_host", "pool", "pool + wait", "checker",
+                    "policy", "DNS query, 1 at once", "DNS query, 8 at once"], out  # fmt: skip
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix needs root")
