@@ -2,11 +2,12 @@
 collections rarer.
 
 CPython collects generation 0 every 700 net container allocations. A cold SPF policy
-check allocates ~250 of them (Deferreds, greenlets, pyspf's objects, DNS readings), so
-the collector ran every few requests, and each of its gen-2 passes walked everything
-start-up left behind (Twisted, dnspython, pyspf, the configuration: ~100,000 objects).
-Measured in process on the cold SPF mix (gc callbacks timing each collection): 60-98 µs
-of collector time a request before, 10-16 µs after (docs/performance.md).
+request leaves ~90 of them (Deferreds, greenlets, pyspf's objects, DNS readings), so the
+collector ran every ~8 requests, and each of its full passes walked everything start-up
+left behind (Twisted, dnspython, pyspf, the configuration: ~100,000 objects). Measured in
+process on the cold SPF mix (``bench/spf_layers.py``, gc callbacks timing each
+collection): 56-105 µs of collector time a request before, 10-22 µs after
+(docs/performance.md).
 
 Nothing is kept longer than it would be: a request's objects are freed by their
 reference counts as before; only cycles (a Failure's traceback, a Deferred chain) wait

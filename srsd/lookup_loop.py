@@ -180,8 +180,7 @@ def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None =
     report = inherited.pop("report", None)  # where this process's counts go (srsd.metrics_workers)
     daemon = Daemon(config, config_path, reactor, serves=frozenset(inherited))
     # Held until the process ends: nothing else refers to an asyncio Server, and uvloop
-    # closes the listening socket of one the collector frees (unix sockets stopped being
-    # served after the first full collection).
+    # closes the listening socket of a unix-socket Server the collector frees.
     servers = []
     for spec, description in endpoint_specs(config):
         if spec.name not in inherited:
