@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from srsd import metrics
 from srsd.config import PolicySettings
@@ -115,28 +116,32 @@ class PolicyService:
         message = _Message()
         if key is not None:
             self._remember(key, message)
-        d = defer.maybeDeferred(self._evaluate, request, rules)
-        d.addCallback(self._decided, request, key, message)
-        d.addErrback(self._crashed, request, key, message)
-        return d
+        try:
+            outcome = self._evaluate(request, rules)
+        except Exception:
+            return defer.succeed(self._crashed(Failure(), request, key, message))
+        if isinstance(outcome, Verdict):  # every result was kept: decided now, no Deferred chain
+            return defer.succeed(self._decided(outcome, request, key, message))
+        outcome.addCallback(self._decided, request, key, message)
+        outcome.addErrback(self._crashed, request, key, message)
+        return outcome
 
     def _remember(self, key: tuple[str, ...], message: _Message) -> None:
         self._messages[key] = message
         while len(self._messages) > self.max_messages:
             self._messages.popitem(last=False)
 
-    def _evaluate(self, request: PolicyRequest, rules: Rules) -> defer.Deferred:
+    def _evaluate(self, request: PolicyRequest, rules: Rules) -> Verdict | defer.Deferred:
+        """The verdict now when the checker has every result the plan needs kept (its
+        result cache), else a Deferred of it."""
         plan = plan_checks(request, rules)
-        none = defer.succeed(None)
-        if plan.helo:
-            helo_d = self.checker.check(request.ip, "", request.helo)
-        elif plan.helo_none:
-            helo_d = defer.succeed(SPFResult("none", plan.helo_none, "helo"))
-        else:
-            helo_d = none
-        mail_from_d = self.checker.check(request.ip, request.sender, request.helo) if plan.mail_from else none
-        whitelist_ds = [
-            self.checker.check(request.ip, "postmaster@" + domain, domain) for domain in plan.whitelist_domains
+        # (ip, sender, helo) of each check; a result known without one; None: not checked
+        wanted: list[tuple[str, str, str] | SPFResult | None] = [
+            (request.ip, "", request.helo)
+            if plan.helo
+            else (SPFResult("none", plan.helo_none, "helo") if plan.helo_none else None),
+            (request.ip, request.sender, request.helo) if plan.mail_from else None,
+            *((request.ip, "postmaster@" + domain, domain) for domain in plan.whitelist_domains),
         ]
 
         def combine(results: list[Any]) -> Verdict:
@@ -146,7 +151,13 @@ class PolicyService:
             passed = passes[0] if passes else ""
             return decide(request, rules, helo, mail_from, passed)
 
-        return defer.gatherResults([helo_d, mail_from_d, *whitelist_ds], consumeErrors=True).addCallback(combine)
+        cached = getattr(self.checker, "cached", None)
+        if cached is not None:
+            kept = [cached(*w) if isinstance(w, tuple) else w for w in wanted]
+            if all(k is not None for k, w in zip(kept, wanted, strict=True) if w is not None):
+                return combine(kept)
+        checks = [self.checker.check(*w) if isinstance(w, tuple) else defer.succeed(w) for w in wanted]
+        return defer.gatherResults(checks, consumeErrors=True).addCallback(combine)
 
     def _decided(self, verdict: Verdict, request: PolicyRequest, key: Any, message: _Message) -> str:
         message.verdict = verdict

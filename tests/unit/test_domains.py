@@ -40,3 +40,33 @@ def test_networks_refuse_garbage_and_allow_host_bits():
     with pytest.raises(ValueError):
         Networks(["example.org"])
     assert not Networks([]) and "127.0.0.1" not in Networks([])
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        ["127.0.0.0/8", "::1"],
+        ["192.0.2.0/24", "2001:db8::/32", "::ffff:198.51.100.0/120"],
+        ["10.0.0.0/8", "0.0.0.0/0"],
+        ["::/0"],
+        ["::ffff:0:0/96"],
+        ["198.51.100.7", "fe80::/10"],
+    ],
+)
+def test_networks_integer_test_agrees_with_ipaddress(entries):
+    """The integer test (inet_pton) answers as the ipaddress objects do, on random
+    addresses of both families, v4-mapped ones and the odd forms only ipaddress reads."""
+    import ipaddress
+    import random
+
+    rng = random.Random(entries[0])
+    addresses = ["127.0.0.1", "::1", "::ffff:127.0.0.1", "::ffff:192.0.2.9", "198.51.100.7", "fe80::1%eth0",
+                 "01.2.3.4", "x", "", "1.2.3", "::", "0.0.0.0", "::FFFF:198.51.100.7"]  # fmt: skip
+    for _ in range(2000):
+        if rng.random() < 0.5:
+            addresses.append(str(ipaddress.IPv4Address(rng.getrandbits(32))))
+        else:
+            value = rng.getrandbits(128) if rng.random() < 0.5 else (0xFFFF << 32) | rng.getrandbits(32)
+            addresses.append(str(ipaddress.IPv6Address(value)))
+    networks = Networks(entries)
+    assert [a in networks for a in addresses] == [networks._contains_parsed(a) for a in addresses]
