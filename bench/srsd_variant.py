@@ -30,7 +30,8 @@ is still checked by the load generator). Variants:
   connections over the processes (TCP only; unix sockets are inherited as now).
 * ``gcfreeze``: ``gc.freeze()`` after start-up and a higher gen-0 threshold.
 * ``profile``: cProfile from start-up, stats written to $SRSD_PROFILE (default
-  ./srsd.prof) when the process exits (bench/profile_srsd.py).
+  ./srsd.prof; ``{pid}`` in it becomes the process id) when the process exits
+  (bench/profile_srsd.py).
 """
 
 from __future__ import annotations
@@ -256,7 +257,8 @@ def profile() -> None:
     import cProfile
 
     profiler = cProfile.Profile()
-    atexit.register(lambda: (profiler.disable(), profiler.dump_stats(os.environ.get("SRSD_PROFILE", "srsd.prof"))))
+    path = os.environ.get("SRSD_PROFILE", "srsd.prof").replace("{pid}", str(os.getpid()))  # one file a process
+    atexit.register(lambda: (profiler.disable(), profiler.dump_stats(path)))
     profiler.enable()
 
 
