@@ -2,7 +2,7 @@
 """SPF policy checks per second: srsd's policy service against policyd-spf, on this machine.
 
     python bench/spf_policy.py [--requests 3000] [--connections 1,8] [--mixes warm,cold]
-                               [--rounds 3] [--warmup 3000] [--srsd-threads 8] [--srsd-workers 1]
+                               [--rounds 3] [--warmup 3000] [--srsd-threads 8] [--srsd-workers 0]
                                [--dns nsd|python] [--json FILE]
 
 Both sides answer Postfix's policy delegation protocol (access(5) ``action=`` replies)
@@ -16,11 +16,13 @@ CPU a query in dnspython, the cold mix's bottleneck for both sides, see docs/per
   backend) is pointed at the loopback server by a three-line wrapper.
 * **srsd**: ``srsd serve`` with only ``[listen] policy``, ``[policy] helo_reject =
   mail_from_reject = "fail"`` (the same two checks a request), ``[dns] nameservers`` the
-  loopback server.
+  loopback server, and its default process count (one per CPU, at most 4, for a policy
+  endpoint) unless ``--srsd-workers N`` says.
 
 The mix of each run, as issue 11: 75 % pass, 10 % softfail, 5 % none, 5 % fail, 5 %
 permerror (HELO names pass). **warm**: 20 sender domains and 20 HELO names used over and
-over (random local parts), after ``--warmup`` untimed requests of that mix to each side;
+over (random local parts), after ``--warmup`` untimed requests of that mix to each side
+(over 16 connections, so that each of srsd's processes fills its caches);
 **cold**: every request a sender domain and a HELO name never
 asked before (each run its own names, so neither side finds the other's answers in any
 cache). Each connection sends one request at a time, as Postfix's smtpd does.
@@ -60,6 +62,8 @@ from tests.srsd_daemon import SrsdDaemon  # noqa: E402
 POLICYD_SPF = "/usr/bin/policyd-spf"
 TICK = os.sysconf("SC_CLK_TCK")
 CLIENT_NET = "192.0.2"
+#: the warm mix's untimed requests go over this many connections (see main)
+WARMUP_CONNECTIONS = 16
 #: result -> share of the mix
 MIX = {"pass": 75, "softfail": 10, "none": 5, "fail": 5, "permerror": 5}
 
@@ -204,10 +208,10 @@ class PolicydSpf:
 class Srsd:
     name = "srsd"
 
-    def __init__(self, workdir: Path, dns_port: int, threads: int, workers: int = 1) -> None:
+    def __init__(self, workdir: Path, dns_port: int, threads: int, workers: int = 0) -> None:
         self.daemon = SrsdDaemon(
             workdir,
-            workers=workers,
+            workers=workers or None,  # 0: srsd's own default
             endpoints=("policy",),
             sections={
                 "dns": {"nameservers": [f"127.0.0.1:{dns_port}"]},
@@ -338,7 +342,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3000, help="untimed warm-mix requests to each side first")
     parser.add_argument("--srsd-threads", type=int, default=8, help="[spf] threads (checks at once)")
-    parser.add_argument("--srsd-workers", type=int, default=1, help="srsd serve --workers N")
+    parser.add_argument("--srsd-workers", type=int, default=0,
+                        help="srsd serve --workers N (0: srsd's default, one per CPU, at most 4)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dns", choices=("nsd", "python"), default="nsd",
                         help="the loopback DNS server: NSD, or tests/dnsserver.py (dnspython)")  # fmt: skip
@@ -358,7 +363,10 @@ def main() -> int:
                     tag = f"{side[0]}{conns}x{number}"
                     plans[mix, conns, number, side] = shared or make_requests(mix, args.requests, tag, zone, rng)
 
-    warmup = make_requests("warm", args.warmup, "warmup", zone, rng) if "warm" in mixes else []
+    # Each warm-up its own messages (a repeated instance is answered DUNNO from the message
+    # memory, checking nothing), over WARMUP_CONNECTIONS connections: every srsd process
+    # (--workers) gets some and fills its own caches.
+    warmups = {c: make_requests("warm", args.warmup, f"warmup{c}", zone, rng) for c in conns_list}
     results: list[Result] = []
     with (
         tempfile.TemporaryDirectory(prefix="srsd-bench-spf-") as tmp,
@@ -379,7 +387,7 @@ def main() -> int:
                         if mix == "warm" and number == 1:
                             # "warm": every cache filled first (the same names, not timed)
                             for name in sides:
-                                run_one(sides[name], mix, conns, 0, warmup)
+                                run_one(sides[name], mix, WARMUP_CONNECTIONS, 0, warmups[conns])
                         order = ["policyd-spf", "srsd"] if number % 2 else ["srsd", "policyd-spf"]
                         pair, dns_ms = {}, {}
                         for name in order:

@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
     serve.set_defaults(needs=Needs.EVERYTHING)
     _config_arg(serve)
-    serve.add_argument("--workers", type=int, default=1, metavar="N", help="processes sharing the sockets (default 1)")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="processes serving policy and milter, sharing the sockets (default: [daemon] workers; "
+                       "0 there = one per CPU, at most 4, when policy is served, else 1)")  # fmt: skip
     serve.add_argument("--inherit", help=argparse.SUPPRESS)  # worker processes only
     serve.add_argument("--lookups", action="store_true", help=argparse.SUPPRESS)  # a lookup process
     serve.add_argument("--status-fd", type=int, help=argparse.SUPPRESS)  # a child's pipe to its parent

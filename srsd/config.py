@@ -244,7 +244,7 @@ class LogSettings:
     burst: int = 200  # lines a kind may write at once after a quiet spell
 
 
-MAX_LOOKUP_PROCESSES = 64
+MAX_LOOKUP_PROCESSES = 64  # and at most as many workers
 
 
 @dataclass(frozen=True)
@@ -257,6 +257,9 @@ class DaemonSettings:
     #: processes of their own serving tcp_table and socketmap (srsd.lookup_loop); 0 = the
     #: Twisted process(es) serve them beside policy and milter
     lookup_processes: int = 2
+    #: Twisted processes serving policy and milter (the first and N-1 copies); 0 = as
+    #: :func:`srsd.workers.default_workers` decides; ``srsd serve --workers N`` overrides
+    workers: int = 0
 
 
 class Needs(enum.Flag):
@@ -519,6 +522,8 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
     _validate_log(cfg)
     if not 0 <= cfg.daemon.lookup_processes <= MAX_LOOKUP_PROCESSES:
         raise ConfigError(f"daemon.lookup_processes: must be 0..{MAX_LOOKUP_PROCESSES}")
+    if not 0 <= cfg.daemon.workers <= MAX_LOOKUP_PROCESSES:
+        raise ConfigError(f"daemon.workers: must be 0..{MAX_LOOKUP_PROCESSES} (0 = one per CPU when policy is served)")
     if cfg.daemon.group and not cfg.daemon.user:
         raise ConfigError("daemon.group: needs daemon.user")
     serving = [value for name, value in dataclasses.asdict(cfg.listen).items() if name != "metrics"]

@@ -213,8 +213,8 @@ def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None =
     if report is not None:
         Reporter(report[1]).start(reactor)
     LoopingCall(log_limit.tick).start(1.0, now=False)
+    settle_heap()  # before "ready": the parent may stop this process right after it
     tell_parent(status_fd, "ready")
     reactor.callWhenRunning(stop_once_on_sigterm, reactor)
-    settle_heap()
     reactor.run()
     return 0

@@ -571,11 +571,15 @@ def start_log_target(config: Config) -> bool:
     return True
 
 
-def serve(config_path: str | None, workers: int = 1, inherit: str | None = None, status_fd: int | None = None) -> int:
+def serve(
+    config_path: str | None, workers: int | None = None, inherit: str | None = None, status_fd: int | None = None
+) -> int:
     """Run the daemon until SIGTERM/SIGINT (``srsd serve``).
 
     :param config_path: TOML file, or None for the embedded default.
-    :param workers: processes in all, sharing the listening sockets.
+    :param workers: Twisted processes in all, sharing the listening sockets (``--workers``);
+        None = ``[daemon] workers``, or when that is 0 :func:`srsd.workers.default_workers`.
+        A worker (*inherit* given) is one process.
     :param inherit: (workers only) ``name=fd:N,name=port:N``: sockets to adopt,
         TCP ports to bind with SO_REUSEPORT.
     :param status_fd: (workers only) the pipe to the parent (:func:`srsd.workers.tell_parent`).
@@ -589,7 +593,14 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None,
     from srsd.heap import settle_heap
     from srsd.metrics_workers import Reporter, WorkerCounts
     from srsd.privileges import target_account
-    from srsd.workers import WorkerPool, parse_inherit, stop_once_on_sigterm, tell_parent, watch_parent
+    from srsd.workers import (
+        WorkerPool,
+        default_workers,
+        parse_inherit,
+        stop_once_on_sigterm,
+        tell_parent,
+        watch_parent,
+    )
 
     setup_logging()
     try:
@@ -600,6 +611,11 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None,
         return 1
     if not start_log_target(config):
         return 1
+    if workers is None:
+        if inherit is not None:
+            workers = 1
+        else:
+            workers = config.daemon.workers or default_workers(bool(config.listen.policy))
     if workers < 1:
         log.critical("--workers: must be at least 1")
         return 1
@@ -720,9 +736,11 @@ def serve(config_path: str | None, workers: int = 1, inherit: str | None = None,
     # SO_REUSEPORT sockets must all belong to one uid, and a child restarted after the
     # switch binds as the new user: with a switch, children inherit the sockets instead.
     reuseport = (workers > 1 or lookups > 1) and account is None
+    # Before listening: "ready" may be logged (and told systemd) before reactor.run(), and
+    # a SIGTERM must find its handler soon after it.
+    settle_heap()
     d = daemon.listen(reactor, inherited, reuseport=reuseport)
     d.addCallbacks(started, failed)
     reactor.callWhenRunning(stop_once_on_sigterm, reactor)
-    settle_heap()
     reactor.run()
     return status["code"]

@@ -27,6 +27,8 @@ from twisted.logger import Logger
 
 __all__ = [
     "adopt",
+    "default_workers",
+    "MAX_DEFAULT_WORKERS",
     "listen_reuseport",
     "reuseport_endpoint",
     "reuseport_socket",
@@ -46,6 +48,31 @@ class _AdoptedUnixPort(unix.Port):
 
     def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted's name)
         tcp.Port.connectionLost(self, reason)
+
+
+#: the most processes :func:`default_workers` gives (each has its own SPF result and DNS
+#: caches and ~60 MB; an admin who wants more says ``[daemon] workers``)
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_workers(serves_policy: bool, cpus: int | None = None) -> int:
+    """The Twisted processes ``srsd serve`` runs when neither ``--workers`` nor
+    ``[daemon] workers`` says: one per CPU this process may run on (*cpus*, default
+    ``os.sched_getaffinity``), at most :data:`MAX_DEFAULT_WORKERS`, when the policy
+    endpoint is served, else 1.
+
+    Why: a cold SPF check costs ~1 ms of CPU in Python and a busy host's smtpd processes
+    keep one policy connection each, so one process is the bound (docs/performance.md:
+    0.46-0.58x policyd-spf's checks/s at 8 connections on 2 cores with 1 process, ~1.06x
+    with 2). The milter alone gains nothing from a second process where Postfix takes
+    the other core (docs/performance.md, DKIM milter), and the lookups have processes of
+    their own (``[daemon] lookup_processes``).
+    """
+    if not serves_policy:
+        return 1
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0))
+    return max(1, min(cpus, MAX_DEFAULT_WORKERS))
 
 
 def adopt(reactor: Any, fd: int, description: str, factory: Any) -> Any:

@@ -178,7 +178,7 @@ class SrsdDaemon:
         endpoints: Iterable[str] = LOOKUP_ENDPOINTS,
         listen: dict[str, str | None] | None = None,
         sections: dict[str, dict[str, Any]] | None = None,
-        workers: int = 1,
+        workers: int | None = 1,
         probe: bool = False,
         wrapper: Iterable[str] = (),
         pass_fds: Iterable[int] = (),
@@ -248,7 +248,7 @@ class SrsdDaemon:
     def spawn(self, *extra: str) -> subprocess.Popen[bytes]:
         """Start ``srsd serve`` without waiting for anything."""
         args = [*self.wrapper, *srsd_command(), "serve", "-c", str(self.config_path)]
-        if self.workers != 1:
+        if self.workers is not None:  # None: srsd's own default ([daemon] workers, srsd.workers.default_workers)
             args += ["--workers", str(self.workers)]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

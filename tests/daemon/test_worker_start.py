@@ -50,3 +50,19 @@ def test_children_stop_with_a_killed_parent(srsd_factory):
     for port in daemon.ports.values():
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_default_process_count_follows_the_policy_endpoint(srsd_factory):
+    """Without --workers: one process per CPU (at most 4) when the policy endpoint is
+    served; `[daemon] workers` says otherwise; without a policy endpoint, one."""
+    from srsd.workers import default_workers
+
+    cases = [
+        (("policy",), {}, default_workers(True)),
+        (("policy",), {"daemon": {"workers": 1}}, 1),
+        (("milter",), {}, 1),
+    ]
+    for endpoints, sections, processes in cases:
+        daemon = srsd_factory(workers=None, endpoints=endpoints, sections=sections)
+        assert daemon.wait_for_log(f"srsd ready: 1 endpoint(s), {processes} process(es)"), daemon.diagnostics()
+        assert daemon.stop() == 0

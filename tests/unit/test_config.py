@@ -305,3 +305,14 @@ def test_store_defaults_and_password(secrets, tmp_path, monkeypatch):
     # A longer hash makes the alias longer: the floor follows srs.hash_length.
     with pytest.raises(ConfigError, match=r"^store.max_local_part: must be 34\.\.512"):
         parse_config({**cfg(secrets, hash_length=8), "store": {"max_local_part": 33}})
+
+
+@pytest.mark.parametrize("workers", [-1, 65, "2"])
+def test_daemon_workers_range(secrets, workers):
+    with pytest.raises(ConfigError, match="^daemon.workers"):
+        parse_config({**cfg(secrets), "daemon": {"workers": workers}})
+
+
+def test_daemon_workers_default_leaves_the_count_to_srsd_serve(secrets):
+    assert parse_config(cfg(secrets)).daemon.workers == 0
+    assert parse_config({**cfg(secrets), "daemon": {"workers": 3}}).daemon.workers == 3
