@@ -294,3 +294,29 @@ def test_random_bytes_never_break_the_stream(scripted):
         out = t.value()
         assert re.fullmatch(rb"(action=[^\n]*\n\n)*", out), out
         assert out.endswith(b"action=ANSWER final\n\n")
+
+
+def test_whole_request_path_reads_what_the_line_path_reads():
+    """A request in one segment is read at once (PolicyProtocol._whole_request); fed a
+    byte at a time it goes line by line. Both give the service the same attributes and
+    the client the same replies, for well-formed requests and near misses (CRs, no "=",
+    long lines, too many attributes, repeated names, bytes that are not UTF-8, two
+    requests in one segment)."""
+    import random
+
+    rng = random.Random(52)
+    pieces = [b"a=1", b"b=", b"=x", b"nox", b"c=\xff\xfe", b"d=" + b"y" * 60, b"a=2", b"e=\r", b"f=g=h", b"", b"\xff=1"]
+    for _ in range(400):
+        lines = [rng.choice(pieces) for _ in range(rng.randrange(0, 7))]
+        data = b"\n".join(lines) + b"\n\n"
+        if rng.random() < 0.1:
+            data += req(recipient="second")
+        outputs = []
+        for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
+            scripted = Scripted()
+            factory = PolicyFactory(scripted, "policy", max_request_bytes=120, max_line_bytes=40, max_attributes=3)
+            proto, t = connect(factory)
+            for chunk in chunks:
+                proto.dataReceived(chunk)
+            outputs.append((scripted.seen, t.value()))
+        assert outputs[0] == outputs[1], data
