@@ -94,6 +94,18 @@ def _free_port() -> int:
             return port
 
 
+def _stop_with_parent() -> None:
+    """In the child before exec: SIGTERM when the bench dies (prctl(2) PR_SET_PDEATHSIG),
+    so a killed bench leaves no NSD behind; NSD stops its own server processes on it."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class NSDServer:
     """``nsd -d`` on 127.0.0.1:port with one server process, *zone* loaded; stopped on exit.
 
@@ -141,7 +153,8 @@ class NSDServer:
             "  zonefile: example.zone\n"
         )
         self.process = subprocess.Popen([NSD, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                        stderr=open(self.workdir / "nsd.stderr", "wb"))  # fmt: skip
+                                        stderr=open(self.workdir / "nsd.stderr", "wb"),
+                                        preexec_fn=_stop_with_parent)  # fmt: skip
         self._wait_ready()
         return self
 
