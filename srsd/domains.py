@@ -75,6 +75,14 @@ class DomainSet:
 _V4_MAPPED = 0xFFFF << 32  # ::ffff:0:0/96 (RFC 4291 2.5.5.2)
 
 
+def _packed(family: int, address: str) -> int | None:
+    """*address* as an integer when inet_pton(3) reads it in *family*, else None."""
+    try:
+        return int.from_bytes(socket.inet_pton(family, address), "big")
+    except (OSError, TypeError, ValueError):
+        return None
+
+
 class Networks:
     """IP networks; ``address in networks`` for a client address string.
 
@@ -97,17 +105,14 @@ class Networks:
     def __contains__(self, address: str) -> bool:
         if not self.networks:
             return False
-        try:  # the forms inet_pton reads, ipaddress reads alike
-            v4 = int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
+        # The forms inet_pton reads, ipaddress reads alike; the others (a scope id) go to it.
+        v4 = _packed(socket.AF_INET, address)
+        if v4 is not None:
             return self._has(self._v4, v4) or self._has(self._v6, _V4_MAPPED | v4)
-        except (OSError, TypeError):
-            pass
-        try:
-            v6 = int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big")
+        v6 = _packed(socket.AF_INET6, address)
+        if v6 is not None:
             return self._has(self._v6, v6) or (v6 >> 32 == _V4_MAPPED >> 32 and self._has(self._v4, v6 & 0xFFFFFFFF))
-        except (OSError, TypeError):
-            pass
-        return self._contains_parsed(address)  # a scope id and the like: ipaddress decides
+        return self._contains_parsed(address)
 
     @staticmethod
     def _has(networks: list[tuple[int, int]], value: int) -> bool:

@@ -64,5 +64,6 @@ def test_default_process_count_follows_the_policy_endpoint(srsd_factory):
     ]
     for endpoints, sections, processes in cases:
         daemon = srsd_factory(workers=None, endpoints=endpoints, sections=sections)
-        assert daemon.wait_for_log(f"srsd ready: 1 endpoint(s), {processes} process(es)"), daemon.diagnostics()
+        ready = f"srsd ready: 1 endpoint(s), {processes} process(es)"
+        assert daemon.wait_for_log(ready, timeout=60), daemon.diagnostics()
         assert daemon.stop() == 0

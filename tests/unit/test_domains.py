@@ -61,7 +61,7 @@ def test_networks_integer_test_agrees_with_ipaddress(entries):
 
     rng = random.Random(entries[0])
     addresses = ["127.0.0.1", "::1", "::ffff:127.0.0.1", "::ffff:192.0.2.9", "198.51.100.7", "fe80::1%eth0",
-                 "01.2.3.4", "x", "", "1.2.3", "::", "0.0.0.0", "::FFFF:198.51.100.7"]  # fmt: skip
+                 "01.2.3.4", "x", "", "1.2.3", "::", "0.0.0.0", "::FFFF:198.51.100.7", "1.2\x00.3.4"]  # fmt: skip
     for _ in range(2000):
         if rng.random() < 0.5:
             addresses.append(str(ipaddress.IPv4Address(rng.getrandbits(32))))
