@@ -11,9 +11,8 @@ system, this process only) for:
 * ``cold policy``: :class:`srsd.policy_service.PolicyService`, nothing kept (each round
   its own names): what the daemon does for a request, less the policy protocol;
 * then, every answer kept in the DNS cache and the result cache off, the same requests
-  through fewer layers -- ``check_host``: pyspf with the answers handed over directly (no
-  Deferred, no greenlet); ``pool``: the same as :class:`srsd.greenpool.GreenPool` jobs;
-  ``pool + wait``: with the DNS hook parking on :func:`srsd.greenpool.wait`;
+  through fewer layers -- ``check_host``: srsd's evaluator (:mod:`srsd.spf_eval`) with the
+  answers handed over directly (:func:`srsd.spf.check_host`, no Deferred);
   ``checker``: :meth:`srsd.spf.SPFChecker.check`; ``policy``: ``PolicyService.handle``;
 * ``DNS``: :meth:`srsd.dns_async.AsyncResolver.lookup` alone, new names, 1 and 8 at once;
 * ``collector``: time in CPython's collector during the cold rounds (gc callbacks), with
@@ -47,20 +46,29 @@ from twisted.internet import defer, reactor  # noqa: E402
 
 from srsd.config import PolicySettings  # noqa: E402
 from srsd.dns import Resolver  # noqa: E402
-from srsd.dns_async import WaitingResolver  # noqa: E402
+from srsd.dns_async import reading_records  # noqa: E402
 from srsd.heap import settle_heap  # noqa: E402
 from srsd.policy_service import PolicyService  # noqa: E402
 from srsd.spf import SPFChecker, check_host  # noqa: E402
 
 
-class KeptOnly(WaitingResolver):
-    """The DNS hook answered from the cache directly: no Deferred, no parking."""
+class KeptOnly:
+    """check_host's resolver answered from the reactor's DNS cache directly."""
 
-    def fetch(self, name: str, qtype: str, timeout: float | None):
+    def __init__(self, resolver) -> None:
+        self.resolver, self.timeout = resolver, resolver.timeout
+
+    def start_ttl_tracking(self) -> None:
+        pass
+
+    def tracked_ttl(self) -> None:
+        return None
+
+    def records(self, name: str, qtype: str, timeout: float | None = None) -> list:
         reading = self.resolver.cached(name, qtype)
         if reading is None:
             raise RuntimeError(f"{name}/{qtype} is not kept")
-        return reading
+        return reading_records(reading, name)
 
 
 class Collector:
@@ -86,7 +94,7 @@ async def measure(args: argparse.Namespace, port: int, cold: list[list[dict]], n
     checker = SPFChecker(reactor, resolver, threads=8)
     settings = dataclasses.replace(PolicySettings(), helo_reject="fail", mail_from_reject="fail")
     service = PolicyService(settings, checker, "mx.local.example")
-    pool, kept = checker.pool, checker.async_resolver
+    kept = checker.async_resolver
     collector = Collector()
     rows: dict[str, list[float]] = {}
 
@@ -119,13 +127,8 @@ async def measure(args: argparse.Namespace, port: int, cold: list[list[dict]], n
                 check_host(KeptOnly(kept), a["client_address"], sender, a["helo_name"])
         return 1e6 * (time.process_time() - started) / len(hot)
 
-    def waiting(*check: str) -> defer.Deferred:
-        return pool.run(10, check_host, WaitingResolver(kept), *check)
-
     for _ in range(args.rounds):
         note("check_host", direct())
-        note("pool", await in_batches(lambda a: both(a, lambda *c: pool.run(10, check_host, KeptOnly(kept), *c)), hot))
-        note("pool + wait", await in_batches(lambda a: both(a, waiting), hot))
         note("checker", await in_batches(lambda a: both(a, checker.check), hot))
         service._messages.clear()
         note("policy", await in_batches(service.handle, hot))

@@ -5,9 +5,7 @@ record TTLs and caches negative answers (NXDOMAIN, NODATA) for the SOA minimum
 (RFC 2308). Lookups block, so they run on worker threads (see :mod:`srsd.spf`),
 never on the reactor thread.
 
-:func:`Resolver.spf_lookup` speaks pyspf's ``DNSLookup(name, qtype, strict,
-timeout)`` interface, replacing pyspf's default resolver, which calls the
-deprecated ``dns.resolver.query`` and knows no nameserver or cache settings.
+:meth:`Resolver.records` gives the records SPF evaluation reads (:mod:`srsd.spf_eval`).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import dns.exception
@@ -31,12 +29,8 @@ __all__ = [
     "no_such_name",
     "parse_nameserver",
     "shorter_ttl",
-    "spf_lookup",
     "spf_records",
 ]
-
-# pyspf asks for the SPF RR type (99) by name; dnspython knows it as rdatatype.SPF.
-_QTYPES = {"A", "AAAA", "MX", "PTR", "TXT", "SPF", "CNAME"}
 
 
 class DNSTemporaryError(Exception):
@@ -212,28 +206,13 @@ class Resolver:
         """The dnspython resolver underneath (its settings and cache; srsd.dns_async drives it)."""
         return self._resolver
 
-    def spf_lookup(self, name: str, qtype: str, strict: Any = True, timeout: float | None = None) -> list:
-        """pyspf's DNSLookup over this resolver: see :func:`spf_lookup`."""
-        return spf_lookup(lambda n, q, t: spf_records(self.resolve(n, q, t), n), name, qtype, timeout)
+    def records(self, name: str, qtype: str, timeout: float | None = None) -> list:
+        """*name*'s *qtype* records in :func:`spf_records`' shape (what srsd.spf_eval reads).
 
-
-def spf_lookup(records: Callable[[str, str, float | None], list], name: str, qtype: str, timeout: float | None) -> list:
-    """pyspf's DNSLookup, ``[((name, type), value), ...]`` (:func:`spf_records`), from
-    *records* (name, type, timeout) of a resolver; a type srsd does not look up and an
-    impossible name have no records (pyspf: a void lookup).
-
-    :raises spf.TempError: on :class:`DNSTemporaryError`.
-    """
-    import spf
-
-    if qtype not in _QTYPES:
-        return []
-    try:
-        return records(name, qtype, timeout)
-    except DNSTemporaryError as exc:
-        raise spf.TempError(str(exc)) from None
-    except ValueError:
-        return []
+        :raises DNSTemporaryError: as :meth:`resolve`.
+        :raises ValueError: as :meth:`resolve`.
+        """
+        return spf_records(self.resolve(name, qtype, timeout), name)
 
 
 def spf_records(answer: dns.resolver.Answer | None, name: str) -> list:

@@ -36,11 +36,10 @@ import dns.resolver
 from twisted.internet import defer, protocol
 from twisted.internet.error import ConnectionDone
 
-from srsd.dns import DNSTemporaryError, Resolver, spf_lookup
+from srsd.dns import DNSTemporaryError, Resolver
 from srsd.dns_wire import Reading, Unusual, qname_wire, query_wire, read_reply, read_with_dnspython
-from srsd.greenpool import wait
 
-__all__ = ["AsyncResolver", "Exchange", "ReactorExchange", "WaitingResolver"]
+__all__ = ["AsyncResolver", "Exchange", "ReactorExchange", "reading_records"]
 
 #: ``exchange(wire, address, port, tcp, timeout)``: the reply's wire bytes (a Deferred);
 #: fails with ``dns.exception.Timeout`` or ``OSError``
@@ -302,55 +301,11 @@ class _Lookup:
         self._next()
 
 
-class WaitingResolver:
-    """An :class:`AsyncResolver` as one :class:`~srsd.greenpool.GreenPool` job sees it:
-    the blocking interface :func:`srsd.spf.check_host` calls, each lookup parking the job
-    until its answer. One per check: it tracks the TTL of that check's answers."""
-
-    def __init__(self, resolver: AsyncResolver) -> None:
-        self.resolver = resolver
-        self.timeout = resolver.timeout
-        self._ttl: float | None = None
-
-    def start_ttl_tracking(self) -> None:
-        self._ttl = None
-
-    def tracked_ttl(self) -> float | None:
-        return self._ttl
-
-    def reading(self, name: str, qtype: str, timeout: float | None = None) -> Reading:
-        """The :class:`~srsd.dns_wire.Reading` of *name*/*qtype*, its TTL noted (answers
-        and NODATA; :class:`~srsd.dns.Resolver`'s rule).
-
-        :raises DNSTemporaryError: as :meth:`AsyncResolver.lookup`.
-        :raises ValueError: as :meth:`AsyncResolver.lookup`.
-        """
-        reading = self.fetch(name, qtype, timeout)
-        if reading.kind != "nxdomain":
-            remaining = max(0.0, reading.expires - time.time())
-            self._ttl = remaining if self._ttl is None else min(self._ttl, remaining)
-        return reading
-
-    def fetch(self, name: str, qtype: str, timeout: float | None) -> Reading:
-        """:meth:`AsyncResolver.lookup`'s reading, the job parked meanwhile
-        (:func:`srsd.greenpool.wait`); a kept one without a Deferred."""
-        cached = self.resolver.cached(name, qtype)
-        if cached is not None:
-            return cached
-        return wait(self.resolver.lookup(name, qtype, timeout))
-
-    def records(self, name: str, qtype: str, timeout: float | None = None) -> list:
-        """The records of :meth:`reading` in pyspf's shape (:func:`srsd.dns.spf_records`'s)."""
-        found = self.reading(name, qtype, timeout)
-        if found.kind != "answer":
-            return []
-        asked = name.rstrip(".")
-        return [((asked if owner is None else owner, rtype), value) for (owner, rtype), value in found.records]
-
-    def spf_lookup(self, name: str, qtype: str, strict: Any = True, timeout: float | None = None) -> list:
-        """pyspf's DNSLookup, as :meth:`srsd.dns.Resolver.spf_lookup` answers it
-        (:func:`srsd.dns.spf_lookup`).
-
-        :raises spf.TempError: on :class:`~srsd.dns.DNSTemporaryError`.
-        """
-        return spf_lookup(self.records, name, qtype, timeout)
+def reading_records(reading: Reading, name: str) -> list:
+    """*reading* (of a lookup of *name*) as :func:`srsd.dns.spf_records` gives an answer:
+    ``[((owner, rtype), value), ...]``, the asked name's records under *name*; [] for
+    NODATA and NXDOMAIN."""
+    if reading.kind != "answer":
+        return []
+    asked = name.rstrip(".")
+    return [((asked if owner is None else owner, rtype), value) for (owner, rtype), value in reading.records]

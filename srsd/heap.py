@@ -2,9 +2,9 @@
 collections rarer.
 
 CPython collects generation 0 every 700 net container allocations. A cold SPF policy
-request leaves ~90 of them (Deferreds, greenlets, pyspf's objects, DNS readings), so the
+request left ~90 of them (Deferreds, greenlets, pyspf's objects, DNS readings), so the
 collector ran every ~8 requests, and each of its full passes walked everything start-up
-left behind (Twisted, dnspython, pyspf, the configuration: ~100,000 objects). Measured in
+left behind (Twisted, dnspython, the configuration: ~100,000 objects). Measured in
 process on the cold SPF mix (``bench/spf_layers.py``, gc callbacks timing each
 collection): 56-105 µs of collector time a request before, 10-22 µs after
 (docs/performance.md).

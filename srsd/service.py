@@ -228,7 +228,7 @@ class Daemon:
         return self.resolver
 
     def spf_checker(self) -> SPFChecker:
-        """The SPF checker (greenlets over :meth:`dns_resolver`'s servers), built on first use from [spf]."""
+        """The SPF checker (on the reactor, over :meth:`dns_resolver`'s servers), built on first use from [spf]."""
         if self.checker is None:
             c = self.config
             self.checker = SPFChecker(

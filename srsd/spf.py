@@ -1,78 +1,53 @@
-"""SPF evaluation (RFC 7208) with pyspf over srsd's resolver, never blocking the reactor.
+"""SPF checks (RFC 7208): srsd's evaluator (:mod:`srsd.spf_eval`) driven over DNS.
 
-pyspf is synchronous. In the daemon (:class:`SPFChecker`) each check runs as a greenlet
-on the reactor thread (:mod:`srsd.greenpool`), its DNS queries asynchronous
-(:mod:`srsd.dns_async`): a check waiting on DNS parks and the reactor goes on; no thread
-hand-offs. :func:`check_host` itself is plain blocking code, and the command line
-(``srsd spf``, ``check-dns``) calls it with the blocking :class:`~srsd.dns.Resolver`.
-Each check has an overall time budget (pyspf's ``querytime``; its default 0 means no
-limit) and a per-query timeout. A check that runs past its budget, or finds the checker
-saturated, answers ``temperror``: callers decide what temperror means for them (SPF-aware
-rewriting rewrites; the policy service defers or accepts per config).
+The evaluator asks its DNS questions one at a time and does no I/O. :func:`check_host`
+answers them with a blocking resolver (the command line: ``srsd spf``, ``check-dns``);
+:class:`SPFChecker` on the reactor, an answer kept in the cache at once and any other
+through :class:`~srsd.dns_async.AsyncResolver`: a check waiting on DNS costs a suspended
+generator, and the reactor goes on. Each check has an overall time budget and each query
+a timeout, capped by what is left of the budget; a check that runs past its budget, or
+finds the checker saturated, answers ``temperror``: callers decide what temperror means
+for them (SPF-aware rewriting rewrites; the policy service defers or accepts per config).
 """
 
 from __future__ import annotations
 
-import contextvars
+import collections
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import spf as pyspf
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from srsd.dns import Resolver
-from srsd.dns_async import AsyncResolver, Exchange, WaitingResolver
-from srsd.greenpool import GreenPool
+from srsd.dns import DNSTemporaryError
+from srsd.dns_async import AsyncResolver, Exchange, reading_records
+from srsd.dns_wire import Reading
 from srsd.log_targets import debugging
+from srsd.received_spf import received_spf
 from srsd.spf_cache import SPFResultCache
-from srsd.workpool import PoolOverloaded
+from srsd.spf_eval import Evaluation, Outcome
+from srsd.spf_record import SPFTempError
 
-__all__ = ["SPFResult", "SPFChecker", "RESULTS", "check_host", "install_dns_hook"]
+__all__ = ["SPFResult", "SPFChecker", "RESULTS", "check_host"]
 
 log = Logger(namespace="srsd.spf")
 
 #: RFC 7208 section 2.6 result keywords
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 
-# pyspf has one module-global DNS hook (spf.DNSLookup); srsd routes it to the
-# resolver of the check running in the calling context -- a thread, or a greenlet,
-# which runs in a context of its own -- so checks and resolvers coexist.
 
+class BlockingResolver(Protocol):
+    """What :func:`check_host` needs of a resolver (:class:`srsd.dns.Resolver` has it)."""
 
-class _Check:
-    __slots__ = ("resolver", "sender_specific")
+    timeout: float
 
-    def __init__(self, resolver: Any) -> None:
-        self.resolver = resolver
-        self.sender_specific = False
+    def records(self, name: str, qtype: str, timeout: float | None = None) -> list: ...
 
+    def start_ttl_tracking(self) -> None: ...
 
-_current: contextvars.ContextVar[_Check] = contextvars.ContextVar("srsd_spf_check")
-
-
-def _dns_lookup(name: str, qtype: str, strict: Any = True, timeout: float | None = None) -> list:
-    check = _current.get()
-    records = check.resolver.spf_lookup(name, qtype, strict, timeout)
-    if qtype in ("TXT", "SPF") and not check.sender_specific:
-        # %{s}/%{l} make the result depend on the local part, not only the domain.
-        for (_name, rtype), strings in records:
-            if rtype not in ("TXT", "SPF"):
-                continue  # the CNAMEs on the way
-            text = b"".join(strings).lower()
-            if b"%{l" in text or b"%{s" in text:
-                check.sender_specific = True
-    return records
-
-
-def install_dns_hook() -> None:
-    """Point pyspf's DNS at srsd's resolvers (idempotent). Not done at import:
-    :func:`check_host`, srsd's only way into pyspf, makes sure of it; pyspf's own
-    resolver calls the deprecated ``dns.resolver.query`` and knows no srsd settings."""
-    if pyspf.DNSLookup is not _dns_lookup:
-        pyspf.DNSLookup = _dns_lookup
+    def tracked_ttl(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -96,7 +71,7 @@ class SPFResult:
 
 
 def check_host(
-    resolver: Resolver | WaitingResolver,
+    resolver: BlockingResolver,
     ip: str,
     sender: str,
     helo: str,
@@ -111,55 +86,142 @@ def check_host(
     :param helo: the HELO/EHLO name.
     :param budget: seconds for the whole evaluation (every DNS query included).
     :param receiver: this host's name, for the Received-SPF comment.
-    :returns: the result; never raises: pyspf's PermError/TempError and any other
-        exception (e.g. dnspython errors on impossible names) become permerror or
-        temperror.
+    :returns: the result; never raises: a DNS failure is temperror, a bad client
+        address temperror too.
     """
-    install_dns_hook()
-    check = _Check(resolver)
-    token = _current.set(check)
-    try:
-        return _evaluate(resolver, check, ip, sender, helo, budget, receiver)
-    finally:
-        _current.reset(token)
-
-
-def _evaluate(resolver: Any, check: _Check, ip: str, sender: str, helo: str, budget: float, receiver: str) -> SPFResult:
+    deadline = time.monotonic() + budget
     resolver.start_ttl_tracking()
-    identity = "mailfrom" if sender else "helo"
+
     try:
-        query = pyspf.query(
-            i=ip,
-            s=sender,
-            h=helo,
-            receiver=receiver or "localhost",
-            querytime=budget,
-            timeout=min(budget, resolver.timeout),
-        )
-        result, _code, explanation = query.check()
+        evaluation = Evaluation(ip, sender, helo, receiver or "localhost")
+    except ValueError:
+        return SPFResult("temperror", f"SPF check failed: bad client address {ip!r}", "mailfrom" if sender else "helo")
+    steps = evaluation.run()
+    try:
+        name, qtype = next(steps)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                steps.close()
+                return _over_budget(evaluation, budget)
+            try:
+                records = resolver.records(name, qtype, min(remaining, resolver.timeout))
+            except DNSTemporaryError as exc:
+                name, qtype = steps.throw(SPFTempError(str(exc)))
+            except ValueError:  # not a DNS name: no records (a void lookup)
+                name, qtype = steps.send([])
+            else:
+                name, qtype = steps.send(records)
+    except StopIteration as stop:
+        return _result(evaluation, stop.value, resolver.tracked_ttl())
+
+
+def _over_budget(evaluation: Evaluation, budget: float) -> SPFResult:
+    return SPFResult("temperror", f"SPF check exceeded its {budget:g} s budget", evaluation.identity)
+
+
+def _result(evaluation: Evaluation, outcome: Outcome, ttl: float | None) -> SPFResult:
+    header = received_spf(
+        outcome.result,
+        ip=str(evaluation.address),
+        sender=evaluation.envelope_sender,
+        helo=evaluation.helo,
+        domain=evaluation.domain,
+        identity=evaluation.identity,
+        receiver=evaluation.receiver,
+        mechanism=outcome.mechanism,
+        problem=outcome.problem,
+        reason=outcome.reason,
+    )
+    return SPFResult(outcome.result, outcome.explanation, evaluation.identity, header, ttl, evaluation.sender_specific)
+
+
+class _Run:
+    """One check on the reactor: the evaluation fed answers until it ends.
+
+    An answer kept in the DNS cache goes back at once (no Deferred); any other is asked
+    with what is left of the budget as its timeout, and the evaluation resumes when it
+    comes. *done* is called once, with the :class:`SPFResult`.
+    """
+
+    __slots__ = ("resolver", "evaluation", "steps", "deadline", "budget", "ttl", "done")
+
+    def __init__(
+        self,
+        resolver: AsyncResolver,
+        evaluation: Evaluation,
+        deadline: float,
+        budget: float,
+        done: Callable[[SPFResult], None],
+    ) -> None:
+        self.resolver = resolver
+        self.evaluation = evaluation
+        self.steps = evaluation.run()
+        self.budget = budget
+        self.deadline = deadline  # time.monotonic() seconds
+        self.ttl: float | None = None
+        self.done = done
+
+    def step(self, records: list | None = None, error: Exception | None = None) -> None:
+        """Feed *records* (or throw *error*) into the evaluation, then answer its
+        questions until one must wait for DNS, or it ends."""
+        steps, resolver = self.steps, self.resolver
         try:
-            header = query.get_header(result, receiver=receiver or None)
-        except Exception:  # pyspf cannot describe every odd result
-            header = f"{result.capitalize()} identity={identity}"
-    except pyspf.TempError as exc:
-        result, explanation, header = "temperror", f"SPF temporary error: {exc}", ""
-    except pyspf.PermError as exc:
-        result, explanation, header = "permerror", f"SPF permanent error: {exc}", ""
-    except Exception as exc:  # pyspf lets some library errors escape
-        result, explanation, header = "temperror", f"SPF check failed: {type(exc).__name__}: {exc}", ""
-    if result not in RESULTS:
-        result = "temperror"
-    return SPFResult(result, explanation, identity, header, resolver.tracked_ttl(), check.sender_specific)
+            while True:
+                name, qtype = steps.throw(error) if error is not None else steps.send(records)
+                error = None
+                reading = resolver.cached(name, qtype)
+                if reading is None:
+                    remaining = self.deadline - time.monotonic()
+                    if remaining <= 0:
+                        steps.close()
+                        self.done(_over_budget(self.evaluation, self.budget))
+                        return
+                    d = resolver.lookup(name, qtype, min(remaining, resolver.timeout))
+                    if not d.called:
+                        d.addCallbacks(self._answered, self._failed, (name,))
+                        return
+                    out: list = []
+                    d.addBoth(out.append)  # fired at once: a name lookup() refuses
+                    if not isinstance(out[0], Reading):
+                        records, error = self._failure(out[0])
+                        continue
+                    reading = out[0]
+                records = self._records(reading, name)
+        except StopIteration as stop:
+            self.done(_result(self.evaluation, stop.value, self.ttl))
+        except Exception:  # a bug in the evaluator: the check answers, the daemon goes on
+            log.failure("SPF check {ip} crashed", ip=str(self.evaluation.address))
+            self.done(SPFResult("temperror", "SPF check failed", self.evaluation.identity))
+
+    def _records(self, reading: Reading, name: str) -> list:
+        if reading.kind != "nxdomain":  # the TTL the result rests on (answers and NODATA)
+            remaining = max(0.0, reading.expires - time.time())
+            self.ttl = remaining if self.ttl is None else min(self.ttl, remaining)
+        return reading_records(reading, name)
+
+    def _answered(self, reading: Reading, name: str) -> None:
+        self.step(self._records(reading, name))
+
+    def _failed(self, failure: Any) -> None:
+        records, error = self._failure(failure)
+        self.step(records, error)
+
+    @staticmethod
+    def _failure(failure: Any) -> tuple[list | None, Exception | None]:
+        if failure.check(ValueError):
+            return [], None  # not a DNS name: no records (a void lookup)
+        return None, SPFTempError(str(failure.value) if failure.check(DNSTemporaryError) else "DNS lookup failed")
 
 
 class SPFChecker:
-    """Runs :func:`check_host` as greenlets on the reactor thread (:mod:`srsd.greenpool`),
-    its DNS through an :class:`~srsd.dns_async.AsyncResolver` over *resolver*.
+    """Runs SPF checks on the reactor (:class:`_Run`), their DNS through an
+    :class:`~srsd.dns_async.AsyncResolver` over *resolver*.
 
     :param resolver: the DNS resolver (its servers, per-query timeout and cache apply).
     :param threads: checks running at once (``[spf] threads``; the name is from the days
-        of a thread pool); checks beyond ``4 * threads`` waiting answer temperror at once
-        instead of queueing without bound.
+        of a thread pool); up to ``4 * threads`` in all may wait for a turn, more answer
+        temperror at once instead of queueing without bound.
     :param budget: default seconds per check.
     :param receiver: this host's name for Received-SPF comments.
     :param cache_size: results kept (:class:`~srsd.spf_cache.SPFResultCache`); 0 = none.
@@ -168,13 +230,13 @@ class SPFChecker:
         TCP; tests on a fake reactor give their own).
 
     The same check asked again while it runs waits for that one; a result kept in the
-    cache answers at once, without the pool.
+    cache answers at once.
     """
 
     def __init__(
         self,
         reactor: Any,
-        resolver: Resolver,
+        resolver: Any,
         *,
         threads: int = 8,
         budget: float = 10.0,
@@ -188,32 +250,37 @@ class SPFChecker:
         self.async_resolver = AsyncResolver(resolver, reactor, exchange)
         self.budget = budget
         self.receiver = receiver
-        self.pool = GreenPool(reactor, threads)
+        self.size = threads
+        self.running = 0
         self.cache = SPFResultCache(cache_size, max_ttl)
+        # checks waiting for a turn: (their Deferred, a function that starts them)
+        self._queue: collections.deque[tuple[defer.Deferred, Callable[[], None]]] = collections.deque()
         # (ip, sender, helo, budget) -> the check under way: callers asking the same wait for it
         self._inflight: dict[tuple[str, str, str, float], defer.Deferred] = {}
 
     @property
     def pending(self) -> int:
-        return self.pool.pending
+        """Checks running or waiting for a turn."""
+        return self.running + len(self._queue)
 
     @property
     def max_pending(self) -> int:
-        return self.pool.max_pending
+        return 4 * self.size
 
     def cached(self, ip: str, sender: str, helo: str) -> SPFResult | None:
         """The kept result of this check, if there is one (no check is started)."""
         return self.cache.get(ip, sender, helo, time.monotonic())
 
     def check(self, ip: str, sender: str, helo: str, budget: float | None = None) -> defer.Deferred:
-        """check_host() off the reactor: a Deferred firing with an :class:`SPFResult`
+        """check_host() on the reactor: a Deferred firing with an :class:`SPFResult`
         within *budget* seconds (temperror on overrun or overload); never fails
         unless the caller cancels it (which cancels only the caller's wait)."""
         result = self.cached(ip, sender, helo)
         if result is not None:
             return defer.succeed(result)
         # Per budget too: a caller with a short one must not wait on a long one.
-        key = (ip, sender, helo, self.budget if budget is None else budget)
+        budget = self.budget if budget is None else budget
+        key = (ip, sender, helo, budget)
         shared = self._inflight.get(key)
         if shared is None:
             shared = self._inflight[key] = self._run(ip, sender, helo, budget)
@@ -229,39 +296,47 @@ class SPFChecker:
         shared.addBoth(lambda result: (mine.called or mine.callback(result), result)[1])
         return mine
 
-    def _run(self, ip: str, sender: str, helo: str, budget: float | None) -> defer.Deferred:
-        budget = self.budget if budget is None else budget
+    def _run(self, ip: str, sender: str, helo: str, budget: float) -> defer.Deferred:
         identity = "mailfrom" if sender else "helo"
+        if self.pending >= self.max_pending:
+            return defer.succeed(SPFResult("temperror", "SPF checker overloaded", identity))
+        try:
+            evaluation = Evaluation(ip, sender, helo, self.receiver or "localhost")
+        except ValueError:
+            return defer.succeed(SPFResult("temperror", f"SPF check failed: bad client address {ip!r}", identity))
+        d: defer.Deferred = defer.Deferred()
         started = time.monotonic()
-        # A small grace over the budget: pyspf enforces it between queries only.
-        resolver = WaitingResolver(self.async_resolver)
-        d = self.pool.run(budget + 0.25, check_host, resolver, ip, sender, helo, budget=budget, receiver=self.receiver)
 
-        def failed(failure: Any) -> Any:
-            if failure.check(defer.CancelledError):
-                return failure  # the caller cancelled (its client went away): not a crash
-            if failure.check(PoolOverloaded):
-                return SPFResult("temperror", "SPF checker overloaded", identity)
-            if failure.check(defer.TimeoutError):
-                return SPFResult("temperror", f"SPF check exceeded its {budget:g} s budget", identity)
-            log.failure("SPF check {ip} {sender!r} crashed", failure, ip=ip, sender=sender)
-            return SPFResult("temperror", "SPF check failed", identity)
+        def done(result: SPFResult) -> None:
+            self.running -= 1
+            if not d.called:
+                if debugging():
+                    log.debug(
+                        "SPF {identity} {ip} {sender!r} helo={helo!r}: {result} in {ms:.1f} ms",
+                        identity=identity, ip=ip, sender=sender, helo=helo, result=result.result,
+                        ms=(time.monotonic() - started) * 1000,
+                    )
+                d.callback(result)
+            self._start_waiting()
 
-        def done(result: Any) -> Any:
-            if not debugging():
-                return result
-            log.debug(
-                "SPF {identity} {ip} {sender!r} helo={helo!r}: {result} in {ms:.1f} ms",
-                identity=identity,
-                ip=ip,
-                sender=sender,
-                helo=helo,
-                result=getattr(result, "result", result),
-                ms=(time.monotonic() - started) * 1000,
-            )
-            return result
+        def start() -> None:
+            self.running += 1
+            _Run(self.async_resolver, evaluation, started + budget, budget, done).step()
 
-        return d.addErrback(failed).addBoth(done)
+        if self.running < self.size:
+            start()
+            return d
+        # No turn yet: the caller's wait is bounded by the budget all the same.
+        overrun = f"SPF check exceeded its {budget:g} s budget"
+        d.addTimeout(budget, self.reactor, onTimeoutCancel=lambda _v, _t: SPFResult("temperror", overrun, identity))
+        self._queue.append((d, start))
+        return d
+
+    def _start_waiting(self) -> None:
+        while self._queue and self.running < self.size:
+            d, start = self._queue.popleft()
+            if not d.called:  # its caller gave up or timed out while it waited
+                start()
 
     def check_all(self, ips: Iterable[str], sender: str, helo: str, budget: float | None = None) -> defer.Deferred:
         """Check *sender* from each of *ips* concurrently: Deferred[list[SPFResult]]."""

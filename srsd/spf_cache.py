@@ -9,7 +9,7 @@ sender-specific; it lives as long as the shortest TTL of the answers it used (at
 data had no TTL (an NXDOMAIN or no DNS at all).
 
 A result reused for another sender of the domain gets that sender in its Received-SPF
-text (``envelope-from=``, RFC 7208 9.1); the rest of pyspf's text names only the domain,
+text (``envelope-from=``, RFC 7208 9.1); the rest of the text names only the domain,
 the IP and the HELO name, which are the key.
 
 Bounded: at most ``max_entries`` results; the oldest go first.
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import spf as pyspf
+from srsd.received_spf import quote_value
 
 if TYPE_CHECKING:  # srsd.spf uses this module
     from srsd.spf import SPFResult
@@ -75,8 +75,8 @@ class SPFResultCache:
         checked_for, result = entry[1], entry[2]
         if checked_for == sender or not result.header:
             return result
-        old = f"envelope-from={pyspf.quote_value(checked_for)};"
-        new = f"envelope-from={pyspf.quote_value(sender)};"
+        old = f"envelope-from={quote_value(checked_for)};"
+        new = f"envelope-from={quote_value(sender)};"
         return replace(result, header=result.header.replace(old, new, 1))
 
     def put(self, ip: str, sender: str, helo: str, result: SPFResult, now: float) -> None:

@@ -33,6 +33,7 @@ from srsd.config import PolicySettings, is_domain
 from srsd.domains import DomainSet, Networks, normalize_domain
 from srsd.header_text import DOT_ATOM, comment, one_line, quoted
 from srsd.mailauth.results import FIELD, field_value, no_result, spf_result
+from srsd.received_spf import HEADER_RESULT
 from srsd.spf import SPFResult
 
 __all__ = [
@@ -56,16 +57,6 @@ DUNNO = "DUNNO"
 CHECKED_STATES = ("MAIL", "RCPT", "DATA", "END-OF-MESSAGE")
 #: results each ``*_reject`` setting refuses
 REJECTED_RESULTS = {"fail": ("fail",), "softfail": ("fail", "softfail"), "none": ()}
-#: RFC 7208 result keyword -> its spelling at the start of Received-SPF (pyspf's)
-_HEADER_RESULT = {
-    "pass": "Pass",
-    "fail": "Fail",
-    "softfail": "SoftFail",
-    "neutral": "Neutral",
-    "none": "None",
-    "permerror": "PermError",
-    "temperror": "TempError",
-}
 _DEFAULT_EXPLANATION = {
     "fail": "not authorized to send mail for this domain",
     "softfail": "domain owner discourages use of this host",
@@ -361,7 +352,7 @@ def received_spf_header(request: PolicyRequest, result: SPFResult, receiver: str
     if not value or len(value) > _MAX_HEADER - 14:
         explanation = one_line(result.explanation or _DEFAULT_EXPLANATION.get(result.result, ""), 200)
         value = (
-            f"{_HEADER_RESULT.get(result.result, 'TempError')} {comment(f'{receiver}: {explanation}')} "
+            f"{HEADER_RESULT.get(result.result, 'TempError')} {comment(f'{receiver}: {explanation}')} "
             + _details(request, receiver, result.identity)
         )
     return _fit("Received-SPF: " + value)

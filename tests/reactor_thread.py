@@ -1,5 +1,5 @@
 """A real Twisted reactor on a thread of its own, for tests that drive reactor-side code
-(srsd.dns_async, SPFChecker's greenlets) from plain pytest functions.
+(srsd.dns_async, SPFChecker's checks) from plain pytest functions.
 
 The reactor is a fresh ``EPollReactor`` instance, never installed as the process's global
 one (in-process tests of fake-reactor code keep theirs), run without signal handlers;
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from twisted.internet.epollreactor import EPollReactor
 from twisted.python import failure
 
 from srsd.dns import Resolver
-from srsd.dns_async import AsyncResolver, WaitingResolver
+from srsd.dns_async import AsyncResolver, reading_records
 from srsd.dns_wire import Reading
 
 __all__ = ["ReactorResolver", "ReactorThread"]
@@ -58,18 +59,33 @@ class ReactorThread:
         self._thread.join(10)
 
 
-class ReactorResolver(WaitingResolver):
+class ReactorResolver:
     """:class:`srsd.dns.Resolver`'s blocking interface over an :class:`AsyncResolver` on a
-    :class:`ReactorThread` (the test's thread waits, not a greenlet): the resolver tests
-    run unchanged over both. ``resolve`` gives the :class:`~srsd.dns_wire.Reading` of an
-    answer (None for NODATA and NXDOMAIN)."""
+    :class:`ReactorThread` (the test's thread waits): the resolver tests run unchanged over
+    both. ``resolve`` gives the :class:`~srsd.dns_wire.Reading` of an answer (None for
+    NODATA and NXDOMAIN); the TTL of answers and NODATA is tracked as Resolver does."""
 
     def __init__(self, resolver: Resolver, loop: ReactorThread) -> None:
-        super().__init__(AsyncResolver(resolver, loop.reactor))
+        self.resolver = AsyncResolver(resolver, loop.reactor)
+        self.timeout = self.resolver.timeout
         self.loop = loop
+        self._ttl: float | None = None
 
-    def fetch(self, name: str, qtype: str, timeout: float | None) -> Reading:
-        return self.loop.call(self.resolver.lookup, name, qtype, timeout)
+    def start_ttl_tracking(self) -> None:
+        self._ttl = None
+
+    def tracked_ttl(self) -> float | None:
+        return self._ttl
+
+    def reading(self, name: str, qtype: str, timeout: float | None = None) -> Reading:
+        reading = self.loop.call(self.resolver.lookup, name, qtype, timeout)
+        if reading.kind != "nxdomain":
+            remaining = max(0.0, reading.expires - time.time())
+            self._ttl = remaining if self._ttl is None else min(self._ttl, remaining)
+        return reading
+
+    def records(self, name: str, qtype: str, timeout: float | None = None) -> list:
+        return reading_records(self.reading(name, qtype, timeout), name)
 
     def resolve(self, name: str, qtype: str, timeout: float | None = None) -> Reading | None:
         reading = self.reading(name, qtype, timeout)

@@ -21,11 +21,11 @@ import re
 from pathlib import Path
 
 import pytest
-import spf as pyspf
 import yaml
 
 from srsd.dns import Resolver
 from srsd.spf import SPFChecker, check_host
+from srsd.spf_eval import DEFAULT_EXPLANATIONS
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "spf"
 FAST_TIMEOUT = 0.3  # seconds per query in scenarios with TIMEOUT records
@@ -95,7 +95,7 @@ def run_test(dns_server, zone: dict, timeout: float, test: dict, loop=None) -> N
     if "explanation" in test:
         want = test["explanation"]
         if want == "DEFAULT":
-            want = pyspf.EXPLANATIONS[outcome.result]
+            want = DEFAULT_EXPLANATIONS[outcome.result]
         assert outcome.explanation == want, detail
 
 

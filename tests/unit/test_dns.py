@@ -1,5 +1,5 @@
 """srsd.dns.Resolver against a real DNS server on loopback (tests/dnsserver.py),
-check_host over it, and SPFChecker with real worker threads and a fake clock."""
+check_host over it, and SPFChecker on a fake clock (its DNS on real sockets, or held)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import threading
 import time
 
 import dns.exception
+import dns.message
+import dns.rrset
 import pytest
-import spf as pyspf
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import failure
 
-import srsd.spf
+import srsd.spf_eval
 from srsd.dns import DNSTemporaryError, Resolver, parse_nameserver
-from srsd.greenpool import wait
-from srsd.spf import SPFChecker, SPFResult, check_host
+from srsd.spf import SPFChecker, check_host
 from tests.reactor_thread import ReactorResolver
 
 SPF_ZONE = {
@@ -90,24 +90,23 @@ def test_parse_nameserver_rejects(text):
         parse_nameserver(text)
 
 
-# -- answers in pyspf's format ----------------------------------------------------------
+# -- answers in the shape srsd.spf_eval reads ----------------------------------------------------------
 
 
 def test_spf_lookup_formats(resolver):
-    assert resolver.spf_lookup("example.org", "MX") == [(("example.org", "MX"), (10, "mx.example.org"))]
-    assert resolver.spf_lookup("mx.example.org", "A") == [(("mx.example.org", "A"), "192.0.2.25")]
-    assert resolver.spf_lookup("mx.example.org", "AAAA") == [(("mx.example.org", "AAAA"), "2001:db8::25")]
-    assert resolver.spf_lookup("25.2.0.192.in-addr.arpa", "PTR") == [
+    assert resolver.records("example.org", "MX") == [(("example.org", "MX"), (10, "mx.example.org"))]
+    assert resolver.records("mx.example.org", "A") == [(("mx.example.org", "A"), "192.0.2.25")]
+    assert resolver.records("mx.example.org", "AAAA") == [(("mx.example.org", "AAAA"), "2001:db8::25")]
+    assert resolver.records("25.2.0.192.in-addr.arpa", "PTR") == [
         (("25.2.0.192.in-addr.arpa", "PTR"), "mx.example.org")
     ]
-    assert resolver.spf_lookup("example.org", "TXT") == [
+    assert resolver.records("example.org", "TXT") == [
         (("example.org", "TXT"), (b"v=spf1 ip4:192.0.2.1 a:alias.example.org -all",))
     ]
-    assert resolver.spf_lookup("example.org", "NAPTR") == []  # a type pyspf never asks for
 
 
 def test_txt_multi_string_kept_as_character_strings(resolver):
-    assert resolver.spf_lookup("multi.example.org", "TXT") == [
+    assert resolver.records("multi.example.org", "TXT") == [
         (("multi.example.org", "TXT"), (b"v=spf1 ip4:192.0.2.1", b" -all"))
     ]
     assert check_host(resolver, "192.0.2.1", "a@multi.example.org", "h").result == "pass"
@@ -116,31 +115,31 @@ def test_txt_multi_string_kept_as_character_strings(resolver):
 def test_big_txt_falls_back_to_tcp(make_resolver, dns_server):
     key = "v=DKIM1; k=rsa; p=" + "A" * 1500  # > 512 bytes: TC over UDP, then TCP
     dns_server.set_zone({"sel._domainkey.example.org": [{"TXT": key}]})
-    answer = make_resolver([dns_server.address]).spf_lookup("sel._domainkey.example.org", "TXT")
+    answer = make_resolver([dns_server.address]).records("sel._domainkey.example.org", "TXT")
     assert b"".join(answer[0][1]) == key.encode()
     assert [q.transport for q in dns_server.queries] == ["udp", "tcp"]
 
 
 def test_cname_chain(resolver):
-    assert resolver.spf_lookup("alias.example.org", "A") == [
+    assert resolver.records("alias.example.org", "A") == [
         (("alias.example.org", "CNAME"), "hop.example.org"),
         (("hop.example.org", "CNAME"), "host.example.net"),
         (("host.example.net", "A"), "192.0.2.7"),
     ]
-    assert resolver.spf_lookup("alias.example.org", "AAAA") == []  # chain ends in NODATA
+    assert resolver.records("alias.example.org", "AAAA") == []  # chain ends in NODATA
     assert check_host(resolver, "192.0.2.7", "a@example.org", "h").result == "pass"
 
 
 def test_cname_to_missing_name(make_resolver, dns_server):
     dns_server.set_zone({"dangling.example": [{"CNAME": "gone.example"}]})
-    assert make_resolver([dns_server.address]).spf_lookup("dangling.example", "TXT") == []
+    assert make_resolver([dns_server.address]).records("dangling.example", "TXT") == []
 
 
 def test_owner_is_the_asked_name_even_with_odd_bytes(make_resolver, dns_server):
-    # SPF macros can expand to names with spaces (%_); pyspf looks the answer up
+    # SPF macros can expand to names with spaces (%_); the evaluator reads the answer
     # under the exact name it asked for, so it must not come back escaped.
     dns_server.set_zone({"a b.example": [{"A": "192.0.2.9"}]})
-    assert make_resolver([dns_server.address]).spf_lookup("a b.example", "A") == [(("a b.example", "A"), "192.0.2.9")]
+    assert make_resolver([dns_server.address]).records("a b.example", "A") == [(("a b.example", "A"), "192.0.2.9")]
 
 
 # -- caching --------------------------------------------------------------------------
@@ -209,8 +208,8 @@ def test_dead_server_is_a_temporary_error_within_the_timeout(make_resolver, dns_
         resolver.resolve("example.org", "TXT")
     # dnspython may sleep its 0.1 s retry backoff before noticing the lifetime is over
     assert time.monotonic() - started < 0.3 + 0.1 + 0.25  # + scheduling slack
-    with pytest.raises(pyspf.TempError):
-        resolver.spf_lookup("example.org", "TXT")
+    with pytest.raises(DNSTemporaryError):
+        resolver.records("example.org", "TXT")
     assert check_host(resolver, "192.0.2.1", "a@example.org", "h").result == "temperror"
     assert dns_server.query_count >= 3 and not any(q.answered for q in dns_server.queries)
     dns_server.resume()  # failures are not cached
@@ -233,7 +232,8 @@ LONG_NAME = "abcdefghi." * 30 + "example"  # 307 characters
 def test_impossible_names(resolver, dns_server, name):
     with pytest.raises(ValueError):
         resolver.resolve(name, "TXT")
-    assert resolver.spf_lookup(name, "TXT") == []
+    with pytest.raises(ValueError):
+        resolver.records(name, "TXT")
     assert check_host(resolver, "192.0.2.1", f"user@{name}", "helo.example").result in ("none", "permerror")
     assert check_host(resolver, "192.0.2.1", "", name).result in ("none", "permerror")
     dns_server.set_zone({"example.org": [{"TXT": f"v=spf1 a:{name} -all"}]})
@@ -242,7 +242,7 @@ def test_impossible_names(resolver, dns_server, name):
     assert dns_server.count(name) == 0
 
 
-# -- SPFChecker: greenlet checks, DNS exchanged on threads, fake reactor --------------------------------------
+# -- SPFChecker on a fake clock ------------------------------------------------------------------
 
 
 class ThreadedClockReactor(MemoryReactorClock):
@@ -303,31 +303,47 @@ class ThreadedClockReactor(MemoryReactorClock):
             f(*args, **kwargs)
 
 
-class Release:
-    """A gate the fake checks park on (srsd.greenpool.wait) until :meth:`set`."""
+class HeldExchange:
+    """SPFChecker's DNS exchange, every query held until :meth:`release` and then
+    answered ``v=spf1 +all``; a query still held when its timeout passes on the clock
+    times out, as on the reactor's exchange."""
 
-    def __init__(self) -> None:
-        self.gate = defer.Deferred()
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.held: list = []
+        self.released = False
 
-    def set(self) -> None:
-        if not self.gate.called:
-            self.gate.callback(None)
+    def __call__(self, wire, address, port, tcp, timeout):
+        d = defer.Deferred()
+        expiry = self.clock.callLater(timeout, lambda: d.called or d.errback(dns.exception.Timeout(timeout=timeout)))
+        d.addBoth(lambda result: (expiry.active() and expiry.cancel(), result)[1])
+        if self.released:
+            self._answer(d, wire)
+        else:
+            self.held.append((d, wire))
+        return d
+
+    def release(self) -> None:
+        self.released = True
+        for d, wire in self.held:
+            if not d.called:
+                self._answer(d, wire)
+
+    @staticmethod
+    def _answer(d, wire) -> None:
+        query = dns.message.from_wire(wire)
+        reply = dns.message.make_response(query)
+        reply.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "TXT", '"v=spf1 +all"'))
+        d.callback(reply.to_wire())
 
 
 @pytest.fixture
-def blocked_checks(monkeypatch):
-    """check_host replaced by one that waits for ``release`` (set at teardown)."""
-    release = Release()
-    started = []
+def held(fake_reactor):
+    return HeldExchange(fake_reactor)
 
-    def fake_check_host(resolver, ip, sender, helo, *, budget, receiver):
-        started.append(ip)
-        wait(release.gate)
-        return SPFResult("pass", f"late {ip}")
 
-    monkeypatch.setattr(srsd.spf, "check_host", fake_check_host)
-    yield release
-    release.set()
+def held_checker(fake_reactor, held, budget):
+    return SPFChecker(fake_reactor, Resolver(["127.0.0.1:9"]), threads=1, budget=budget, exchange=held, cache_size=0)
 
 
 def test_spf_checker_runs_checks(dns_server, fake_reactor):
@@ -341,42 +357,49 @@ def test_spf_checker_runs_checks(dns_server, fake_reactor):
     assert checker.pending == 0
 
 
-def test_spf_checker_refuses_work_beyond_its_queue(fake_reactor, blocked_checks):
-    checker = SPFChecker(fake_reactor, Resolver(["127.0.0.1:9"]), threads=1, budget=5, exchange=fake_reactor.exchange)
-    waiting = [checker.check(f"192.0.2.{i}", "a@example.org", "h") for i in range(checker.max_pending)]
-    overloaded = fake_reactor.wait(checker.check("192.0.2.200", "a@example.org", "h"))
-    assert (overloaded.result, overloaded.explanation) == ("temperror", "SPF checker overloaded")
-    blocked_checks.set()
-    assert [fake_reactor.wait(d).result for d in waiting] == ["pass"] * 4
+def test_spf_checker_refuses_work_beyond_its_queue(fake_reactor, held):
+    checker = held_checker(fake_reactor, held, 5)
+    waiting = [checker.check(f"192.0.2.{i}", f"a@d{i}.example", "h") for i in range(checker.max_pending)]
+    assert (checker.running, checker.pending) == (1, 4)
+    overloaded = checker.check("192.0.2.200", "a@example.org", "h")
+    assert (overloaded.result.result, overloaded.result.explanation) == ("temperror", "SPF checker overloaded")
+    held.release()  # the running check ends, and each waiting one in turn
+    assert [d.result.result for d in waiting] == ["pass"] * 4
     assert checker.pending == 0
 
 
-def test_spf_checker_budget_overrun_is_temperror(fake_reactor, blocked_checks):
-    checker = SPFChecker(fake_reactor, Resolver(["127.0.0.1:9"]), threads=1, budget=5, exchange=fake_reactor.exchange)
-    d = checker.check("192.0.2.1", "a@example.org", "h", budget=1)
-    fake_reactor.advance(1.3)  # past budget + grace: the worker is still busy
-    result = fake_reactor.wait(d)
-    assert (result.result, result.explanation) == ("temperror", "SPF check exceeded its 1 s budget")
-    assert checker.pending == 1  # the check still runs: it counts against the bound
-    blocked_checks.set()  # the late answer arrives and is dropped quietly
+def test_spf_checker_budget_overrun_is_temperror(fake_reactor, held):
+    checker = held_checker(fake_reactor, held, 5)
+    running = checker.check("192.0.2.1", "a@example.org", "h", budget=0.2)
+    waiting = checker.check("192.0.2.2", "a@example.org", "h", budget=0.2)
+    # past the budget (a lookup's deadline is on the monotonic clock, its timer on the reactor's):
+    # the query times out, and the waiting check gives up
+    time.sleep(0.25)
+    fake_reactor.advance(0.3)
+    assert running.result.result == "temperror" and "timed out" in running.result.explanation
+    assert (waiting.result.result, waiting.result.explanation) == ("temperror", "SPF check exceeded its 0.2 s budget")
+    assert checker.pending == 0
+    held.release()  # a late answer changes nothing
     assert checker.pending == 0
 
 
-def test_spf_checker_survives_a_crashing_check(fake_reactor, monkeypatch):
+def test_spf_checker_survives_a_crashing_check(fake_reactor, held, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(srsd.spf, "check_host", boom)
-    checker = SPFChecker(fake_reactor, Resolver(["127.0.0.1:9"]), threads=1, exchange=fake_reactor.exchange)
-    result = fake_reactor.wait(checker.check("192.0.2.1", "", "h"))
+    monkeypatch.setattr(srsd.spf_eval.Evaluation, "_check", boom)
+    checker = held_checker(fake_reactor, held, 5)
+    result = checker.check("192.0.2.1", "", "h.example").result
     assert (result.result, result.identity) == ("temperror", "helo")
     assert checker.pending == 0
 
 
-def test_spf_checker_backlog_stays_bounded_when_checks_time_out(fake_reactor, blocked_checks):
-    checker = SPFChecker(fake_reactor, Resolver(["127.0.0.1:9"]), threads=1, budget=1, exchange=fake_reactor.exchange)
+def test_spf_checker_backlog_stays_bounded_when_checks_time_out(fake_reactor, held):
+    checker = held_checker(fake_reactor, held, 0.2)
     for _round in range(3):
         ds = [checker.check(f"192.0.2.{i}", "a@example.org", "h") for i in range(checker.max_pending)]
-        fake_reactor.advance(1.3)
-        assert all(fake_reactor.wait(d).result == "temperror" for d in ds)
-    assert checker.pool.running + len(checker.pool._queue) <= checker.max_pending
+        assert checker.check("192.0.2.99", "a@example.org", "h").result.explanation == "SPF checker overloaded"
+        time.sleep(0.25)
+        fake_reactor.advance(0.3)
+        assert all(d.result.result == "temperror" for d in ds)
+        assert checker.pending == 0

@@ -1,4 +1,4 @@
-"""The SPF check's shortcuts around Deferreds, and the serving processes' collector settings:
+"""The SPF check's shortcuts around Deferreds and queries, and the serving processes' collector settings:
 each gives what the long way gives."""
 
 from __future__ import annotations
@@ -13,51 +13,9 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from srsd.dns import Resolver
-from srsd.dns_async import AsyncResolver, WaitingResolver
-from srsd.greenpool import GreenPool, wait
+from srsd.dns_async import AsyncResolver
+from srsd.spf import SPFChecker
 from tests.srsd_daemon import REPO_ROOT
-
-
-def run_job(f):
-    """*f* as a GreenPool job on a fake clock; its Deferred (fired when f did not park)."""
-    return GreenPool(Clock(), 2).run(10, f)
-
-
-def test_wait_on_a_fired_deferred_returns_its_result_at_once():
-    done = run_job(lambda: wait(defer.succeed(5)) + 1)
-    assert done.called and done.result == 6
-
-
-def test_wait_on_a_failed_deferred_raises_and_leaves_no_unhandled_error():
-    failed = defer.fail(KeyError("gone"))
-
-    def job():
-        try:
-            wait(failed)
-        except KeyError as exc:
-            return f"raised {exc}"
-        return "returned"
-
-    done = run_job(job)
-    assert done.result == "raised 'gone'"
-    assert failed.result is None  # consumed: no "Unhandled error in Deferred" when collected
-
-
-def test_wait_on_a_pending_deferred_parks_until_it_fires():
-    later: defer.Deferred = defer.Deferred()
-    done = run_job(lambda: wait(later) * 2)
-    assert not done.called
-    later.callback(21)
-    assert done.result == 42
-
-
-def test_wait_on_a_paused_deferred_parks():
-    paused = defer.succeed(3)
-    paused.pause()
-    done = run_job(lambda: wait(paused))
-    assert not done.called
-    paused.unpause()
-    assert done.result == 3
 
 
 class OneReply:
@@ -92,12 +50,15 @@ def test_cached_gives_the_reading_lookup_kept(async_resolver):
     assert resolver.cached("bad..name", "TXT") is None  # lookup() says why it refuses it
 
 
-def test_waiting_resolver_reads_kept_answers_without_a_query(async_resolver):
-    resolver, exchange = async_resolver
-    waiting = WaitingResolver(resolver)
-    records = run_job(lambda: [waiting.records("b.example", "TXT"), waiting.records("b.example", "TXT")]).result
-    assert records[0] == records[1] == [(("b.example", "TXT"), (b"v=spf1 -all",))]
-    assert exchange.queries == 1
+def test_a_check_reads_kept_answers_without_a_query():
+    exchange = OneReply()
+    checker = SPFChecker(Clock(), Resolver(nameservers=["127.0.0.1:53"]), exchange=exchange, cache_size=0)
+    first = checker.check("192.0.2.1", "a@b.example", "h.example")
+    assert first.called and first.result.result == "fail"  # the reply came at once: no reactor turn
+    again = checker.check("192.0.2.1", "a@b.example", "h.example")  # no result cache: checked again
+    assert again.called and again.result.result == "fail"
+    assert exchange.queries == 1  # the answer came from the DNS cache
+    assert checker.pending == 0
 
 
 def test_settle_heap_freezes_start_up_and_raises_the_young_threshold():
