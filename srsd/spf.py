@@ -22,7 +22,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from srsd.dns import DNSTemporaryError
-from srsd.dns_async import AsyncResolver, Exchange, reading_records
+from srsd.dns_async import AsyncResolver, Exchange, askable, reading_records
 from srsd.dns_wire import Reading
 from srsd.log_targets import debugging
 from srsd.received_spf import received_spf
@@ -123,7 +123,7 @@ def _over_budget(evaluation: Evaluation, budget: float) -> SPFResult:
 def _result(evaluation: Evaluation, outcome: Outcome, ttl: float | None) -> SPFResult:
     header = received_spf(
         outcome.result,
-        ip=str(evaluation.address),
+        ip=evaluation.address,
         sender=evaluation.envelope_sender,
         helo=evaluation.helo,
         domain=evaluation.domain,
@@ -139,12 +139,12 @@ def _result(evaluation: Evaluation, outcome: Outcome, ttl: float | None) -> SPFR
 class _Run:
     """One check on the reactor: the evaluation fed answers until it ends.
 
-    An answer kept in the DNS cache goes back at once (no Deferred); any other is asked
-    with what is left of the budget as its timeout, and the evaluation resumes when it
-    comes. *done* is called once, with the :class:`SPFResult`.
+    An answer kept in the DNS cache goes back at once; any other is asked with what is
+    left of the budget as its timeout (:meth:`AsyncResolver.ask`), and the evaluation
+    resumes when it comes. *done* is called once, with the :class:`SPFResult`.
     """
 
-    __slots__ = ("resolver", "evaluation", "steps", "deadline", "budget", "ttl", "done")
+    __slots__ = ("resolver", "evaluation", "steps", "deadline", "budget", "ttl", "done", "asked")
 
     def __init__(
         self,
@@ -161,6 +161,7 @@ class _Run:
         self.deadline = deadline  # time.monotonic() seconds
         self.ttl: float | None = None
         self.done = done
+        self.asked = ""  # the name of the question waiting for its answer
 
     def step(self, records: list | None = None, error: Exception | None = None) -> None:
         """Feed *records* (or throw *error*) into the evaluation, then answer its
@@ -171,27 +172,25 @@ class _Run:
                 name, qtype = steps.throw(error) if error is not None else steps.send(records)
                 error = None
                 reading = resolver.cached(name, qtype)
-                if reading is None:
-                    remaining = self.deadline - time.monotonic()
-                    if remaining <= 0:
-                        steps.close()
-                        self.done(_over_budget(self.evaluation, self.budget))
-                        return
-                    d = resolver.lookup(name, qtype, min(remaining, resolver.timeout))
-                    if not d.called:
-                        d.addCallbacks(self._answered, self._failed, (name,))
-                        return
-                    out: list = []
-                    d.addBoth(out.append)  # fired at once: a name lookup() refuses
-                    if not isinstance(out[0], Reading):
-                        records, error = self._failure(out[0])
-                        continue
-                    reading = out[0]
-                records = self._records(reading, name)
+                if reading is not None:
+                    records = self._records(reading, name)
+                    continue
+                if not askable(name):
+                    records = []  # not a DNS name: no records (a void lookup)
+                    continue
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0:
+                    steps.close()
+                    self.done(_over_budget(self.evaluation, self.budget))
+                    return
+                self.asked = name
+                # Nothing may follow: an exchange that answers at once resumes the check inside.
+                resolver.ask(name, qtype, min(remaining, resolver.timeout), self._answered, self._failed)
+                return
         except StopIteration as stop:
             self.done(_result(self.evaluation, stop.value, self.ttl))
         except Exception:  # a bug in the evaluator: the check answers, the daemon goes on
-            log.failure("SPF check {ip} crashed", ip=str(self.evaluation.address))
+            log.failure("SPF check {ip} crashed", ip=self.evaluation.address)
             self.done(SPFResult("temperror", "SPF check failed", self.evaluation.identity))
 
     def _records(self, reading: Reading, name: str) -> list:
@@ -200,18 +199,16 @@ class _Run:
             self.ttl = remaining if self.ttl is None else min(self.ttl, remaining)
         return reading_records(reading, name)
 
-    def _answered(self, reading: Reading, name: str) -> None:
-        self.step(self._records(reading, name))
+    def _answered(self, reading: Reading) -> None:
+        self.step(self._records(reading, self.asked))
 
-    def _failed(self, failure: Any) -> None:
-        records, error = self._failure(failure)
-        self.step(records, error)
-
-    @staticmethod
-    def _failure(failure: Any) -> tuple[list | None, Exception | None]:
-        if failure.check(ValueError):
-            return [], None  # not a DNS name: no records (a void lookup)
-        return None, SPFTempError(str(failure.value) if failure.check(DNSTemporaryError) else "DNS lookup failed")
+    def _failed(self, error: Exception) -> None:
+        if isinstance(error, ValueError):
+            self.step([])  # not a DNS name: no records (a void lookup)
+        elif isinstance(error, DNSTemporaryError):
+            self.step(None, SPFTempError(str(error)))
+        else:
+            self.step(None, SPFTempError("DNS lookup failed"))
 
 
 class SPFChecker:
@@ -253,10 +250,10 @@ class SPFChecker:
         self.size = threads
         self.running = 0
         self.cache = SPFResultCache(cache_size, max_ttl)
-        # checks waiting for a turn: (their Deferred, a function that starts them)
-        self._queue: collections.deque[tuple[defer.Deferred, Callable[[], None]]] = collections.deque()
-        # (ip, sender, helo, budget) -> the check under way: callers asking the same wait for it
-        self._inflight: dict[tuple[str, str, str, float], defer.Deferred] = {}
+        # checks waiting for a turn: each the function that starts it
+        self._queue: collections.deque[Callable[[], None]] = collections.deque()
+        # (ip, sender, helo, budget) -> the callers waiting for the check under way
+        self._inflight: dict[tuple[str, str, str, float], list[defer.Deferred]] = {}
 
     @property
     def pending(self) -> int:
@@ -281,62 +278,66 @@ class SPFChecker:
         # Per budget too: a caller with a short one must not wait on a long one.
         budget = self.budget if budget is None else budget
         key = (ip, sender, helo, budget)
-        shared = self._inflight.get(key)
-        if shared is None:
-            shared = self._inflight[key] = self._run(ip, sender, helo, budget)
-
-            def keep(result: Any) -> Any:
-                del self._inflight[key]
-                if isinstance(result, SPFResult):
-                    self.cache.put(ip, sender, helo, result, time.monotonic())
-                return result
-
-            shared.addBoth(keep)
         mine: defer.Deferred = defer.Deferred()
-        shared.addBoth(lambda result: (mine.called or mine.callback(result), result)[1])
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            waiting.append(mine)
+            return mine
+        self._inflight[key] = [mine]
+
+        def finished(result: SPFResult) -> None:
+            self.cache.put(ip, sender, helo, result, time.monotonic())
+            for d in self._inflight.pop(key):
+                if not d.called:  # a caller that cancelled its wait is skipped
+                    d.callback(result)
+
+        self._run(ip, sender, helo, budget, finished)
         return mine
 
-    def _run(self, ip: str, sender: str, helo: str, budget: float) -> defer.Deferred:
+    def _run(self, ip: str, sender: str, helo: str, budget: float, finished: Callable[[SPFResult], None]) -> None:
         identity = "mailfrom" if sender else "helo"
         if self.pending >= self.max_pending:
-            return defer.succeed(SPFResult("temperror", "SPF checker overloaded", identity))
+            finished(SPFResult("temperror", "SPF checker overloaded", identity))
+            return
         try:
             evaluation = Evaluation(ip, sender, helo, self.receiver or "localhost")
         except ValueError:
-            return defer.succeed(SPFResult("temperror", f"SPF check failed: bad client address {ip!r}", identity))
-        d: defer.Deferred = defer.Deferred()
+            finished(SPFResult("temperror", f"SPF check failed: bad client address {ip!r}", identity))
+            return
         started = time.monotonic()
 
         def done(result: SPFResult) -> None:
             self.running -= 1
-            if not d.called:
-                if debugging():
-                    log.debug(
-                        "SPF {identity} {ip} {sender!r} helo={helo!r}: {result} in {ms:.1f} ms",
-                        identity=identity, ip=ip, sender=sender, helo=helo, result=result.result,
-                        ms=(time.monotonic() - started) * 1000,
-                    )
-                d.callback(result)
+            if debugging():
+                log.debug(
+                    "SPF {identity} {ip} {sender!r} helo={helo!r}: {result} in {ms:.1f} ms",
+                    identity=identity, ip=ip, sender=sender, helo=helo, result=result.result,
+                    ms=(time.monotonic() - started) * 1000,
+                )  # fmt: skip
+            finished(result)
             self._start_waiting()
 
         def start() -> None:
+            if expiry is not None:
+                expiry.cancel()
             self.running += 1
             _Run(self.async_resolver, evaluation, started + budget, budget, done).step()
 
+        expiry = None
         if self.running < self.size:
             start()
-            return d
-        # No turn yet: the caller's wait is bounded by the budget all the same.
-        overrun = f"SPF check exceeded its {budget:g} s budget"
-        d.addTimeout(budget, self.reactor, onTimeoutCancel=lambda _v, _t: SPFResult("temperror", overrun, identity))
-        self._queue.append((d, start))
-        return d
+            return
+
+        def expired() -> None:  # no turn came within the budget
+            self._queue.remove(start)
+            finished(_over_budget(evaluation, budget))
+
+        expiry = self.reactor.callLater(budget, expired)
+        self._queue.append(start)
 
     def _start_waiting(self) -> None:
         while self._queue and self.running < self.size:
-            d, start = self._queue.popleft()
-            if not d.called:  # its caller gave up or timed out while it waited
-                start()
+            self._queue.popleft()()
 
     def check_all(self, ips: Iterable[str], sender: str, helo: str, budget: float | None = None) -> defer.Deferred:
         """Check *sender* from each of *ips* concurrently: Deferred[list[SPFResult]]."""

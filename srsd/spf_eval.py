@@ -65,14 +65,37 @@ def valid_domain(domain: str) -> bool:
     """A name check_host() can check (RFC 7208 4.3): labels of 1..63 bytes, at least two
     of them (a trailing dot aside), at most 253 bytes."""
     body = domain[:-1] if domain.endswith(".") else domain
-    labels = body.split(".")
-    return len(labels) > 1 and len(body) <= 253 and all(0 < len(label) < 64 for label in labels)
+    return "." in body and len(body) <= 253 and _askable(body)
 
 
 def _askable(name: str) -> bool:
-    """A name worth a DNS question; any other is a lookup with no records (pyspf's rule)."""
+    """A name worth a DNS question: labels of 1..63 bytes (a trailing dot aside); any other
+    is a lookup with no records (pyspf's rule)."""
     body = name[:-1] if name.endswith(".") else name
-    return bool(body) and all(0 < len(label) < 64 for label in body.split("."))
+    if not body or body[0] == "." or body[-1] == "." or ".." in body:
+        return False
+    return len(body) < 64 or all(len(label) < 64 for label in body.split("."))
+
+
+_MAPPED = b"\x00" * 10 + b"\xff\xff"  # ::ffff:0:0/96, IPv4-mapped IPv6 addresses
+
+
+def _client(ip: str) -> tuple[str, bytes]:
+    """*ip* as (text, packed): IPv4-mapped IPv6 as IPv4, the text as inet_ntop writes it.
+
+    :raises ValueError: not an IP address.
+    """
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            packed = socket.inet_pton(family, ip)
+            break
+        except OSError:
+            continue
+    else:  # a scope id and other forms only ipaddress reads
+        packed = ipaddress.ip_address(ip).packed
+    if len(packed) == 16 and packed[:12] == _MAPPED:
+        packed = packed[12:]
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed), packed
 
 
 class Evaluation:
@@ -87,13 +110,9 @@ class Evaluation:
     """
 
     def __init__(self, ip: str, sender: str, helo: str, receiver: str = "") -> None:
-        address = ipaddress.ip_address(ip)
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        self.address = address
-        self.packed = address.packed
-        self.ip_int = int(address)
-        self.v4 = address.version == 4
+        self.address, self.packed = _client(ip)  # the text (%{c}, client-ip=) and the bytes
+        self.ip_int = int.from_bytes(self.packed, "big")
+        self.v4 = len(self.packed) == 4
         self.identity = "mailfrom" if sender else "helo"
         self.envelope_sender = sender or f"postmaster@{helo}"
         local, at, domain = self.envelope_sender.rpartition("@")
@@ -213,7 +232,7 @@ class Evaluation:
         addresses include it; lower case, no trailing dot."""
         if self._validated is None:
             if self.v4:
-                reverse = ".".join(reversed(str(self.address).split("."))) + ".in-addr.arpa"
+                reverse = ".".join(reversed(self.address.split("."))) + ".in-addr.arpa"
             else:
                 reverse = ".".join(reversed(self.packed.hex())) + ".ip6.arpa"
             family, qtype = (socket.AF_INET, "A") if self.v4 else (socket.AF_INET6, "AAAA")
@@ -263,11 +282,11 @@ class Evaluation:
             "l": self.local,
             "o": self.domain,
             "d": domain,
-            "i": str(self.address) if self.v4 else ".".join(self.packed.hex().upper()),  # as RFC 7208 7.4's
+            "i": self.address if self.v4 else ".".join(self.packed.hex().upper()),  # as RFC 7208 7.4's
             "p": ptr,
             "v": "in-addr" if self.v4 else "ip6",
             "h": self.helo,
-            "c": str(self.address),
+            "c": self.address,
             "r": self.receiver,
         }
         return lambda letter: values[letter] if letter != "t" else str(int(time.time()))

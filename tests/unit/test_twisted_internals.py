@@ -6,6 +6,8 @@ moves one of them, naming the one that moved:
 - ``srsd.protocols.base.write_now`` reads ``FileDescriptor.dataBuffer`` /
   ``_tempDataBuffer`` and calls ``writeSomeData`` (one send per reply, not two
   reactor passes);
+- ``srsd.dns_async.ReactorExchange`` sends its queries with ``udp.Port.socket.sendto``
+  (``Port.write`` re-checks the address text each time);
 - ``srsd.workers`` builds ports with ``unix.Port._fromListeningDescriptor``, reads
   ``TCP*ServerEndpoint._port`` / ``_interface`` / ``_backlog`` and clears
   ``Port._shouldShutdown`` (a worker must not shut the shared socket down).
@@ -16,8 +18,8 @@ from __future__ import annotations
 import inspect
 import socket
 
-from twisted.internet import abstract, endpoints, reactor, tcp, unix
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet import abstract, endpoints, reactor, tcp, udp, unix
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 
 from srsd.protocols.base import write_now
 
@@ -57,3 +59,19 @@ def test_ports_workers_build():
     assert tcp.Port._shouldShutdown is True
     port = tcp.Port(0, Factory(), interface="127.0.0.1")
     assert port._shouldShutdown is True
+
+
+def test_udp_port_socket_sends_datagrams():
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(5)
+        port = udp.Port(0, DatagramProtocol(), "127.0.0.1", reactor=reactor)
+        port.startListening()
+        try:
+            port.socket.sendto(b"query", receiver.getsockname())
+            assert receiver.recv(100) == b"query"
+        finally:
+            port.stopListening()
+    finally:
+        receiver.close()
