@@ -3,7 +3,7 @@
 
     python bench/spf_policy.py [--requests 3000] [--connections 1,8] [--mixes warm,cold]
                                [--rounds 3] [--warmup 3000] [--srsd-threads 8] [--srsd-workers 0]
-                               [--dns nsd|python] [--json FILE]
+                               [--dns nsd|python] [--busy N] [--json FILE]
 
 Both sides answer Postfix's policy delegation protocol (access(5) ``action=`` replies)
 for the same requests, in the same order, against one loopback DNS server: NSD
@@ -31,7 +31,8 @@ Every round runs each side once (the order alternates between rounds) and prints
 ratio to policyd-spf for that round; CPU per check is the daemon processes' user+system
 time (policyd-spf: every spawned process, from wait4), per request (two identities
 checked). Every reply is checked: ``550`` for a fail, else a Received-SPF field with the
-expected result (an overload's temperror is a bad reply, not a fast one).
+expected result (an overload's temperror is a bad reply, not a fast one). ``--busy N``
+runs N processes spinning on the cores meanwhile (bench/busy.py): a busy machine on demand.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # srsd's test harness from this checkout
 
 import nsd_server  # noqa: E402
+from busy import Busy  # noqa: E402
 
 from tests.dnsserver import DNSServer  # noqa: E402
 from tests.srsd_daemon import SrsdDaemon  # noqa: E402
@@ -347,6 +349,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dns", choices=("nsd", "python"), default="nsd",
                         help="the loopback DNS server: NSD, or tests/dnsserver.py (dnspython)")  # fmt: skip
+    parser.add_argument("--busy", type=int, default=0,
+                        help="processes spinning on the cores while the bench runs (bench/busy.py)")  # fmt: skip
     parser.add_argument("--json", help="write every run's figures here")
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -375,12 +379,14 @@ def main() -> int:
             if args.dns == "nsd"
             else DNSServerProcess(zone, ttl=3600)
         ) as dns,
+        Busy(args.busy),
     ):
         srsd = Srsd(Path(tmp), dns.port, args.srsd_threads, args.srsd_workers)
         sides = {"policyd-spf": PolicydSpf(dns.port), "srsd": srsd}
         try:
-            print(f"load average {os.getloadavg()[0]:.1f}; {args.requests} requests a run; CPU "
-                  f"{resource.getrusage(resource.RUSAGE_SELF).ru_utime:.0f} s so far in the generator")  # fmt: skip
+            generator_cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+            print(f"load average {os.getloadavg()[0]:.1f}; {args.busy} busy processes; {args.requests} requests "
+                  f"a run; CPU {generator_cpu:.0f} s so far in the generator")  # fmt: skip
             for mix in mixes:
                 for conns in conns_list:
                     for number in range(1, args.rounds + 1):

@@ -56,13 +56,15 @@ def test_postfix_end_to_end_alternates():
 
 @pytest.mark.parametrize("dns", ["nsd", "python"])
 def test_spf_policy_alternates_with_policyd_spf(dns):
+    busy = "1" if dns == "nsd" else "0"  # one of them beside a spinning process (bench/busy.py)
     out = run("spf_policy.py", "--requests", "40", "--warmup", "40", "--rounds", "2", "--connections", "1,2",
-              "--dns", dns)  # fmt: skip
+              "--dns", dns, "--busy", busy)  # fmt: skip
     # every round prints the pair, both mixes, every reply checked (exit 0 = no bad reply)
     pairs = re.findall(r"(warm|cold) \d conn round \d: policyd-spf [\d,]+/s .* srsd [\d,]+/s .*bad 0/0", out)
     assert len(pairs) == 8, out
     assert len(re.findall(r"DNS server \d+\.\d{3}/\d+\.\d{3} ms a request", out)) == 8, out
     assert re.search(r"\| cold \| 2 \| [\d,]+ \| [\d,]+ \| \d+\.\d\dx \|", out), out
+    assert f"; {busy} busy processes;" in out, out
 
 
 def test_spf_layers_prints_every_layer():
