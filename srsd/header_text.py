@@ -33,6 +33,8 @@ def one_line(text: str, limit: int = MAX_REPLY_TEXT, *, ascii_only: bool = True)
     record's newline would end a reply early and desynchronise the connection) become
     spaces, runs of spaces one, non-ASCII ``?`` (*ascii_only*), at most *limit* chars
     (cut with ``...``)."""
+    if text.isascii() and text.isprintable() and "  " not in text and text.strip() == text and len(text) <= limit:
+        return text  # already one clean line (the usual case: srsd's own headers)
     text = " ".join(_CONTROL.sub(" ", text).split())
     if ascii_only:
         text = _NON_ASCII.sub("?", text)

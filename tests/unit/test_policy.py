@@ -3,6 +3,8 @@
 import itertools
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 
 from srsd.config import PolicySettings
@@ -437,6 +439,20 @@ def test_one_line():
     assert one_line("caf\u00e9") == "caf?"
     assert one_line("caf\u00e9", ascii_only=False) == "caf\u00e9"
     assert one_line("x" * 20, 10) == "xxxxxxx..."
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from("ab .\t\n\x00\x7f\u00e9\u2028"), max_size=30), st.integers(5, 40), st.booleans())
+def test_one_line_shortcut_gives_what_the_long_way_gives(text, limit, ascii_only):
+    """A clean line is returned as it is; it must be what cleaning it would give."""
+    import re
+
+    cleaned = " ".join(re.sub(r"[\x00-\x1f\x7f]+", " ", text).split())
+    if ascii_only:
+        cleaned = re.sub(r"[^\x20-\x7e]", "?", cleaned)
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 3].rstrip() + "..."
+    assert one_line(text, limit, ascii_only=ascii_only) == cleaned
 
 
 # -- errors and states --------------------------------------------------------------------------
