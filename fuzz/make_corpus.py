@@ -235,6 +235,21 @@ def dns_reply_seeds() -> Seeds:
     yield "edns-option", bytes((2,)) + opt_with_option
 
 
+def spf_seeds() -> Seeds:
+    """Records of the shapes mail domains publish and of the RFC 7208 suite's corners: ranges,
+    an include and a redirect looping back, mx/a with both prefix lengths and an exp=, ptr
+    and exists, every macro letter and escape, syntax errors, more lookups than allowed."""
+    yield "fail-all", b"\x00v=spf1 -all"
+    yield "ip-ranges", b"\x01v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all"
+    yield "include-loop", b"\x00v=spf1 include:%{d}.x.example -all\x00v=spf1 include:%{i}.y.example ?all"
+    yield "mx-exp", b"\x00v=spf1 mx a/24//64 -all exp=e.%{d}\x00%{c} is not %{r} at %{t}: %{L}"
+    yield "ptr-exists", b"\x03v=spf1 ptr:example exists:%{ir}.%{v}._spf.%{d2} ~all"
+    yield "redirect-loop", b"\x04v=spf1 redirect=%{l1r-}.example\x00v=spf1 redirect=r.example"
+    yield "syntax-errors", b"\x00v=spf1 a:%{p}.example %{h} -ip4:1.2.3.4/33 frob"
+    yield "macros-escapes", b"\x08v=spf1 exists:%{S}.%{O}.%{D}.example exp=%%%_%-.example ?all\x00v=spf1 +all"
+    yield "too-many-lookups", b"\x02v=spf1 a mx ptr exists:a.example include:b.example a a a a a a a -all\x00v=spf1"
+
+
 SEEDS = {
     "srs": srs_seeds,
     "tcp_table": tcp_table_seeds,
@@ -245,6 +260,7 @@ SEEDS = {
     "signing": headers_seeds,  # the same messages, sealed and signed
     "dmarc": dmarc_seeds,
     "dns_reply": dns_reply_seeds,
+    "spf": spf_seeds,
 }
 
 

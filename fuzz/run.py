@@ -35,7 +35,7 @@ __all__ = ["TARGETS", "Outcome", "command", "main", "parse_log", "replay_target"
 
 ROOT = FUZZ_DIR.parent
 #: every target, cheapest first (``fuzz/fuzz_<name>.py``)
-TARGETS = ("netstring", "srs", "tcp_table", "dns_reply", "dmarc", "policy", "milter", "headers", "signing")
+TARGETS = ("netstring", "srs", "tcp_table", "dns_reply", "spf", "dmarc", "policy", "milter", "headers", "signing")
 
 _STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+)", re.MULTILINE)
 _ERROR = re.compile(r"==\d+== ERROR: libFuzzer: ([\w -]+)")
