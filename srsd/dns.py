@@ -68,7 +68,7 @@ def shorter_ttl(current: float | None, answer: dns.resolver.Answer) -> float:
 
 def no_such_name(exc: Exception, name: str, qtype: str) -> None:
     """What a failed dnspython lookup of *name*/*qtype* means for srsd: None (return it)
-    for no such name -- NXDOMAIN, or a CNAME loop, which pyspf treats as no data (RFC 7208
+    for no such name -- NXDOMAIN, or a CNAME loop, which SPF treats as no data (RFC 7208
     ptr-cname-loop) and dnspython reports as ChainTooLong per server.
 
     :raises DNSTemporaryError: timeout, SERVFAIL/REFUSED or no server answered (a generic
@@ -216,14 +216,14 @@ class Resolver:
 
 
 def spf_records(answer: dns.resolver.Answer | None, name: str) -> list:
-    """*answer* (None: no such name) in pyspf's DNSLookup shape, asked as *name*:
+    """*answer* (None: no such name) in the shape srsd.spf_eval reads, asked as *name*:
     ``[((name, type), value), ...]``, CNAMEs included. Values: A/AAAA address strings, MX
     (preference, exchange name), PTR target text, TXT/SPF tuples of bytes, CNAME target text."""
     if answer is None:
         return []
     out: list = []
     for rrset in answer.response.answer:
-        # pyspf finds the answer under the name it asked for; to_text() would
+        # the answer goes under the name asked for (the evaluator's); to_text() would
         # escape odd bytes (a space -> "\\032", e.g. after %_ macro expansion)
         if rrset.name == answer.qname:
             owner = name.rstrip(".")

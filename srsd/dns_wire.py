@@ -1,5 +1,5 @@
 """DNS messages as an SPF check needs them: a query, and a reply read into the records
-pyspf asks for (RFC 1035 4.1, 3.3; RFC 6891 6 for the OPT record; RFC 2308 5 for the
+SPF evaluation asks for (RFC 1035 4.1, 3.3; RFC 6891 6 for the OPT record; RFC 2308 5 for the
 negative TTL).
 
 Only the shapes recursive resolvers send for SPF's questions are read here: one question,
@@ -12,7 +12,7 @@ objects and Answer cost ~200 µs a reply here (docs/performance.md), most of an 
 check's CPU; this reader costs a tenth. ``fuzz/fuzz_dns_reply.py`` checks that both
 readers agree on whatever this one accepts.
 
-A reply's reading (:class:`Reading`): ``kind`` "answer" (``records`` in pyspf's DNSLookup
+A reply's reading (:class:`Reading`): ``kind`` "answer" (``records`` in srsd.dns.spf_records'
 shape, every answer-section RRset, as :func:`srsd.dns.spf_records` gives them), "nodata"
 or "nxdomain"; ``expires``, ``time.time()`` seconds until which it may be kept (the
 smallest TTL of the CNAME chain and the answer, or for a negative answer the SOA's
@@ -38,7 +38,7 @@ import dns.resolver
 
 __all__ = ["QTYPES", "Reading", "Unusual", "query_wire", "read_reply", "read_with_dnspython"]
 
-#: the types pyspf asks for -> their code
+#: the types SPF evaluation asks for -> their code (SPF, type 99, kept for callers that ask for it)
 QTYPES = {"A": 1, "AAAA": 28, "MX": 15, "PTR": 12, "TXT": 16, "SPF": 99, "CNAME": 5}
 _TYPE_TEXT = {code: text for text, code in QTYPES.items()}
 _NS, _SOA, _OPT = 2, 6, 41

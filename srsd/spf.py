@@ -54,11 +54,11 @@ class BlockingResolver(Protocol):
 class SPFResult:
     """One check_host() outcome.
 
-    ``result`` is an RFC 7208 2.6 keyword; ``explanation`` pyspf's text (for a
+    ``result`` is an RFC 7208 2.6 keyword; ``explanation`` the evaluator's text (for a
     fail, the domain's exp= text when it has one); ``identity`` is "mailfrom" or
     "helo"; ``header`` the Received-SPF field value (RFC 7208 9.1), without the
     field name; ``ttl`` how long (seconds) the DNS data it rests on stays valid;
-    ``sender_specific`` whether a record it used has a local-part macro (%{s},
+    ``sender_specific`` whether a macro it expanded read the local part (%{s},
     %{l}), so the result holds for this sender only, not for the whole domain.
     """
 

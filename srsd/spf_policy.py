@@ -85,7 +85,7 @@ class PolicyRequest:
 
     @property
     def sender_domain(self) -> str:
-        """The MAIL FROM domain (for a sender without ``@``, the HELO name, as pyspf does)."""
+        """The MAIL FROM domain (for a sender without ``@``, the HELO name, as pyspf did)."""
         return self.sender.rpartition("@")[2] if "@" in self.sender else self.helo
 
     @property
@@ -345,7 +345,7 @@ def _fit(header: str) -> str:
 
 
 def received_spf_header(request: PolicyRequest, result: SPFResult, receiver: str) -> str:
-    """``Received-SPF: ...`` (RFC 7208 9.1): pyspf's text from the checker when it
+    """``Received-SPF: ...`` (RFC 7208 9.1): the checker's text (srsd.received_spf) when it
     has one, else srsd's own (results that come from srsd: overload, time-out,
     HELO not checkable); both on one line, control characters removed."""
     value = one_line(result.header, 10 * _MAX_HEADER, ascii_only=False)
