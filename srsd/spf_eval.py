@@ -16,12 +16,12 @@ rest ignored). An exp= is looked up only for a fail (6.2), outside the limits.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
+from srsd.domains import read_address
 from srsd.spf_macro import expand, uses_letter
 from srsd.spf_record import Record, SPFPermError, SPFTempError, is_spf_record, parse_record
 
@@ -77,27 +77,6 @@ def _askable(name: str) -> bool:
     return len(body) < 64 or all(len(label) < 64 for label in body.split("."))
 
 
-_MAPPED = b"\x00" * 10 + b"\xff\xff"  # ::ffff:0:0/96, IPv4-mapped IPv6 addresses
-
-
-def _client(ip: str) -> tuple[str, bytes]:
-    """*ip* as (text, packed): IPv4-mapped IPv6 as IPv4, the text as inet_ntop writes it.
-
-    :raises ValueError: not an IP address.
-    """
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            packed = socket.inet_pton(family, ip)
-            break
-        except OSError:
-            continue
-    else:  # a scope id and other forms only ipaddress reads
-        packed = ipaddress.ip_address(ip).packed
-    if len(packed) == 16 and packed[:12] == _MAPPED:
-        packed = packed[12:]
-    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed), packed
-
-
 class Evaluation:
     """One check_host(*ip*, domain, *sender*) (RFC 7208 4).
 
@@ -110,7 +89,7 @@ class Evaluation:
     """
 
     def __init__(self, ip: str, sender: str, helo: str, receiver: str = "") -> None:
-        self.address, self.packed = _client(ip)  # the text (%{c}, client-ip=) and the bytes
+        self.address, self.packed = read_address(ip)  # the text (%{c}, client-ip=) and the bytes
         self.ip_int = int.from_bytes(self.packed, "big")
         self.v4 = len(self.packed) == 4
         self.identity = "mailfrom" if sender else "helo"

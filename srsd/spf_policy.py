@@ -26,11 +26,10 @@ See ``docs/policy.md``.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from srsd.config import PolicySettings, is_domain
-from srsd.domains import DomainSet, Networks, normalize_domain
+from srsd.domains import DomainSet, Networks, normalize_domain, read_address
 from srsd.header_text import DOT_ATOM, comment, one_line, quoted
 from srsd.mailauth.results import FIELD, field_value, no_result, spf_result
 from srsd.received_spf import HEADER_RESULT
@@ -133,14 +132,12 @@ def parse_request(attrs: dict[str, str]) -> PolicyRequest | Verdict:
         return Verdict(DUNNO, "n/a", f"nothing to check at {state}")
     raw_ip = attrs.get("client_address", "")
     try:
-        address = ipaddress.ip_address(raw_ip)
+        ip, _packed = read_address(raw_ip)
     except ValueError:
         return Verdict(DUNNO, "n/a", f"no usable client_address ({raw_ip!r})")
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     return PolicyRequest(
         state=state,
-        ip=str(address),
+        ip=ip,
         helo=attrs.get("helo_name", "").strip(),
         sender=attrs.get("sender", "").strip(),
         instance=attrs.get("instance", ""),

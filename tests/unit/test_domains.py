@@ -2,7 +2,7 @@
 
 import pytest
 
-from srsd.domains import DomainSet, Networks
+from srsd.domains import DomainSet, Networks, read_address
 
 
 def test_exact_and_parent_entries():
@@ -70,3 +70,35 @@ def test_networks_integer_test_agrees_with_ipaddress(entries):
             addresses.append(str(ipaddress.IPv6Address(value)))
     networks = Networks(entries)
     assert [a in networks for a in addresses] == [networks._contains_parsed(a) for a in addresses]
+
+
+def test_read_address_writes_what_ipaddress_writes():
+    """read_address's fast path (inet_pton/inet_ntop) gives ipaddress's text and bytes, an
+    IPv4-mapped address as IPv4, on random addresses of every form Postfix can send and some
+    it cannot; what ipaddress refuses, read_address refuses."""
+    import ipaddress
+    import random
+
+    rng = random.Random(7)
+    texts = ["::ffff:192.0.2.1", "::FFFF:C000:0201", "::1.2.3.4", "::", "::1", "1::", "2001:db8:0:1::1",
+             "2001:DB8::0:0:1", "fe80::1%eth0", "64:ff9b::192.0.2.1", "01.2.3.4", "1.2.3", "x", "", "1.2\x00.3.4",
+             "0.0.0.0", "255.255.255.255", "2001:0db8:0000:0000:0000:ff00:0042:8329"]  # fmt: skip
+    for _ in range(3000):
+        shape = rng.random()
+        if shape < 0.3:
+            texts.append(str(ipaddress.IPv4Address(rng.getrandbits(32))))
+        elif shape < 0.8:  # runs of zero groups, the forms inet_ntop and ipaddress compress
+            groups = [rng.choice((0, 0, 0, rng.getrandbits(16))) for _ in range(8)]
+            texts.append(":".join(f"{g:x}" for g in groups))
+        else:
+            texts.append(str(ipaddress.IPv6Address((0xFFFF << 32) | rng.getrandbits(32))).upper())
+    for text in texts:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            with pytest.raises(ValueError):
+                read_address(text)
+            continue
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        assert read_address(text) == (str(address), address.packed), text
