@@ -2,7 +2,7 @@
 collections rarer.
 
 CPython collects generation 0 every 700 net container allocations. A cold SPF policy
-request left ~90 of them (Deferreds, greenlets, pyspf's objects, DNS readings), so the
+request left ~90 of them (Deferreds, greenlets, pyspf's objects, DNS readings; stop 21), so the
 collector ran every ~8 requests, and each of its full passes walked everything start-up
 left behind (Twisted, dnspython, the configuration: ~100,000 objects). Measured in
 process on the cold SPF mix (``bench/spf_layers.py``, gc callbacks timing each

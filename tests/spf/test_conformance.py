@@ -1,15 +1,16 @@
 """The SPF conformance suites (RFC 7208 and the older RFC 4408 one) run through
 :func:`srsd.spf.check_host` with :class:`srsd.dns.Resolver` over real DNS: a
 loopback server (tests/dnsserver.py) serves each scenario's ``zonedata``. The RFC 7208
-suite runs a second time the daemon's way: :class:`srsd.spf.SPFChecker` (greenlets,
-srsd.dns_async) on a real reactor.
+suite runs a second time the daemon's way: :class:`srsd.spf.SPFChecker`
+(srsd.dns_async) on a real reactor.
 
 Runner conventions follow pyspf's own runner (test/testspf.py), see
 tests/data/spf/README.md: a name with SPF (type 99) records but no TXT entry
 also serves them as TXT; ``DEFAULT`` as the expected explanation means "the
 implementation's default explanation" (pyspf's runner sets it to the literal
-``DEFAULT``; check_host keeps pyspf's built-in texts). The per-test ``strict``
-key is ignored: check_host always runs pyspf with its default (strict=True).
+``DEFAULT``; here it is srsd.spf_eval.DEFAULT_EXPLANATIONS). The per-test ``strict``
+key is ignored: srsd's evaluator has one mode, pyspf's strict one (a syntax error anywhere
+is permerror).
 
 Every test gets a fresh Resolver (no cache shared between tests). Scenarios
 with TIMEOUT records use a short per-query timeout to keep the run fast.
@@ -81,7 +82,7 @@ def load_suite(suite: str) -> list:
 def run_test(dns_server, zone: dict, timeout: float, test: dict, loop=None) -> None:
     """One test through check_host and the blocking resolver (the CLI's path), or with
     *loop* (a tests/reactor_thread.py ReactorThread) through the daemon's: SPFChecker's
-    greenlets over srsd.dns_async on a real reactor."""
+    checks over srsd.dns_async on a real reactor."""
     dns_server.set_zone(zone)
     resolver = Resolver([dns_server.address], timeout=timeout)
     if loop is None:
