@@ -86,8 +86,8 @@ def check_host(
     :param helo: the HELO/EHLO name.
     :param budget: seconds for the whole evaluation (every DNS query included).
     :param receiver: this host's name, for the Received-SPF comment.
-    :returns: the result; never raises: a DNS failure is temperror, a bad client
-        address temperror too.
+    :returns: the result; never raises: a DNS failure, a bad client address or a
+        resolver's unexpected exception is temperror.
     """
     deadline = time.monotonic() + budget
     resolver.start_ttl_tracking()
@@ -105,15 +105,30 @@ def check_host(
                 steps.close()
                 return _over_budget(evaluation, budget)
             try:
-                records = resolver.records(name, qtype, min(remaining, resolver.timeout))
-            except DNSTemporaryError as exc:
-                name, qtype = steps.throw(SPFTempError(str(exc)))
-            except ValueError:  # not a DNS name: no records (a void lookup)
-                name, qtype = steps.send([])
-            else:
-                name, qtype = steps.send(records)
+                records, error = resolver.records(name, qtype, min(remaining, resolver.timeout)), None
+            except Exception as exc:
+                records, error = _lookup_failure(exc)
+            name, qtype = steps.throw(error) if error is not None else steps.send(records)
     except StopIteration as stop:
         return _result(evaluation, stop.value, resolver.tracked_ttl())
+    except Exception:  # a bug in the evaluator: the check answers all the same
+        log.failure("SPF check {ip} crashed", ip=evaluation.address)
+        return _crashed(evaluation)
+
+
+def _lookup_failure(error: Exception) -> tuple[list | None, SPFTempError | None]:
+    """What a failed lookup means to the evaluation, for both drivers: (records, None) to
+    send it, or (None, error) to throw in. Not a DNS name: no records (a void lookup); a
+    DNS failure, or anything else a resolver raised: temperror."""
+    if isinstance(error, ValueError):
+        return [], None
+    if isinstance(error, DNSTemporaryError):
+        return None, SPFTempError(str(error))
+    return None, SPFTempError("DNS lookup failed")
+
+
+def _crashed(evaluation: Evaluation) -> SPFResult:
+    return SPFResult("temperror", "SPF check failed", evaluation.identity)
 
 
 def _over_budget(evaluation: Evaluation, budget: float) -> SPFResult:
@@ -191,7 +206,7 @@ class _Run:
             self.done(_result(self.evaluation, stop.value, self.ttl))
         except Exception:  # a bug in the evaluator: the check answers, the daemon goes on
             log.failure("SPF check {ip} crashed", ip=self.evaluation.address)
-            self.done(SPFResult("temperror", "SPF check failed", self.evaluation.identity))
+            self.done(_crashed(self.evaluation))
 
     def _records(self, reading: Reading, name: str) -> list:
         if reading.kind != "nxdomain":  # the TTL the result rests on (answers and NODATA)
@@ -203,12 +218,7 @@ class _Run:
         self.step(self._records(reading, self.asked))
 
     def _failed(self, error: Exception) -> None:
-        if isinstance(error, ValueError):
-            self.step([])  # not a DNS name: no records (a void lookup)
-        elif isinstance(error, DNSTemporaryError):
-            self.step(None, SPFTempError(str(error)))
-        else:
-            self.step(None, SPFTempError("DNS lookup failed"))
+        self.step(*_lookup_failure(error))
 
 
 class SPFChecker:

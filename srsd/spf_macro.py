@@ -10,15 +10,19 @@ import re
 import urllib.parse
 from collections.abc import Callable
 
-from srsd.spf_record import SPFPermError
+from srsd.spf_record import DOMAIN_LETTERS, EXPLANATION_LETTERS, SPFPermError
 
 __all__ = ["expand", "uses_letter", "MAX_DOMAIN"]
 
 MAX_DOMAIN = 253  # bytes of an expanded domain-spec, leftmost labels dropped beyond it (7.3)
+# Characters an expansion may build: a record is up to 64 KB over TCP and each %{s} can be
+# a few hundred bytes, so a hostile one could build megabytes on the reactor thread. No
+# real domain-spec or explanation comes near (RFC 7208 3.4 asks records to fit 512 bytes).
+MAX_EXPANSION = 16384
 
 _MACRO = re.compile(r"%(?:\{([a-z])([0-9]*)(r?)([.\-+,/_=]*)\}|(.)|\Z)", re.IGNORECASE | re.DOTALL)
-_DOMAIN_LETTERS = frozenset("slodiphv")  # c, r and t only in an explanation (7.2)
-_EXP_LETTERS = _DOMAIN_LETTERS | frozenset("crt")
+_DOMAIN_LETTERS = frozenset(DOMAIN_LETTERS)
+_EXP_LETTERS = frozenset(EXPLANATION_LETTERS)
 _ESCAPES = {"%": "%", "_": " ", "-": "%20"}
 
 
@@ -35,14 +39,16 @@ def expand(text: str, value: Callable[[str], str], *, explanation: bool = False)
     :param explanation: *text* is an explanation string (exp=), where c, r and t are
         allowed too; a domain-spec's expansion is cut to :data:`MAX_DOMAIN` bytes by
         dropping leftmost labels.
-    :raises SPFPermError: a malformed macro, an unknown letter, a zero DIGIT transformer.
+    :raises SPFPermError: a malformed macro, an unknown letter, a zero DIGIT transformer,
+        an expansion over :data:`MAX_EXPANSION` characters.
     """
     if "%" not in text:
         return text if explanation else _fit(text)
     letters = _EXP_LETTERS if explanation else _DOMAIN_LETTERS
     out: list[str] = []
-    at = 0
+    at = size = 0
     for match in _MACRO.finditer(text):
+        size += match.start() - at
         out.append(text[at : match.start()])
         at = match.end()
         letter, digits, reverse, delimiters, escape = match.groups()
@@ -50,6 +56,7 @@ def expand(text: str, value: Callable[[str], str], *, explanation: bool = False)
             if escape not in _ESCAPES:
                 raise SPFPermError("Invalid macro", text)
             out.append(_ESCAPES[escape])
+            size += len(out[-1])
             continue
         if letter is None or letter.lower() not in letters:
             raise SPFPermError("Invalid macro", text)
@@ -65,13 +72,20 @@ def expand(text: str, value: Callable[[str], str], *, explanation: bool = False)
         if letter.isupper():  # URL-escaped (7.3), RFC 3986's unreserved characters kept
             expanded = urllib.parse.quote(expanded, safe="-._~")
         out.append(expanded)
+        size += len(expanded)
+        if size > MAX_EXPANSION:
+            raise SPFPermError(f"macro expansion over {MAX_EXPANSION} characters", text[:64])
     out.append(text[at:])
     result = "".join(out)
     return result if explanation else _fit(result)
 
 
 def _fit(domain: str) -> str:
-    """An expanded domain-spec of at most 253 bytes: leftmost labels dropped (7.3)."""
-    while len(domain) > MAX_DOMAIN and "." in domain:
-        domain = domain.split(".", 1)[1]
-    return domain
+    """An expanded domain-spec of at most 253 bytes: leftmost labels dropped (7.3); with
+    no label boundary close enough, the last label alone. One search, not a copy a label."""
+    if len(domain) <= MAX_DOMAIN:
+        return domain
+    cut = domain.find(".", len(domain) - MAX_DOMAIN - 1)  # the first dot the rest fits behind
+    if cut == -1:
+        cut = domain.rfind(".")
+    return domain[cut + 1 :] if cut != -1 else domain

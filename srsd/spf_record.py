@@ -13,7 +13,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-__all__ = ["Mechanism", "Record", "SPFPermError", "SPFTempError", "is_spf_record", "parse_record"]
+__all__ = ["DOMAIN_LETTERS", "EXPLANATION_LETTERS", "Mechanism", "Record", "SPFPermError", "SPFTempError",
+           "is_spf_record", "parse_record"]  # fmt: skip
 
 
 class SPFPermError(Exception):
@@ -31,15 +32,22 @@ class SPFTempError(Exception):
 
 #: qualifier -> result (RFC 7208 4.6.2)
 QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
-#: mechanisms that cost a DNS lookup (RFC 7208 4.6.4; redirect= too)
-COUNTED = frozenset(("include", "a", "mx", "ptr", "exists"))
+#: macro letters of a domain-spec; an explanation string may use c, r and t too (RFC 7208 7.2)
+DOMAIN_LETTERS = "slodiphv"
+EXPLANATION_LETTERS = DOMAIN_LETTERS + "crt"
 
 _VERSION = re.compile(r"v=spf1(?: |\Z)", re.IGNORECASE)
 _MODIFIER = re.compile(r"([a-z][a-z0-9_.\-]*)=(.*)", re.IGNORECASE | re.DOTALL)
-# macro-expand / macro-literal (RFC 7208 7.1): a macro letter, transformers, delimiters;
-# c, r and t only in explanation strings (7.2), never in a domain-spec
-_MACRO_STRING = re.compile(r"(?:%\{[slodiphcrtv][0-9]*r?[.\-+,/_=]*\}|%[%_\-]|[!-$&-~])*", re.IGNORECASE)
-_DOMAIN_MACRO_STRING = re.compile(r"(?:%\{[slodiphv][0-9]*r?[.\-+,/_=]*\}|%[%_\-]|[!-$&-~])*", re.IGNORECASE)
+
+
+def _macro_string(letters: str) -> re.Pattern[str]:
+    """macro-string (RFC 7208 7.1): macro-expands of *letters* (transformers, delimiters),
+    the escapes, and macro-literals."""
+    return re.compile(rf"(?:%\{{[{letters}][0-9]*r?[.\-+,/_=]*\}}|%[%_\-]|[!-$&-~])*", re.IGNORECASE)
+
+
+_MACRO_STRING = _macro_string(EXPLANATION_LETTERS)  # an unknown modifier's value
+_DOMAIN_MACRO_STRING = _macro_string(DOMAIN_LETTERS)
 _ENDS_WITH_MACRO = re.compile(r"(?:%\{[^}]*\}|%[%_\-])\Z")
 _TOPLABEL = re.compile(r"(?:[a-z0-9]*[a-z][a-z0-9]*|[a-z0-9]+-[a-z0-9\-]*[a-z0-9])", re.IGNORECASE)
 _A_OR_MX = re.compile(r"(a|mx)(?=\Z|[:/])", re.IGNORECASE)
