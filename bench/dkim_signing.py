@@ -271,6 +271,7 @@ def through_postfix(
     workers: tuple[int, ...] = (1, 2),
     threads: tuple[int, ...] = (4,),
     arc: tuple[bool, ...] = (True,),
+    processes: tuple[int, ...] = (0,),
 ) -> list:
     from srsd.dns import Resolver
     from tests.dnsserver import DNSServer
@@ -293,8 +294,9 @@ def through_postfix(
     resolver = Resolver([dns.address])
     # `srsd serve` as an admin runs it: the milter alone, on a unix socket, --workers N
     daemons = {}
-    for n, t, sealing in ((n, t, a) for n in workers for t in threads for a in arc):
-        name = f"srsd w{n}" + (f" t{t}" if len(threads) > 1 else "") + ("" if sealing else " no-arc")
+    for n, t, jp, sealing in ((n, t, jp, a) for n in workers for t in threads for jp in processes for a in arc):
+        name = f"srsd w{n}" + (f" t{t}" if len(threads) > 1 else "") + (f" p{jp}" if len(processes) > 1 else "")
+        name += "" if sealing else " no-arc"
         workdir = directory / name.replace(" ", "-")
         workdir.mkdir()
         daemons[name] = SrsdDaemon(
@@ -311,6 +313,7 @@ def through_postfix(
                     "signed_headers": list(SIGNED),
                     "trusted_networks": [],
                     "threads": t,
+                    "processes": jp,
                     "arc": sealing,
                 },  # fmt: skip
             },
@@ -414,6 +417,8 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=4, help="SMTP clients sending at once")
     p.add_argument("--workers", default="1,2", help="srsd serve --workers N, one srsd a value")
     p.add_argument("--threads", default="4", help="[dkim] threads of each srsd (4 = the default), one srsd a value")
+    p.add_argument("--processes", default="0", help="[dkim] processes of each srsd (0 = the default: the "
+                   "threads do the work), one srsd a value")  # fmt: skip
     p.add_argument("--arc", default="on", help="on, off or on,off: srsd with ARC sealing, without (verify, A-R, "
                    "DKIM sign: one signature, as OpenDKIM), or one of each")  # fmt: skip
     args = p.parse_args()
@@ -428,7 +433,8 @@ def main() -> int:
         print(f"\nthrough Postfix, {args.messages} forwarded messages, {args.clients} SMTP clients, unix-socket milter")
         rows = through_postfix(args.messages, args.size, args.rounds, tuple(int(w) for w in args.workers.split(",")),
                                tuple(int(t) for t in args.threads.split(",")),
-                               tuple(a == "on" for a in args.arc.split(",")))  # fmt: skip
+                               tuple(a == "on" for a in args.arc.split(",")),
+                               tuple(int(n) for n in args.processes.split(",")))  # fmt: skip
         print(f"{'setup':32} {'does':34} {'msgs/s':>10}")
         for label, does, per_second in rows:
             print(f"{label:32} {does:34} {per_second:10.0f}")

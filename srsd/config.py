@@ -171,6 +171,9 @@ class DKIMSettings:
     # covers local submission (Postfix presents sendmail/pickup mail as from 127.0.0.1)
     trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     threads: int = 4  # messages verified/signed at once (crypto and key lookups run on these threads)
+    # 0: those threads do the per-message work; N: N processes of their own do it, one
+    # message each at a time (every core, no GIL shared with the reactor)
+    processes: int = 2
     budget: float = 10.0  # seconds for one message's key lookups; a lookup past it is temperror
 
 
@@ -648,6 +651,8 @@ def _validate_dkim(cfg: Config, read_keys: bool = True) -> tuple[Any, ...]:
     _networks(d.trusted_networks, "dkim.trusted_networks")
     if not 1 <= d.threads <= 64:
         raise ConfigError("dkim.threads: must be 1..64")
+    if not 0 <= d.processes <= 64:
+        raise ConfigError("dkim.processes: must be 0..64")
     if not 0 < d.budget <= 60:
         raise ConfigError("dkim.budget: must be more than 0 and at most 60 seconds")
     if not 1 <= d.rotation_check_interval <= 86400:

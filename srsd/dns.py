@@ -130,6 +130,8 @@ class Resolver:
         resolver.cache = dns.resolver.LRUCache(cache_size) if cache_size > 0 else None
         self._resolver = resolver
         self.timeout = timeout
+        #: the arguments that build a resolver like this one (the DKIM job processes')
+        self.spec: tuple[tuple[str, ...], float, int] = (tuple(nameservers), timeout, cache_size)
         self._ttl = threading.local()  # smallest TTL seen by this thread's current check
         # (name, type) -> answer, before dnspython's cache: a hit there builds Name
         # objects and a resolution state (~20 µs; a cached NXDOMAIN raises through it);

@@ -672,6 +672,8 @@ def serve(
             status["code"] = 1
             reactor.callWhenRunning(reactor.stop)
             return
+        if daemon.mailauth is not None:
+            daemon.mailauth.start()  # its job processes, as the account just switched to
         if inherit is not None:
             tell_parent(status_fd, "ready")
             return

@@ -52,6 +52,7 @@ from srsd.domains import DomainSet, Networks
 from srsd.log_limit import LimitedLog
 from srsd.mailauth import dkimpy_setup
 from srsd.mailauth.author import author_domain
+from srsd.mailauth.job_processes import JobProcessDied, JobProcesses
 from srsd.mailauth.key_lookup import txt_lookup
 from srsd.mailauth.message import (
     Action,
@@ -99,6 +100,7 @@ class AuthSettings:
     on_error: str
     budget: float
     threads: int
+    processes: int
     local_domains: DomainSet
     trusted_networks: Networks
     rotation_check_interval: float
@@ -122,6 +124,7 @@ def auth_settings(config: Config) -> AuthSettings:
         on_error=d.on_error,
         budget=d.budget,
         threads=d.threads,
+        processes=d.processes,
         local_domains=DomainSet((*config.local_domains, config.srs.domain)),
         trusted_networks=Networks(d.trusted_networks),
         rotation_check_interval=d.rotation_check_interval,
@@ -325,18 +328,19 @@ def _forwarded_job(
     body: bytes,
     plan: _Plan,
     spf: tuple[str, str, str] | None,
-) -> tuple[_Verified, ARCResult | None, TableKey | None, _Concluded | None]:
+) -> tuple[_Verified, ARCResult | None, bool, _Concluded | None]:
     """Worker thread: a forwarded message whose SPF result is known, in one job:
-    :func:`_verify_job`, the chain decision, then :func:`_conclude_job` (None: the
-    chain could not be checked and ``on_error = "tempfail"``)."""
+    :func:`_verify_job`, the chain decision (the ARC result to report, whether it is
+    sealed), then :func:`_conclude_job` (None: the chain could not be checked and
+    ``on_error = "tempfail"``)."""
     checked = _verify_job(resolver, headers, body, settings.budget)
     try:
         arc, sealer = _chain_decision(plan, checked.arc)
     except _ARCUnverifiable:
-        return checked, None, None, None  # the reactor counts the results, then defers
+        return checked, None, False, None  # the reactor counts the results, then defers
     verified = (spf, checked.signatures, arc)
     concluded = _conclude_job(resolver, settings, headers, body, verified, plan.dmarc_deadline, plan.signers, sealer)
-    return checked, arc, sealer, concluded
+    return checked, arc, sealer is not None, concluded
 
 
 def _local_job(
@@ -391,6 +395,11 @@ class MailAuth:
         #: the signing table in force: the settings' with the next keys seen published
         self.table = self.settings.table
         self.pool = BoundedPool(reactor, self.settings.threads, "srsd-dkim")
+        #: where the per-message jobs run: the thread pool, or child processes
+        self.jobs: BoundedPool | JobProcesses = self.pool
+        if self.settings.processes:
+            self.jobs = JobProcesses(reactor, self.settings.processes, resolver)
+            self.jobs.set_context(self.settings, self.table)
         self.watcher = NextKeyWatcher(
             reactor, self.pool, record_resolver or resolver, lambda: self.table.pending, self._published,
             timeout=self.settings.budget,
@@ -399,7 +408,12 @@ class MailAuth:
 
     @property
     def pending(self) -> int:
-        return self.pool.pending
+        return self.pool.pending + (self.jobs.pending if self.jobs is not self.pool else 0)
+
+    def start(self) -> None:
+        """Start the job processes now, if any (else they start with the first message)."""
+        if isinstance(self.jobs, JobProcesses):
+            self.jobs.start()
 
     def reconfigure(self, settings: Config | AuthSettings) -> None:
         """Swap in a new configuration (SIGHUP); messages under way finish with the old.
@@ -410,10 +424,26 @@ class MailAuth:
         new = settings if isinstance(settings, AuthSettings) else auth_settings(settings)
         if new.threads != self.settings.threads:
             self.pool.resize(new.threads)
+        self._resize_jobs(new.processes)
         self.settings = new
         self.table = new.table.with_visible(self.table.visible)
+        self._context_changed()
         self.watcher.timeout = new.budget
         self.watcher.watch(new.rotation_check_interval)
+
+    def _resize_jobs(self, processes: int) -> None:
+        if isinstance(self.jobs, JobProcesses):
+            if processes:
+                self.jobs.resize(processes)
+            else:  # back to threads: the children finish the messages under way, then exit
+                self.jobs.stop_when_done()
+                self.jobs = self.pool
+        elif processes:
+            self.jobs = JobProcesses(self.reactor, processes, self.resolver)
+
+    def _context_changed(self) -> None:
+        if isinstance(self.jobs, JobProcesses):
+            self.jobs.set_context(self.settings, self.table)
 
     def _published(self, key: TableKey) -> None:
         """The watcher saw *key*'s record published and matching: sign with it."""
@@ -421,6 +451,7 @@ class MailAuth:
             return  # a reload came in between: no longer a pending key
         replaced = self.table.replaced_by(key)
         self.table = self.table.with_visible([key.id])
+        self._context_changed()
         log.info(
             "{where}: {name} is published and matches: signing with it now{instead}",
             where=key.where,
@@ -438,6 +469,8 @@ class MailAuth:
     def stop(self) -> None:
         """Stop the key checks and the thread pool (waits for running jobs)."""
         self.watcher.stop()
+        if isinstance(self.jobs, JobProcesses):
+            self.jobs.stop()
         self.pool.stop()
 
     # -- one message --------------------------------------------------------------------------
@@ -497,7 +530,7 @@ class MailAuth:
     ) -> defer.Deferred:
         if not settings.sign_local:
             return defer.succeed(_Outcome([], "not signed (sign_local off)"))
-        d = self.pool.run_until(deadline, _local_job, settings, table, kept, body)
+        d = self.jobs.run_until(deadline, _local_job, settings, table, kept, body)
         return d.addCallback(lambda done: _Outcome(*done))
 
     def _error(self, settings: AuthSettings, envelope: Envelope, failure: Any, started: float, kind: str) -> Any:
@@ -511,7 +544,7 @@ class MailAuth:
         if failure.check(PoolOverloaded):
             limited.warn("milter_error", "{qid}: mail authentication overloaded ({why})", qid=envelope.queue_id or "-",
                          why=failure.getErrorMessage())  # fmt: skip
-        elif failure.check(defer.TimeoutError):
+        elif failure.check(defer.TimeoutError, JobProcessDied):
             limited.warn("milter_error", "{qid}: mail authentication {why}", qid=envelope.queue_id or "-",
                          why=failure.getErrorMessage())  # fmt: skip
         else:
@@ -559,7 +592,7 @@ class _Forwarding:
         if not (settings.verify or self.seal or self.dmarc):
             if not self.signers:
                 return defer.succeed(_Outcome([], "nothing to do (verify, arc and signing off)"))
-            d = auth.pool.run_until(self.deadline, _sign_job, settings, self.kept, self.body, self.signers)
+            d = auth.jobs.run_until(self.deadline, _sign_job, settings, self.kept, self.body, self.signers)
             return d.addCallback(lambda added: _Outcome(added, f"signed {_signed_by(self.signers)}"))
         spf = auth.spf_checker.check(env.client_address, env.mail_from, env.helo, budget=settings.budget)
         known: list[Any] = []
@@ -568,10 +601,10 @@ class _Forwarding:
             # SPF answered at once (its result cache): verification, DMARC, sealing and
             # signing in one job, one thread hand-off fewer
             self.spf = _spf_triple(known[0], env)
-            d = auth.pool.run_until(self.deadline, _forwarded_job, auth.resolver, settings, self.kept, self.body,
+            d = auth.jobs.run_until(self.deadline, _forwarded_job, auth.resolver, settings, self.kept, self.body,
                                     self._plan(), self.spf)  # fmt: skip
             return d.addCallback(self._finished, known[0])
-        verified = auth.pool.run_until(self.deadline, _verify_job, auth.resolver, self.kept, self.body, settings.budget)
+        verified = auth.jobs.run_until(self.deadline, _verify_job, auth.resolver, self.kept, self.body, settings.budget)
         both = defer.gatherResults([spf, verified], consumeErrors=True)
         both.addErrback(lambda failure: failure.value.subFailure)
         return both.addCallback(self._verified)
@@ -587,8 +620,8 @@ class _Forwarding:
         if checked.arc is not None:
             metrics.count_arc("temperror" if checked.arc.temporary else checked.arc.cv)
 
-    def _taken(self, checked: _Verified, arc: ARCResult | None, sealer: TableKey | None) -> None:
-        self.signatures, self.arc, self.seal = checked.signatures, arc, sealer is not None
+    def _taken(self, checked: _Verified, arc: ARCResult | None, sealed: bool) -> None:
+        self.signatures, self.arc, self.seal = checked.signatures, arc, sealed
 
     def _verified(self, results: list[Any]) -> Any:
         spf_result, checked = results
@@ -596,21 +629,21 @@ class _Forwarding:
         self.spf = _spf_triple(spf_result, self.envelope)
         plan = self._plan()
         arc, sealer = _chain_decision(plan, checked.arc)
-        self._taken(checked, arc, sealer)
+        self._taken(checked, arc, sealer is not None)
         job = (self.auth.resolver, self.settings, self.kept, self.body, (self.spf, self.signatures, arc),
                plan.dmarc_deadline, self.signers, sealer)  # fmt: skip
         if plan.dmarc_deadline is None and not (sealer or self.signers):
             return self._concluded(_conclude_job(*job))  # the field alone: no DNS, no crypto
-        return self.auth.pool.run_until(self.deadline, _conclude_job, *job).addCallback(self._concluded)
+        return self.auth.jobs.run_until(self.deadline, _conclude_job, *job).addCallback(self._concluded)
 
     def _finished(
-        self, done: tuple[_Verified, ARCResult | None, TableKey | None, _Concluded | None], spf_result: Any
+        self, done: tuple[_Verified, ARCResult | None, bool, _Concluded | None], spf_result: Any
     ) -> Any:
-        checked, arc, sealer, concluded = done
+        checked, arc, sealed, concluded = done
         self._count(spf_result, checked)
         if concluded is None:
             raise _ARCUnverifiable(checked.arc.reason if checked.arc else "")
-        self._taken(checked, arc, sealer)
+        self._taken(checked, arc, sealed)
         return self._concluded(concluded)
 
     def _concluded(self, concluded: _Concluded) -> _Outcome:

@@ -77,6 +77,34 @@ class SigningKey:
         """The DKIM key record text: ``v=DKIM1; k=rsa; p=...`` (RFC 6376 3.6.1)."""
         return f"v=DKIM1; k={self.key_type}; p={self.public_key_base64()}"
 
+    def __reduce__(self) -> tuple[Any, tuple]:
+        # Pickled for the job processes (srsd.mailauth.job_processes) as its key bytes:
+        # cryptography's key objects do not pickle.
+        return _rebuilt, (self.path, self.algorithm, self.dkimpy_key, self.bits, self.warnings)
+
+
+def _rebuilt(path: str, algorithm: str, dkimpy_key: bytes, bits: int, warnings: tuple[str, ...]) -> SigningKey:
+    """The :class:`SigningKey` a pickle holds, its private key built once per process
+    (the same bytes give the same key; RSA's checks skipped: the key was checked when
+    the daemon loaded it from its file)."""
+    memo = _rebuilt_keys.get((algorithm, dkimpy_key))
+    if memo is not None:
+        return memo
+    if ALGORITHMS[algorithm] == "rsa":
+        private = serialization.load_pem_private_key(dkimpy_key, password=None, unsafe_skip_rsa_key_validation=True)
+        remember_rsa_key(private)
+    else:
+        private = ed25519.Ed25519PrivateKey.from_private_bytes(base64.b64decode(dkimpy_key))
+    key = SigningKey(path, algorithm, private, dkimpy_key, bits, warnings)
+    if len(_rebuilt_keys) >= 256:
+        _rebuilt_keys.clear()
+    _rebuilt_keys[(algorithm, dkimpy_key)] = key
+    return key
+
+
+#: (algorithm, key bytes) -> the key rebuilt from a pickle, in this process
+_rebuilt_keys: dict[tuple[str, bytes], SigningKey] = {}
+
 
 def _from_pem(path: str, data: bytes) -> Any:
     try:

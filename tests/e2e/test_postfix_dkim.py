@@ -144,6 +144,9 @@ def srsd_sections(dns_address: str, key_file: Path) -> dict[str, dict]:
             # ARC-sealed and signed.
             "trusted_networks": [f"{TRUSTED_IP}/32"],
             "budget": 5.0,
+            # this module's milter does its per-message work in job processes; the other
+            # milter modules run the default (the thread pool)
+            "processes": 2,
         },
     }
 
@@ -427,6 +430,19 @@ def assert_forwarded_verifies(data: bytes, dns_server, *, orig: str | None = "pa
     assert perl_arc.result == "pass", perl_arc
 
 
+def job_processes(pid: int) -> list[int]:
+    """The pids of *pid*'s children running ``srsd.mailauth.job_processes``."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"srsd.mailauth.job_processes" in argv:
+            found.append(int(child))
+    return found
+
+
 # -- 1. a signed message through the forwarding alias ---------------------------------------
 
 
@@ -473,6 +489,8 @@ def test_forwarded_message_keeps_its_signature_and_gets_ours_and_an_arc_set(stac
     logged = [line for line in stack.srsd.log_text().splitlines() if f" {queue_id}: " in line]
     assert len(logged) == 2, logged
     assert "forwarded (recipient fwd-user@fwd.example)" in logged[1], logged
+    # ...and the work was done by srsd's two job processes ([dkim] processes = 2)
+    assert len(job_processes(stack.srsd.pid)) == 2
     assert "spf=pass dkim=pass arc=none dmarc=pass; sealed i=1; signed d=fwd.example" in logged[1], logged
     assert f"DMARC pass for {ORIG_DOMAIN} (spf {ORIG_DOMAIN} aligned" in logged[0] and logged[0].endswith(": accept")
 

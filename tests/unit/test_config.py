@@ -316,3 +316,14 @@ def test_daemon_workers_range(secrets, workers):
 def test_daemon_workers_default_leaves_the_count_to_srsd_serve(secrets):
     assert parse_config(cfg(secrets)).daemon.workers == 0
     assert parse_config({**cfg(secrets), "daemon": {"workers": 3}}).daemon.workers == 3
+
+
+@pytest.mark.parametrize("processes", [-1, 65, "2"])
+def test_dkim_processes_is_checked(secrets, processes):
+    with pytest.raises(ConfigError, match="dkim.processes"):
+        parse_config({**cfg(secrets), "dkim": {"processes": processes}})
+
+
+def test_dkim_processes_default_and_zero(secrets):
+    assert parse_config(cfg(secrets)).dkim.processes == 2  # the jobs in two processes of their own
+    assert parse_config({**cfg(secrets), "dkim": {"processes": 0}}).dkim.processes == 0  # the thread pool

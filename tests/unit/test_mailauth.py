@@ -79,7 +79,9 @@ def reactor():
 def make_config(tmp_path, keys, dns_server, dmarc=None, **dkim_settings):
     secrets = tmp_path / "secrets"
     secrets.write_text("s3cr3t\n")
+    # processes = 0: the fake reactor spawns no processes (tests/unit/test_job_processes.py: processes = 2)
     settings = {"selector": "sel", "key_file": keys["fwd"].path, "trusted_networks": ["198.51.100.0/24"]}
+    settings["processes"] = 0
     settings.update(dkim_settings)
     return parse_config(
         {

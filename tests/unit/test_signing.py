@@ -89,6 +89,7 @@ def make(tmp_path, key_dir, zone, reactor):  # noqa: F811 (the imported fixture)
                     "sign_subdomains": ["example.org"],
                     "trusted_networks": ["198.51.100.0/24"],
                     "rotation_check_interval": INTERVAL,
+                    "processes": 0,  # the fake reactor spawns no processes (tests/unit/test_job_processes.py)
                 }
                 | dkim_settings,
             }
