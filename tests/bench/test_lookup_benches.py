@@ -92,3 +92,13 @@ def test_workpool_hop_alternates_the_pools():
     measured = re.findall(rf"round \d: work \d+, [14] at once, {pools}: \d+ µs", out)
     assert len(measured) == 16, out
     assert len(re.findall(r"before / now CPU per job, median of 2 rounds: \d+\.\d\dx", out)) == 4, out
+
+
+def test_dkim_jobs_compares_threads_and_processes():
+    out = run("dkim_jobs.py", "--messages", "8", "--rounds", "2", "--parallel", "2", "--size", "2000")
+    rate = r"\d+ msgs/s \(\d+\.\d\d ms CPU/msg\)"
+    rounds = re.findall(r"^round \d: (.*)$", out, re.M)
+    assert len(rounds) == 2, out
+    for line in rounds:
+        assert all(re.search(rf"\b{way} {rate}", line) for way in ("thread", "threads", "processes")), line
+    assert re.search(r"2 processes / 2 threads, median of 2 rounds: \d+\.\d\dx", out), out
