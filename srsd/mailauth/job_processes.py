@@ -145,8 +145,11 @@ def main() -> int:
             answer = frame((True, f(*args)))
         except Exception as exc:  # the parent's Deferred fails with it
             answer = _failure_frame(exc)
-        stdout.write(answer)
-        stdout.flush()
+        try:
+            stdout.write(answer)
+            stdout.flush()
+        except BrokenPipeError:  # the parent stopped (or died) while this job ran
+            return 0
     return 0
 
 
@@ -177,6 +180,7 @@ class _Child(protocol.ProcessProtocol):
         self.generation = -1
         self.buffer = bytearray()
         self.running = False
+        self.exit_code: int | None = None  # once it ended (None: a signal, or still running)
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted's name)
         self.running = True
@@ -201,6 +205,7 @@ class _Child(protocol.ProcessProtocol):
 
     def processEnded(self, reason: Any) -> None:  # noqa: N802
         self.running = False
+        self.exit_code = getattr(reason.value, "exitCode", None)
         job, self.job = self.job, None
         self.pool.ended(self, job, reason)
 

@@ -15,9 +15,10 @@ import signal
 import time
 
 import pytest
-from twisted.internet import defer
+from twisted.internet import defer, process
 
 from srsd.dns import Resolver
+from srsd.mailauth import job_processes
 from srsd.mailauth.handler import MailAuth, auth_settings
 from srsd.mailauth.job_processes import JobProcesses
 from srsd.mailauth.message import Message, TempFail
@@ -78,6 +79,17 @@ def wait_for(predicate, timeout=20.0):
         time.sleep(0.02)
 
 
+def reaping(rt, predicate):
+    """*predicate*, after reaping exited children on the reactor: the test's reactor runs
+    without signal handlers, so no SIGCHLD tells it (srsd's reactor has them)."""
+
+    def check():
+        rt.call(process.reapAllProcesses)
+        return predicate()
+
+    return check
+
+
 def test_the_settings_and_keys_pickle(tmp_path, keys, zone):  # noqa: F811
     settings = auth_settings(make_config(tmp_path, keys, zone))
     copy = pickle.loads(pickle.dumps(settings))
@@ -123,10 +135,10 @@ def test_a_killed_child_answers_on_error_and_is_replaced(make_auth, rt, keys, zo
 
     wait_for(found_busy)
     os.kill(busy[0].transport.pid, signal.SIGKILL)
-    wait_for(lambda: answered)
+    wait_for(reaping(rt, lambda: answered))
     zone.resume()
     assert len(answered[0]) == 1 and isinstance(answered[0][0], TempFail)
-    wait_for(lambda: len(auth.jobs._children) == 2 and all(c.running for c in auth.jobs._children))
+    wait_for(reaping(rt, lambda: len(auth.jobs._children) == 2 and all(c.running for c in auth.jobs._children)))
     assert busy[0] not in auth.jobs._children
     check_forwarded(zone, apply(message, run(rt, auth, envelope(), message)))
 
@@ -143,8 +155,6 @@ def test_a_reload_reaches_the_children(make_auth, rt, keys, zone, tmp_path):  # 
 
 
 def test_a_stuck_child_is_killed_and_replaced(rt, monkeypatch):
-    from srsd.mailauth import job_processes
-
     monkeypatch.setattr(job_processes, "KILL_AFTER", 0.5)
     jobs = rt.call(JobProcesses, rt.reactor, 1, Resolver(["127.0.0.1:53"]))
     try:
@@ -153,8 +163,20 @@ def test_a_stuck_child_is_killed_and_replaced(rt, monkeypatch):
         wait_for(lambda: failed)
         assert failed[0].check(defer.TimeoutError)
         first = jobs._children[0]
-        wait_for(lambda: not first.running)  # killed 0.5 s after the deadline
-        wait_for(lambda: len(jobs._children) == 1 and jobs._children[0].running and jobs.pending == 0)
+        wait_for(reaping(rt, lambda: not first.running))  # killed 0.5 s after the deadline
+        wait_for(reaping(rt, lambda: len(jobs._children) == 1 and jobs._children[0].running and jobs.pending == 0))
         assert rt.call(jobs.run_until, time.monotonic() + 10, abs, -3) == 3  # the replacement works
     finally:
         rt.call(jobs.stop)
+
+
+def test_a_stop_during_a_job_ends_the_child_cleanly(rt):
+    jobs = rt.call(JobProcesses, rt.reactor, 1, Resolver(["127.0.0.1:53"]))
+    failed: list = []
+    rt.call(lambda: jobs.run_until(time.monotonic() + 30, time.sleep, 1).addErrback(failed.append) and None)
+    wait_for(lambda: jobs._children and jobs._children[0].job is not None)
+    child = jobs._children[0]
+    rt.call(jobs.stop)  # its stdin closes: it finishes the job, finds the parent gone, exits 0
+    wait_for(reaping(rt, lambda: not child.running))
+    assert child.exit_code == 0
+    assert not failed and jobs.pending == 0  # its answer still came back; nobody left waiting
