@@ -39,6 +39,7 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from srsd.dns import Resolver
 from srsd.workpool import PoolOverloaded
 
 __all__ = ["JobProcessDied", "JobProcesses", "main"]
@@ -55,6 +56,8 @@ RESTART_DELAY = 1.0
 #: seconds a child may go on past its job's deadline before it is killed (and replaced):
 #: its caller has had its answer; a child stuck for good must not hold its slot
 KILL_AFTER = 5.0
+#: signals a child ignores: the parent's to act on
+_IGNORED = {signal.SIGHUP, signal.SIGINT}
 
 
 class JobProcessDied(Exception):
@@ -96,8 +99,6 @@ class _Context:
         self.spec: tuple | None = None
 
     def update(self, settings: Any, table: Any, spec: tuple) -> None:
-        from srsd.dns import Resolver
-
         self.settings, self.table = settings, table
         if spec != self.spec:
             self.resolver, self.spec = Resolver(*spec), spec
@@ -113,16 +114,18 @@ class _JobUnpickler(pickle.Unpickler):
 
 
 def _read_exactly(stream: Any, n: int) -> bytes | None:
-    data = stream.read(n)
-    return data if data is not None and len(data) == n else None
+    data = stream.read(n)  # a blocking buffered read: all n bytes, or fewer at the end
+    return data if len(data) == n else None
 
 
 def main() -> int:
     """A child: run the jobs its parent writes on stdin, answer on stdout, until stdin
     closes (the parent stopped or died)."""
-    # SIGHUP and ^C are the parent's business (it reloads or stops, then closes our stdin)
+    # SIGHUP and ^C are the parent's business (it reloads or stops, then closes our
+    # stdin); they were blocked from the spawn until now (_spawn)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _IGNORED)
     from srsd.mailauth import dkimpy_setup
 
     dkimpy_setup.install()
@@ -391,10 +394,13 @@ class JobProcesses:
     def _spawn(self) -> None:
         child = _Child(self)
         argv = [sys.executable, "-m", "srsd.mailauth.job_processes"]
-        # the child imports srsd from where this process did (a checkout, a venv)
-        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
-        self.reactor.spawnProcess(child, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: 2})
+        # As srsd.workers starts its children: a SIGHUP (a reload signalled to the whole
+        # group) before the child ignores it would kill it, so it starts with them blocked.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _IGNORED)
+        try:
+            self.reactor.spawnProcess(child, sys.executable, argv, env=os.environ, childFDs={0: "w", 1: "r", 2: 2})
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self._children.append(child)
         self._idle.append(child)
 

@@ -180,3 +180,15 @@ def test_a_stop_during_a_job_ends_the_child_cleanly(rt):
     wait_for(reaping(rt, lambda: not child.running))
     assert child.exit_code == 0
     assert not failed and jobs.pending == 0  # its answer still came back; nobody left waiting
+
+
+def test_a_sighup_to_a_child_is_ignored(rt):
+    jobs = rt.call(JobProcesses, rt.reactor, 1, Resolver(["127.0.0.1:53"]))
+    try:
+        assert rt.call(jobs.run_until, time.monotonic() + 10, abs, -1) == 1  # started and serving
+        child = jobs._children[0]
+        os.kill(child.transport.pid, signal.SIGHUP)  # as a reload signalled to the whole group
+        assert rt.call(jobs.run_until, time.monotonic() + 10, abs, -2) == 2
+        assert jobs._children == [child] and child.running
+    finally:
+        rt.call(jobs.stop)
