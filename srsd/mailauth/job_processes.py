@@ -40,6 +40,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from srsd.dns import Resolver
+from srsd.transport_write import writer
 from srsd.workpool import PoolOverloaded
 
 __all__ = ["JobProcessDied", "JobProcesses", "main"]
@@ -187,6 +188,7 @@ class _Child(protocol.ProcessProtocol):
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted's name)
         self.running = True
+        self.send = writer(self.transport.pipes[0])  # the child's stdin; sent now, not next pass
 
     def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
         self.buffer += data
@@ -322,9 +324,9 @@ class JobProcesses:
             child = self._idle.popleft()
             child.job, job.child = job, child
             if child.generation != self._generation:
-                child.transport.write(self._context_bytes())
+                child.send(self._context_bytes())
                 child.generation = self._generation
-            child.transport.write(job.data)
+            child.send(job.data)
 
     def _context_bytes(self) -> bytes:
         if not self._context_frame:

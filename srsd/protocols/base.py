@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -35,6 +34,7 @@ from srsd.answer_cache import AnswerCache
 from srsd.log_limit import LimitedLog
 from srsd.metrics import endpoint_stats, lookup_outcomes
 from srsd.rewrite import TEMP, Answer
+from srsd.transport_write import writer
 
 __all__ = [
     "EndpointFactory",
@@ -46,8 +46,6 @@ __all__ = [
     "LookupProtocol",
     "LineBuffer",
     "MAX_PENDING",
-    "write_now",
-    "writer",
 ]
 
 #: (map name, key) -> Answer | Deferred[Answer]
@@ -89,41 +87,6 @@ class LineBuffer:
         if self.discarding:
             self.partial = b""
         return lines, overflow
-
-
-def writer(transport: Any) -> Callable[[bytes], None]:
-    """The fastest correct way to write replies to *transport*: :func:`write_now` on
-    Twisted's socket transports, the transport's own ``write`` elsewhere (an asyncio
-    transport, :mod:`srsd.lookup_loop`, already sends at once when it can)."""
-    if hasattr(transport, "writeSomeData"):
-        return partial(write_now, transport)
-    return transport.write
-
-
-def write_now(transport: Any, data: bytes) -> None:
-    """``transport.write(data)``, but sent at once when nothing is queued before it.
-
-    Twisted's write() only buffers and waits for the next reactor pass to send:
-    two passes and two more epoll_ctl calls per lookup, ~5 µs of the ~20 µs a
-    lookup costs (bench/README.md). This uses Twisted's FileDescriptor internals
-    (``dataBuffer``, ``_tempDataBuffer``, ``writeSomeData``) when they are there
-    and empty; anything else (a non-TCP/unix transport, a backlog, a closing
-    connection) takes the normal path, as does whatever the socket did not take
-    (write() then pauses the protocol, the transport's producer, if that backlog
-    is over its bufferSize).
-    """
-    if (
-        not getattr(transport, "dataBuffer", True)
-        and not getattr(transport, "_tempDataBuffer", True)
-        and getattr(transport, "connected", False)
-        and not transport.disconnecting
-    ):
-        sent = transport.writeSomeData(data)
-        if type(sent) is int:
-            if sent == len(data):
-                return
-            data = data[sent:]
-    transport.write(data)  # the remainder, or a lost connection, the usual way
 
 
 class EndpointFactory(protocol.Factory):

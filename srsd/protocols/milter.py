@@ -41,6 +41,7 @@ from srsd.log_limit import LimitedLog
 from srsd.mailauth.message import DeleteHeader, Envelope, InsertHeader, Message, Quarantine, Reject, TempFail
 from srsd.protocols import milter_codec as mc
 from srsd.protocols.base import EndpointFactory, EndpointProtocol
+from srsd.transport_write import writer
 
 __all__ = ["MilterFactory", "MilterProtocol", "DEFAULT_MACROS"]
 
@@ -144,10 +145,11 @@ class MilterProtocol(EndpointProtocol):
         super().connectionMade()
         f = self.factory
         self._decoder = mc.PacketDecoder(f.max_packet_bytes, f.max_header_bytes, mc.MAX_BODY_CHUNK)
+        self._write = writer(self.transport)  # a reply goes out now, not on the next reactor pass
         if self.overloaded:
             # Postfix sees a failed handshake and applies milter_default_action.
             self._closed = True
-            self.transport.write(mc.TEMPFAIL)
+            self._write(mc.TEMPFAIL)
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
@@ -185,7 +187,7 @@ class MilterProtocol(EndpointProtocol):
             self._abandon(replies)
             return
         if replies:
-            self.transport.write(b"".join(replies))
+            self._write(b"".join(replies))
         if self._quit:
             self._closed = True
             self.transport.loseConnection()
@@ -207,7 +209,7 @@ class MilterProtocol(EndpointProtocol):
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
-        self.transport.write(b"".join(replies) + mc.TEMPFAIL)
+        self._write(b"".join(replies) + mc.TEMPFAIL)
         self.transport.loseConnection()
 
     # -- commands --------------------------------------------------------------------------
@@ -410,7 +412,7 @@ class MilterProtocol(EndpointProtocol):
             return
         self._pending = None
         self.last_active = time.monotonic()
-        self.transport.write(reply)
+        self._write(reply)
 
     def _failed(self, failure: Any, serial: int, queue_id: str) -> bytes:
         factory = self.factory

@@ -176,7 +176,7 @@ def test_reply_is_one_write(factory, handler):
     handler.actions = [InsertHeader(0, "ARC-Seal", " a"), InsertHeader(0, "ARC-Message-Signature", " b")]
     proto, t = negotiated(factory)
     writes = []
-    t.write = writes.append
+    proto._write = writes.append  # what connectionMade bound: the transport's write here
     proto.dataReceived(message())
     assert len(writes) == 1
     assert w.describe(writes[0]) == [
@@ -386,7 +386,7 @@ def test_already_fired_deferred_answers_in_the_same_write(handler, clock):
     factory = MilterFactory(handler, "milter", reactor=clock)
     proto, t = negotiated(factory, w.optneg(protocol=w.POSTFIX_V2_PROTOCOL) + w.connect())
     writes = []
-    t.write = writes.append
+    proto._write = writes.append  # what connectionMade bound: the transport's write here
     proto.dataReceived(w.mail("<a@b.example>") + w.header("Subject", "x") + w.EOB)
     assert [w.describe(x) for x in writes] == [[("c",), ("c",), ("i", 0, "X-Test", "ok"), ("c",)]]
     assert not clock.getDelayedCalls()  # the timeout was cancelled
@@ -514,7 +514,7 @@ def test_replies_before_the_error_are_kept(handler, clock):
 def _run(factory, chunks):
     proto, t = connect(factory)
     writes = []
-    t.write = lambda data: writes.append(data)
+    proto._write = writes.append  # what connectionMade bound: the transport's write here
     for chunk in chunks:
         proto.dataReceived(chunk)
     return writes

@@ -3,9 +3,10 @@
 pyproject.toml pins Twisted to the tested range; this fails first when a release
 moves one of them, naming the one that moved:
 
-- ``srsd.protocols.base.write_now`` reads ``FileDescriptor.dataBuffer`` /
+- ``srsd.transport_write.write_now`` reads ``FileDescriptor.dataBuffer`` /
   ``_tempDataBuffer`` and calls ``writeSomeData`` (one send per reply, not two
-  reactor passes);
+  reactor passes), on sockets and on the DKIM job processes' stdin pipes
+  (``process.ProcessWriter``, reached as ``Process.pipes[0]``);
 - ``srsd.dns_async.ReactorExchange`` sends its queries with ``udp.Port.socket.sendto``
   (``Port.write`` re-checks the address text each time);
 - ``srsd.workers`` builds ports with ``unix.Port._fromListeningDescriptor``, reads
@@ -16,12 +17,13 @@ moves one of them, naming the one that moved:
 from __future__ import annotations
 
 import inspect
+import os
 import socket
 
-from twisted.internet import abstract, endpoints, reactor, tcp, udp, unix
+from twisted.internet import abstract, endpoints, process, reactor, tcp, udp, unix
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 
-from srsd.protocols.base import write_now
+from srsd.transport_write import write_now
 
 
 def test_file_descriptor_buffers():
@@ -45,6 +47,22 @@ def test_write_now_sends_without_a_reactor_pass():
     finally:
         server.close()
         client.close()
+
+
+def test_write_now_sends_to_a_process_pipe_without_a_reactor_pass():
+    """The same on the writer of a child's stdin, as spawnProcess builds it."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)  # nothing written yet fails the read instead of hanging
+    writer = process.ProcessWriter(reactor, None, 0, write_end, forceReadHack=True)
+    try:
+        assert writer.connected and not writer.disconnecting
+        write_now(writer, b"frame")
+        assert os.read(read_end, 100) == b"frame"
+        assert writer.dataBuffer == b"" and writer._tempDataBuffer == []
+    finally:
+        writer.stopReading()
+        os.close(write_end)
+        os.close(read_end)
 
 
 def test_endpoint_fields_workers_read():
