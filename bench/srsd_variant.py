@@ -70,33 +70,13 @@ def asyncio_reactor() -> None:
     asyncioreactor.install()
 
 
-def write_now(transport, data: bytes) -> None:
-    """``transport.write(data)``, but sent at once when nothing is queued before it.
-
-    Relies on Twisted's FileDescriptor internals (``dataBuffer``,
-    ``_tempDataBuffer``, ``writeSomeData``); any other transport takes the
-    normal path.
-    """
-    if (
-        not getattr(transport, "dataBuffer", True)
-        and not getattr(transport, "_tempDataBuffer", True)
-        and transport.connected
-        and not transport.disconnecting
-    ):
-        sent = transport.writeSomeData(data)
-        if type(sent) is int:
-            if sent == len(data):
-                return
-            data = data[sent:]
-    transport.write(data)  # the rest (or a lost connection) goes the usual way
-
-
 def direct_write() -> None:
     import time
 
     from twisted.internet.defer import Deferred
 
     from srsd.protocols.base import LookupProtocol
+    from srsd.transport_write import write_now
 
     original = LookupProtocol.send
 
@@ -114,6 +94,7 @@ def fast_proto() -> None:
 
     from srsd.protocols import tcp_table
     from srsd.protocols.tcp_table import TcpTableProtocol
+    from srsd.transport_write import write_now
 
     direct_write()
     original_received = TcpTableProtocol.dataReceived
