@@ -13,8 +13,8 @@ The parent writes ``("context", (settings, table, resolver spec))`` when a child
 copy is older than the handler's, then ``("job", f, args)`` with ``f`` a module-level
 function of :mod:`srsd.mailauth.handler`; the child answers ``(True, result)`` or
 ``(False, exception)``. The resolver, the settings and the signing table in a job's
-arguments travel as references to the context (pickle's persistent ids), so a job is
-its message and a few small values.
+arguments travel as references to the child's copy (a call of :func:`_context_object`),
+so a job is its message and a few small values.
 
 Nothing lost: a job past its deadline fails its caller with ``defer.TimeoutError``
 (the child is busy until it answers, counted); a child that dies fails its job with
@@ -66,21 +66,32 @@ class JobProcessDied(Exception):
 
 
 class _Pickler(pickle.Pickler):
-    """Pickles the objects of *references* (by ``id``) as their names: persistent ids."""
+    """Pickles the objects of *references* (by ``id``) as ``_context_object(name)``.
+
+    ``reducer_override``, unlike ``persistent_id``, is not called for the str, bytes,
+    int, tuple, list and dict that make up most of a job: ~5 Python calls a job instead
+    of ~100 (a forwarded message's job pickles in ~15 µs instead of ~36).
+    """
 
     def __init__(self, file: Any, references: dict[int, str]) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.references = references
 
-    def persistent_id(self, obj: Any) -> str | None:
-        return self.references.get(id(obj))
+    def reducer_override(self, obj: Any) -> Any:
+        name = self.references.get(id(obj))
+        if name is None:
+            return NotImplemented
+        return _context_object, (name,)
 
 
 def frame(obj: Any, references: dict[int, str] | None = None) -> bytes:
     """*obj* pickled behind its length; the objects of *references* as references."""
+    if not references:  # pickle's C path alone, no Python call per object (an answer: ~20 µs, not ~49)
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        return _LENGTH.pack(len(data)) + data
     buffer = io.BytesIO()
     buffer.write(b"\0\0\0\0")
-    _Pickler(buffer, references or {}).dump(obj)
+    _Pickler(buffer, references).dump(obj)
     data = buffer.getbuffer()
     _LENGTH.pack_into(data, 0, len(data) - 4)
     return bytes(data)
@@ -105,13 +116,13 @@ class _Context:
             self.resolver, self.spec = Resolver(*spec), spec
 
 
-class _JobUnpickler(pickle.Unpickler):
-    def __init__(self, file: Any, context: _Context) -> None:
-        super().__init__(file)
-        self.context = context
+_CONTEXT = _Context()  # a child's: what the references in its jobs resolve to
 
-    def persistent_load(self, pid: Any) -> Any:  # noqa: N802 (pickle's name)
-        return getattr(self.context, pid)
+
+def _context_object(name: str) -> Any:
+    """The child's copy of the parent's object *name* (``resolver``, ``settings``, ``table``):
+    what :class:`_Pickler`'s references unpickle as."""
+    return getattr(_CONTEXT, name)
 
 
 def _read_exactly(stream: Any, n: int) -> bytes | None:
@@ -134,13 +145,13 @@ def main() -> int:
     # print cannot break a frame
     stdin, stdout = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    context = _Context()
+    context = _CONTEXT
     while (head := _read_exactly(stdin, 4)) is not None:
         (length,) = _LENGTH.unpack(head)
         data = _read_exactly(stdin, length) if length <= MAX_FRAME else None
         if data is None:
             return 1
-        kind, *rest = _JobUnpickler(io.BytesIO(data), context).load()
+        kind, *rest = pickle.loads(data)
         if kind == "context":
             context.update(*rest[0])
             continue
@@ -416,4 +427,8 @@ class JobProcesses:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # as the module pickle names (srsd.mailauth.job_processes), not as __main__: a job's
+    # references must reach the _CONTEXT that main() fills
+    from srsd.mailauth import job_processes
+
+    sys.exit(job_processes.main())
