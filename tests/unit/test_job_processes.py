@@ -13,6 +13,7 @@ import os
 import pickle
 import signal
 import time
+import zlib
 
 import pytest
 from twisted.internet import defer, process
@@ -190,5 +191,20 @@ def test_a_sighup_to_a_child_is_ignored(rt):
         os.kill(child.transport.pid, signal.SIGHUP)  # as a reload signalled to the whole group
         assert rt.call(jobs.run_until, time.monotonic() + 10, abs, -2) == 2
         assert jobs._children == [child] and child.running
+    finally:
+        rt.call(jobs.stop)
+
+
+def test_frames_larger_than_a_pipe_arrive_whole(rt):
+    """A context and a job larger than a pipe takes at once (64 KiB), and an answer too:
+    the part a write leaves over follows in order (the job's frame queues behind it), and
+    each side reads its frame whole."""
+    jobs = rt.call(JobProcesses, rt.reactor, 1, Resolver(["127.0.0.1:53"]))
+    try:
+        table = os.urandom(1 << 20)  # the signing table's place in the context: 1 MiB
+        rt.call(jobs.set_context, None, table)
+        assert rt.call(jobs.run_until, time.monotonic() + 20, zlib.crc32, table) == zlib.crc32(table)
+        blob = os.urandom(300_000)
+        assert rt.call(jobs.run_until, time.monotonic() + 20, bytes.hex, blob) == blob.hex()  # a 600 KB answer
     finally:
         rt.call(jobs.stop)
