@@ -70,7 +70,7 @@ class _Pickler(pickle.Pickler):
 
     ``reducer_override``, unlike ``persistent_id``, is not called for the str, bytes,
     int, tuple, list and dict that make up most of a job: ~5 Python calls a job instead
-    of ~100 (a forwarded message's job pickles in ~15 µs instead of ~36).
+    of ~100 (a forwarded message's job pickles in ~12 µs instead of ~20).
     """
 
     def __init__(self, file: Any, references: dict[int, str]) -> None:
@@ -86,7 +86,7 @@ class _Pickler(pickle.Pickler):
 
 def frame(obj: Any, references: dict[int, str] | None = None) -> bytes:
     """*obj* pickled behind its length; the objects of *references* as references."""
-    if not references:  # pickle's C path alone, no Python call per object (an answer: ~20 µs, not ~49)
+    if not references:  # pickle's C path alone, no Python call per object (an answer: ~16 µs, not ~37)
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         return _LENGTH.pack(len(data)) + data
     buffer = io.BytesIO()
