@@ -144,8 +144,8 @@ def srsd_sections(dns_address: str, key_file: Path) -> dict[str, dict]:
             # ARC-sealed and signed.
             "trusted_networks": [f"{TRUSTED_IP}/32"],
             "budget": 5.0,
-            # this module's milter does its per-message work in job processes; the other
-            # milter modules run the default (the thread pool)
+            # the default, pinned: the test below counts the two job processes
+            # (test_postfix_dmarc runs the thread pool, processes = 0)
             "processes": 2,
         },
     }

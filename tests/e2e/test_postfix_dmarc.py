@@ -278,6 +278,9 @@ def stack(tmp_path_factory, sink, keys, dns_server_session):
             "authserv_id": AUTHSERV_ID,
             "trusted_networks": ["127.0.0.1/32"],  # the client's 127.0.0.2 is outside
             "budget": 5.0,
+            # the thread pool instead of the default job processes: both ways of doing a
+            # message's work go through a real Postfix (test_postfix_dkim: the processes)
+            "processes": 0,
         },
         "dmarc": {"action": "header", "trusted_arc_sealers": [TRUSTED_SEALER]},
     }
