@@ -22,12 +22,9 @@ is still checked by the load generator). Variants:
 * ``fasthmac``: HMAC-SHA1 from precomputed inner/outer SHA-1 states,
   ``binascii.b2a_base64`` and the day stamp cached.
 * ``fast``: all three above.
-* ``accept1``: listening ports accept one connection per wake-up (Twisted
-  accepts up to 100 in a row), so ``--workers`` processes share a burst of
-  connections instead of the first one awake taking them all.
-* ``reuseport``: every TCP listening socket gets SO_REUSEPORT and each worker
-  binds its own instead of inheriting the parent's; the kernel then spreads
-  connections over the processes (TCP only; unix sockets are inherited as now).
+* (``accept1`` and ``reuseport``, two ways of spreading ``--workers`` connections
+  measured in bench/README.md, are gone: srsd's parent now hands each connection to
+  the process serving the fewest, srsd/handoff.py.)
 * ``gcfreeze``: ``gc.freeze()`` after start-up and a higher gen-0 threshold.
 * ``profile``: cProfile from start-up, stats written to $SRSD_PROFILE (default
   ./srsd.prof; ``{pid}`` in it becomes the process id) when the process exits
@@ -178,49 +175,6 @@ def fast() -> None:
     fast_hmac()
 
 
-def accept_one() -> None:
-    from twisted.internet import tcp
-
-    original = tcp.Port.doRead
-
-    def do_read(self):
-        self.numberAccepts = 1  # one accept() per wake-up: workers take turns
-        return original(self)
-
-    tcp.Port.doRead = do_read
-
-
-def reuse_port() -> None:
-    import socket
-
-    from twisted.internet import endpoints, tcp
-
-    from srsd import workers
-
-    original_create = tcp.Port.createInternetSocket
-
-    def create_internet_socket(self):
-        sock = original_create(self)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        return sock
-
-    def adopt(reactor, fd, description, factory):
-        # A TCP worker binds its own SO_REUSEPORT socket: the kernel spreads
-        # new connections over the sockets by a hash of the address pair.
-        if not description.startswith("tcp:"):
-            return original_adopt(reactor, fd, description, factory)
-        os.close(fd)
-        result = []
-        endpoints.serverFromString(reactor, description).listen(factory).addBoth(result.append)
-        if not result or not isinstance(result[0], tcp.Port):
-            raise RuntimeError(f"reuseport: cannot listen on {description}: {result}")
-        return result[0]
-
-    original_adopt = workers.adopt
-    tcp.Port.createInternetSocket = create_internet_socket
-    workers.adopt = adopt
-
-
 def gc_freeze() -> None:
     import gc
 
@@ -252,8 +206,6 @@ VARIANTS = {
     "fastproto": fast_proto,
     "fasthmac": fast_hmac,
     "fast": fast,
-    "accept1": accept_one,
-    "reuseport": reuse_port,
     "gcfreeze": gc_freeze,
     "profile": profile,
 }

@@ -12,8 +12,9 @@ same :class:`~srsd.service.Daemon` decisions, on an asyncio loop from uvloop
   ``write()`` sends at once: a lookup costs half as many instructions;
 * the policy service's SPF checks and the milter's DKIM work stay in the Twisted
   process(es): their threads and the GIL are not on a lookup's path;
-* several processes (SO_REUSEPORT sockets for TCP) use both cores and hold their
-  share of the CPU on a busy machine.
+* several processes use both cores and hold their share of the CPU on a busy
+  machine; the parent accepts each connection and hands it to the one serving the
+  fewest (:mod:`srsd.handoff`).
 
 Twisted still runs in each lookup process, on top of the same loop
 (``twisted.internet.asyncioreactor``), for whatever answers later through a Deferred
@@ -33,7 +34,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["LookupBridge", "serve_lookups", "new_loop"]
+__all__ = ["LookupBridge", "LookupReceiver", "serve_lookups", "new_loop"]
 
 log = Logger(namespace="srsd.lookups")
 
@@ -96,10 +97,11 @@ class LookupBridge(asyncio.Protocol):
     to the adapter's back-pressure as Twisted's producer calls).
     """
 
-    def __init__(self, factory: Any) -> None:
+    def __init__(self, factory: Any, on_close: Any = None) -> None:
         self.adapter = factory.buildProtocol(None)
         self.data_received = self.adapter.dataReceived  # type: ignore[method-assign]
         self._transport: asyncio.Transport | None = None
+        self._on_close = on_close  # called once the connection is gone (the parent's count)
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
@@ -111,7 +113,11 @@ class LookupBridge(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.adapter.transport.connected = False
-        self.adapter.connectionLost(Failure(ConnectionLost(str(exc)) if exc else ConnectionDone()))
+        try:
+            self.adapter.connectionLost(Failure(ConnectionLost(str(exc)) if exc else ConnectionDone()))
+        finally:
+            if self._on_close is not None:
+                self._on_close()
 
     def pause_writing(self) -> None:
         producer = self.adapter.transport.producer
@@ -124,27 +130,63 @@ class LookupBridge(asyncio.Protocol):
             producer.resumeProducing()
 
 
-def _socket_for(kind: str, number: int, description: str) -> socket.socket:
-    """The listening socket of one endpoint: inherited descriptor *number* (``fd``) or
-    a SO_REUSEPORT socket of its own on TCP port *number* (``port``)."""
-    if kind == "fd":
-        sock = socket.socket(fileno=number)
-    else:
-        from twisted.internet import reactor
+class LookupReceiver:
+    """A lookup process's side of its channel (:mod:`srsd.handoff`): each connection
+    the parent hands over is served by a :class:`LookupBridge` of its endpoint, and the
+    parent is told when it closes.
 
-        from srsd.workers import reuseport_endpoint, reuseport_socket
+    :param channel: the inherited end of the channel.
+    :param factories: {endpoint name: started lookup factory}.
+    """
 
-        sock = reuseport_socket(reuseport_endpoint(reactor, description), number)
-    sock.setblocking(False)
-    return sock
+    def __init__(self, loop: asyncio.AbstractEventLoop, channel: socket.socket, factories: dict[str, Any]) -> None:
+        self.loop = loop
+        self.channel = channel
+        channel.setblocking(False)
+        self.factories = factories
+        self._serving: set[asyncio.Task] = set()  # the loop holds tasks weakly
+
+    def start(self) -> None:
+        self.loop.add_reader(self.channel.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        from srsd.handoff import received
+
+        waiting = received(self.channel)
+        if waiting is None:  # the parent is gone: watch_parent stops this process
+            self.loop.remove_reader(self.channel.fileno())
+            return
+        for name, fd in waiting:
+            task = self.loop.create_task(self._serve(name, socket.socket(fileno=fd)))
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
+
+    async def _serve(self, name: str, connection: socket.socket) -> None:
+        from srsd.handoff import tell_closed
+
+        def closed() -> None:
+            tell_closed(self.channel, name)
+
+        factory = self.factories.get(name)
+        if factory is None:
+            connection.close()
+            closed()
+            return
+        connection.setblocking(False)
+        try:
+            await self.loop.connect_accepted_socket(lambda: LookupBridge(factory, closed), connection)
+        except OSError as exc:  # the client already gone
+            log.warn("{name}: a connection handed over was gone: {error}", name=name, error=exc)
+            connection.close()
+            closed()
 
 
 def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None = None) -> int:
     """Run one lookup process until SIGTERM or its parent is gone (``srsd serve
     --lookups``, started by :class:`srsd.workers.WorkerPool`).
 
-    :param inherit: ``name=fd:N,name=port:N`` for each lookup endpoint it serves
-        (:func:`srsd.workers.parse_inherit`).
+    :param inherit: ``name=deal:N`` for each lookup endpoint it serves: the channel
+        its connections arrive on (:func:`srsd.workers.parse_inherit`).
     :param status_fd: the pipe to the parent (:func:`srsd.workers.tell_parent`): ``ready``
         once every endpoint is served and privileges are dropped, ``reloaded`` or
         ``refused`` after each SIGHUP.
@@ -179,24 +221,18 @@ def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None =
     inherited = parse_inherit(inherit)
     report = inherited.pop("report", None)  # where this process's counts go (srsd.metrics_workers)
     daemon = Daemon(config, config_path, reactor, serves=frozenset(inherited))
-    # Held until the process ends: nothing else refers to an asyncio Server, and uvloop
-    # closes the listening socket of a unix-socket Server the collector frees.
-    servers = []
+    dealt: dict[int, dict[str, Any]] = {}  # channel descriptor -> {endpoint name: factory}
     for spec, description in endpoint_specs(config):
         if spec.name not in inherited:
             continue
-        try:
-            sock = _socket_for(*inherited[spec.name], description)
-            factory = spec.make_factory(daemon)
-            factory.doStart()
-            servers.append(
-                loop.run_until_complete(loop.create_server(lambda f=factory: LookupBridge(f), sock=sock, backlog=50))
-            )
-        except OSError as exc:
-            log.critical("listen.{name}: cannot serve {description!r}: {error}", name=spec.name,
-                         description=description, error=exc)  # fmt: skip
-            return 1
+        factory = spec.make_factory(daemon)
+        factory.doStart()
+        dealt.setdefault(inherited[spec.name][1], {})[spec.name] = factory
         log.info("listen.{name}: serving {description} (lookup process)", name=spec.name, description=description)
+    # Held until the process ends: the loop's reader does not keep them alive.
+    receivers = [LookupReceiver(loop, socket.socket(fileno=fd), factories) for fd, factories in dealt.items()]
+    for receiver in receivers:
+        receiver.start()
     if account is not None and not _switch_user(account, config_path, {}):
         return 1
 

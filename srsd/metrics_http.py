@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.web.resource import Resource
@@ -24,7 +24,7 @@ from twisted.web.server import Site
 from srsd import metrics
 from srsd.metrics import BUCKETS, COUNTERS, FOUND_OUTCOME, REVERSE_ORDINARY, TEMP_OUTCOME, merge_snapshots
 
-__all__ = ["MetricsPage", "TallyCollector", "families", "metrics_registry", "metrics_site", "PATH"]
+__all__ = ["HandedCollector", "MetricsPage", "TallyCollector", "families", "metrics_registry", "metrics_site", "PATH"]
 
 PATH = b"/metrics"
 
@@ -100,10 +100,33 @@ class TallyCollector(Collector):
         yield from families(merge_snapshots([metrics.TALLY.snapshot(), *self.others()]))
 
 
-def metrics_registry(others: Callable[[], Iterable[dict[str, Any]]] = tuple) -> CollectorRegistry:
-    """A registry with this process's counts and *others* (further snapshots)."""
+class HandedCollector(Collector):
+    """The connections the parent has handed to each process and that are still open
+    (*counts*: :meth:`srsd.handoff.Dealer.counts`): whether the split is even."""
+
+    def __init__(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Any]:
+        family = GaugeMetricFamily(
+            "srsd_connections_handed",
+            "Open connections the parent accepted and handed to a process (parent, worker N, lookup process N)",
+            labels=("endpoint", "process"),
+        )
+        for labels, n in sorted(self.counts().items()):
+            family.add_metric(labels, n)
+        yield family
+
+
+def metrics_registry(
+    others: Callable[[], Iterable[dict[str, Any]]] = tuple,
+    handed: Callable[[], dict[tuple[str, str], int]] = dict,
+) -> CollectorRegistry:
+    """A registry with this process's counts, *others* (further snapshots) and the
+    connections *handed* to each process."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TallyCollector(others))
+    registry.register(HandedCollector(handed))
     return registry
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,7 +164,6 @@ class Daemon:
         self.config_path = config_path
         self.serves = serves
         self.ports: dict[str, Any] = {}
-        self.reuseport: set[str] = set()  # endpoints bound with SO_REUSEPORT
         self.resolver: Resolver | None = None
         self.checker: SPFChecker | None = None
         self.policy: PolicyService | None = None
@@ -172,6 +172,8 @@ class Daemon:
         self._promotion: Rewriter | None = None  # the new signer a reload holds back (promote)
         #: further metrics snapshots for /metrics (the children's, set by serve)
         self.metric_sources: Callable[[], list[dict[str, Any]]] = list
+        #: {(endpoint, process): open connections handed there} for /metrics (the dealer's, set by serve)
+        self.handed: Callable[[], dict[tuple[str, str], int]] = dict
         self.caches: list[AnswerCache] = []  # one per lookup endpoint, emptied on reload
         # The alias store lives as long as the process: [store] changes need a restart.
         self.store: AliasStore | None = open_store(config)
@@ -290,42 +292,39 @@ class Daemon:
 
     # -- life cycle -------------------------------------------------------------
 
-    def listen(
-        self, reactor: Any, inherited: dict[str, tuple[str, int]] | None = None, reuseport: bool = False
-    ) -> defer.Deferred:
+    def listen(self, reactor: Any, inherited: dict[str, tuple[str, int]] | None = None) -> defer.Deferred:
         """Listen on every enabled endpoint.
 
-        :param inherited: (a worker) per endpoint name, ("fd", N) a listening socket
-            to adopt or ("port", N) a TCP port to bind with SO_REUSEPORT.
-        :param reuseport: bind TCP endpoints with SO_REUSEPORT (workers to come).
+        :param inherited: (a worker) per endpoint name, ("deal", N): the channel on
+            descriptor N that the parent hands this endpoint's connections over
+            (:class:`srsd.handoff.Receiver`); the endpoints not named are served
+            elsewhere (the lookup processes).
         :returns: a Deferred firing with the list of ports, or failing with
             :class:`ListenError` naming the first endpoint that could not be bound.
         """
-        from srsd.workers import adopt, listen_reuseport, reuseport_endpoint
-
         results = []
+        dealt: dict[int, dict[str, Any]] = {}  # channel descriptor -> {endpoint name: factory}
         for spec, description in endpoint_specs(self.config):
-            if inherited is not None and spec.name not in inherited:
-                continue  # served by other processes (the lookup processes)
-            factory = spec.make_factory(self)
+            if inherited is not None:
+                if spec.name in inherited:
+                    factory = spec.make_factory(self)
+                    factory.doStart()
+                    dealt.setdefault(inherited[spec.name][1], {})[spec.name] = factory
+                    log.info("listen.{name}: serving {description} (handed over by the parent)",
+                             name=spec.name, description=description)  # fmt: skip
+                continue
             try:
-                if inherited is not None:
-                    kind, number = inherited[spec.name]
-                    if kind == "fd":
-                        d = defer.succeed(adopt(reactor, number, description, factory))
-                    else:
-                        endpoint = reuseport_endpoint(reactor, description)
-                        d = defer.succeed(listen_reuseport(reactor, endpoint, factory, number))
-                elif reuseport and (endpoint := reuseport_endpoint(reactor, description)) is not None:
-                    d = defer.succeed(listen_reuseport(reactor, endpoint, factory))
-                    self.reuseport.add(spec.name)
-                else:
-                    d = endpoints.serverFromString(reactor, description).listen(factory)
-            except Exception as exc:  # bad endpoint syntax, a bind error
+                d = endpoints.serverFromString(reactor, description).listen(spec.make_factory(self))
+            except Exception as exc:  # bad endpoint syntax
                 d = defer.fail(exc)
             d.addCallback(self._listening, spec.name, description)
             d.addErrback(self._listen_failed, spec.name, description)
             results.append(d)
+        if dealt:
+            from srsd.handoff import Receiver
+
+            for fd, factories in dealt.items():
+                Receiver(reactor, socket.socket(fileno=fd), factories).start()
         if inherited is None and self.config.listen.metrics:  # the parent alone serves /metrics
             results.append(self._listen_metrics(reactor, self.config.listen.metrics))
         return defer.gatherResults(results, consumeErrors=True).addErrback(lambda f: f.value.subFailure)
@@ -333,7 +332,7 @@ class Daemon:
     def _listen_metrics(self, reactor: Any, description: str) -> defer.Deferred:
         from srsd.metrics_http import metrics_registry, metrics_site
 
-        site = metrics_site(metrics_registry(lambda: self.metric_sources()))
+        site = metrics_site(metrics_registry(lambda: self.metric_sources(), lambda: self.handed()))
         try:
             d = endpoints.serverFromString(reactor, description).listen(site)
         except Exception as exc:  # bad endpoint syntax
@@ -580,8 +579,8 @@ def serve(
     :param workers: Twisted processes in all, sharing the listening sockets (``--workers``);
         None = ``[daemon] workers``, or when that is 0 :func:`srsd.workers.default_workers`.
         A worker (*inherit* given) is one process.
-    :param inherit: (workers only) ``name=fd:N,name=port:N``: sockets to adopt,
-        TCP ports to bind with SO_REUSEPORT.
+    :param inherit: (workers only) ``name=deal:N,report=fd:N``: the channel each
+        endpoint's connections arrive on (:mod:`srsd.handoff`), the metrics pipe.
     :param status_fd: (workers only) the pipe to the parent (:func:`srsd.workers.tell_parent`).
     :returns: exit status: 0 after a clean stop, 1 when the configuration is
         invalid or an endpoint cannot be bound (the log line names it).
@@ -590,6 +589,7 @@ def serve(
     from twisted.internet.task import LoopingCall
 
     from srsd import log_limit
+    from srsd.handoff import Dealer
     from srsd.heap import settle_heap
     from srsd.metrics_workers import Reporter, WorkerCounts
     from srsd.privileges import target_account
@@ -655,16 +655,19 @@ def serve(
         elif child_counts is not None:
             # Started while still root: each child switches on its own, as below.
             argv = ["-c", config_path] if config_path else []
-            if lookups:
-                for name in lookup_names:
-                    port = daemon.ports[name]
-                    port.stopReading()  # its lookup processes accept, not this one
-                    # Not among the reactor's readers any more: closed (a unix path removed) here.
-                    reactor.addSystemEventTrigger("before", "shutdown", port.stopListening)
             shared = {name: port for name, port in daemon.ports.items() if name != "metrics"}
+            # The parent accepts every shared endpoint's connections and hands them out:
+            # the lookup endpoints to the lookup processes alone, the others to the
+            # workers and itself.
+            apart = lookup_names if lookups else frozenset()
+            here = frozenset(name for name in shared if name not in apart)
+            dealt = {name: port for name, port in shared.items() if name in apart or workers > 1}
+            dealer = Dealer(reactor, dealt, local=here & frozenset(dealt))
+            dealer.start()
+            daemon.handed = dealer.counts
             child_counts.start(reactor)
             pool.append(
-                WorkerPool(reactor, workers, argv, shared, frozenset(daemon.reuseport), lookups, lookup_names,
+                WorkerPool(reactor, workers, argv, shared, dealer, lookups, lookup_names,
                            report_fd=child_counts.child_fd, on_ended=child_counts.retire)
             )  # fmt: skip
             pool[0].start()
@@ -735,13 +738,10 @@ def serve(
     if inherit is not None:  # the parent's word that every process has the new secrets
         signal.signal(signal.SIGUSR1, lambda signum, frame: reactor.callFromThread(daemon.promote))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGUSR1})  # a child starts with them blocked
-    # SO_REUSEPORT sockets must all belong to one uid, and a child restarted after the
-    # switch binds as the new user: with a switch, children inherit the sockets instead.
-    reuseport = (workers > 1 or lookups > 1) and account is None
     # Before listening: "ready" may be logged (and told systemd) before reactor.run(), and
     # a SIGTERM must find its handler soon after it.
     settle_heap()
-    d = daemon.listen(reactor, inherited, reuseport=reuseport)
+    d = daemon.listen(reactor, inherited)
     d.addCallbacks(started, failed)
     reactor.callWhenRunning(stop_once_on_sigterm, reactor)
     reactor.run()

@@ -1,37 +1,32 @@
-"""The processes sharing the listening sockets: ``--workers N`` and the lookup processes.
+"""The processes serving the parent's endpoints: ``--workers N`` and the lookup processes.
 
 The first process binds every endpoint, then starts the others: N-1 copies of
 itself (``srsd serve --workers N``) for the endpoints Twisted serves (policy,
 milter; every endpoint with ``[daemon] lookup_processes = 0``), and the lookup
-processes (:mod:`srsd.lookup_loop`) for tcp_table and socketmap. TCP endpoints are
-bound by every process with SO_REUSEPORT where possible, so the kernel spreads
-connections evenly over per-process accept queues; unix and systemd-activated
-sockets (which SO_REUSEPORT does not cover) are inherited as file descriptors
-and accepted from one shared queue. The parent relays SIGHUP, restarts a child that
-dies, and stops them when it stops; a child whose parent is gone stops itself.
+processes (:mod:`srsd.lookup_loop`) for tcp_table and socketmap. The parent accepts
+every connection of an endpoint that several processes serve and hands it to the one
+with the fewest (:mod:`srsd.handoff`); children bind nothing. The parent relays SIGHUP,
+restarts a child that dies, and stops them when it stops; a child whose parent is gone
+stops itself.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
-import stat
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, endpoints, protocol, tcp, unix
+from twisted.internet import defer, protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from srsd.handoff import Dealer
+
 __all__ = [
-    "adopt",
     "default_workers",
     "MAX_DEFAULT_WORKERS",
-    "listen_reuseport",
-    "reuseport_endpoint",
-    "reuseport_socket",
     "WorkerPool",
     "parse_inherit",
     "stop_once_on_sigterm",
@@ -40,14 +35,6 @@ __all__ = [
 ]
 
 log = Logger(namespace="srsd.workers")
-
-
-class _AdoptedUnixPort(unix.Port):
-    """A unix socket inherited from the parent: its path, mode and removal are the
-    parent's business (Twisted's Port would chmod it to 0666 and unlink it on close)."""
-
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted's name)
-        tcp.Port.connectionLost(self, reason)
 
 
 #: the most processes :func:`default_workers` gives (each has its own SPF result and DNS
@@ -75,75 +62,10 @@ def default_workers(serves_policy: bool, cpus: int | None = None) -> int:
     return max(1, min(cpus, MAX_DEFAULT_WORKERS))
 
 
-def adopt(reactor: Any, fd: int, description: str, factory: Any) -> Any:
-    """Serve *factory* on the inherited listening socket *fd*."""
-    with socket.socket(fileno=os.dup(fd)) as probe:
-        family = probe.family
-        path = probe.getsockname() if family == socket.AF_UNIX else None
-    if family == socket.AF_UNIX:
-        port = _AdoptedUnixPort._fromListeningDescriptor(reactor, fd, factory)
-        if path and not path.startswith("\0"):
-            port.mode = stat.S_IMODE(os.stat(path).st_mode)  # keep the parent's mode=
-        port.startListening()
-    else:
-        port = reactor.adoptStreamPort(fd, family, factory)
-    # shutdown() on a listening socket stops it in every process sharing it:
-    # a worker that stops must only close its own descriptor.
-    port._shouldShutdown = False
-    os.close(fd)  # the port holds its own duplicate
-    return port
-
-
-def listen_reuseport(reactor: Any, endpoint: Any, factory: Any, port: int | None = None) -> Any:
-    """Listen on a TCP endpoint with its own SO_REUSEPORT socket.
-
-    Every process binding the same address with SO_REUSEPORT gets its own accept
-    queue and the kernel spreads new connections across them by hash. One shared
-    socket instead lets whichever process wakes first take a burst of
-    connections (bench/README.md: 8/0 splits of 8 Postfix connections).
-
-    :param endpoint: a TCP4ServerEndpoint or TCP6ServerEndpoint (its port,
-        interface and backlog are used; Twisted has no public accessor for them).
-    :param port: the port to bind instead of the endpoint's (a worker binding the
-        parent's actual port when the config says 0).
-    :raises OSError: the bind failed.
-    """
-    sock = reuseport_socket(endpoint, port)
-    try:
-        return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
-    finally:
-        sock.close()  # the port holds its own duplicate
-
-
-def reuseport_socket(endpoint: Any, port: int | None = None) -> socket.socket:
-    """A listening, non-blocking SO_REUSEPORT socket for a TCP endpoint (see
-    :func:`listen_reuseport`). :raises OSError: the bind failed."""
-    family = socket.AF_INET6 if isinstance(endpoint, endpoints.TCP6ServerEndpoint) else socket.AF_INET
-    interface = endpoint._interface or ("::" if family == socket.AF_INET6 else "0.0.0.0")
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((interface, endpoint._port if port is None else port))
-        sock.listen(endpoint._backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def reuseport_endpoint(reactor: Any, description: str) -> Any:
-    """The endpoint for *description* when it is plain TCP (SO_REUSEPORT-able), else None."""
-    endpoint = endpoints.serverFromString(reactor, description)
-    if isinstance(endpoint, endpoints.TCP4ServerEndpoint | endpoints.TCP6ServerEndpoint):
-        return endpoint
-    return None
-
-
 def parse_inherit(text: str) -> dict[str, tuple[str, int]]:
-    """``name=fd:N,name=port:N`` -> {name: ("fd", N) or ("port", N)}: a listening
-    socket to adopt, or a TCP port to bind with SO_REUSEPORT.
+    """``name=deal:N,report=fd:N`` -> {name: ("deal", N) or ("fd", N)}: the channel
+    an endpoint's connections arrive on (:mod:`srsd.handoff`), or a descriptor
+    (``report``: :mod:`srsd.metrics_workers`).
 
     :raises ValueError: on bad syntax.
     """
@@ -151,7 +73,7 @@ def parse_inherit(text: str) -> dict[str, tuple[str, int]]:
     for item in text.split(","):
         name, _, value = item.partition("=")
         kind, _, number = value.partition(":")
-        if kind not in ("fd", "port"):
+        if kind not in ("fd", "deal"):
             raise ValueError(f"bad --inherit item {item!r}")
         out[name] = (kind, int(number))
     return out
@@ -164,7 +86,7 @@ _PARENT_ENV = "SRSD_PARENT_PID"  # set by WorkerPool._spawn: the pid the child m
 def _die_with_parent() -> None:
     """Ask Linux for a SIGTERM the moment the parent dies (prctl(2) PR_SET_PDEATHSIG),
     so a SIGKILLed parent's children stop serving its sockets at once instead of
-    answering on orphaned (and sharing SO_REUSEPORT ports with a restarted parent).
+    answering on orphaned connections beside a restarted parent.
     Elsewhere, or if prctl fails, the once-a-second poll of :func:`watch_parent` stands."""
     if not sys.platform.startswith("linux"):
         return
@@ -242,14 +164,12 @@ class WorkerPool:
     endpoint the lookup processes do not serve) and the lookup processes
     (``[daemon] lookup_processes``, :mod:`srsd.lookup_loop`).
 
-    Of the lookup processes, the first serves the parent's own socket of each lookup
-    endpoint (the parent does not accept on it); the others bind their own
-    SO_REUSEPORT socket on the same port where *reuseport* names the endpoint, and
-    share the parent's socket elsewhere (unix, systemd, after a user switch).
+    Each child gets a channel from *dealer* for the endpoints it serves, and the
+    connections the parent accepts on them (:class:`srsd.handoff.Dealer`).
 
     :param argv: the ``srsd serve`` arguments (config path etc.) for a child.
     :param ports: {endpoint name: listening port object} from the parent.
-    :param reuseport: endpoint names bound with SO_REUSEPORT (children may bind their own).
+    :param dealer: hands the parent's connections to the children.
     :param lookups: lookup processes to run (0: the workers serve every endpoint).
     :param lookup_names: the endpoints the lookup processes serve.
     :param report_fd: a descriptor each child inherits to report its metrics on
@@ -263,7 +183,7 @@ class WorkerPool:
         count: int,
         argv: list[str],
         ports: dict[str, Any],
-        reuseport: frozenset[str] = frozenset(),
+        dealer: Dealer,
         lookups: int = 0,
         lookup_names: frozenset[str] = frozenset(),
         report_fd: int | None = None,
@@ -275,9 +195,8 @@ class WorkerPool:
         self.lookups = lookups
         self.report_fd = report_fd
         self.on_ended = on_ended
+        self.dealer = dealer
         served_apart = lookup_names if lookups else frozenset()
-        self.fds = {name: port.fileno() for name, port in ports.items()}
-        self.tcp_ports = {name: port.getHost().port for name, port in ports.items() if name in reuseport}
         self.worker_names = [name for name in ports if name not in served_apart]
         self.lookup_names = [name for name in ports if name in served_apart]
         self.processes: dict[tuple[bool, int], Any] = {}
@@ -315,22 +234,16 @@ class WorkerPool:
         done = defer.gatherResults(waits)
         return done.addCallback(lambda words: sum(word is None for word in words))
 
-    def _inherit(self, index: int, lookups: bool) -> dict[str, str]:
-        """{endpoint: "fd:N" or "port:N"} for one child."""
-        out = {}
-        for name in self.lookup_names if lookups else self.worker_names:
-            own_socket = name in self.tcp_ports and not (lookups and index == 1)
-            out[name] = f"port:{self.tcp_ports[name]}" if own_socket else f"fd:{self.fds[name]}"
-        return out
-
     def _spawn(self, index: int, lookups: bool) -> None:
-        inherit = self._inherit(index, lookups)
+        names = self.lookup_names if lookups else self.worker_names
+        # the child's end of the channel its connections come on
+        channel = self.dealer.add((lookups, index), names, f"{_what(lookups)} {index}")
+        inherit = {name: f"deal:{channel.fileno()}" for name in names}
         if self.report_fd is not None:
             inherit["report"] = f"fd:{self.report_fd}"
         items = ",".join(f"{name}={value}" for name, value in inherit.items())
         args = [sys.executable, "-m", "srsd", "serve", *self.argv, "--inherit", items]
-        child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2}
-        child_fds.update({fd: fd for name, fd in self.fds.items() if inherit.get(name) == f"fd:{fd}"})
+        child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2, channel.fileno(): channel.fileno()}
         if self.report_fd is not None:
             child_fds[self.report_fd] = self.report_fd
         status_fd = max(child_fds) + 1
@@ -344,21 +257,29 @@ class WorkerPool:
             self.processes[(lookups, index)] = self.reactor.spawnProcess(
                 child, sys.executable, args, env=os.environ | {_PARENT_ENV: str(os.getpid())}, childFDs=child_fds
             )
+        except BaseException:
+            self.dealer.remove((lookups, index))
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            channel.close()  # the child's end is the child's now
         pid = self.processes[(lookups, index)].pid
         log.info("{what} {index} started (pid {pid})", what=_what(lookups), index=index, pid=pid)
 
     def child_ready(self, child: _Child) -> None:
         key = (child.lookups, child.index)
+        self.dealer.ready(key)
         if key in self._starting:
             self._starting.discard(key)
             if not self._starting and not self.ready.called:
                 self.ready.callback(None)
+        else:  # a restarted child: new connections go to it again
+            log.info("{what} {index} serving again", what=_what(child.lookups), index=child.index)
 
     def ended(self, child: _Child, reason: Any) -> None:
         key = (child.lookups, child.index)
         process = self.processes.pop(key, None)
+        self.dealer.remove(key)  # its connections went with it; the next go elsewhere
         if process is not None and self.on_ended is not None:
             self.on_ended(process.pid)
         if child.reloaded is not None and not child.reloaded.called:

@@ -37,7 +37,7 @@ def _gone(pid: int) -> bool:
 
 def test_children_stop_with_a_killed_parent(srsd_factory):
     """A SIGKILLed parent leaves no child serving its sockets: orphans would go on
-    answering (a restarted parent shares their SO_REUSEPORT ports) unsupervised."""
+    answering their clients unsupervised, with a configuration no one reloads."""
     daemon = srsd_factory(workers=2, listen={"policy": None}, sections={"daemon": {"lookup_processes": 2}})
     text = daemon.log_text()
     children = [int(pid) for pid in re.findall(r"(?:worker|lookup process) \d+ started \(pid (\d+)\)", text)]
