@@ -214,6 +214,9 @@ class Dealer:
         for seat in self._children.values():
             seat.reader.doRead()  # the closes told so far count: one recv a child, at each new connection
         seats = sorted(self._seats[name], key=lambda s: (not s.ready, s.open.get(name, 0), s.serial))
+        # accept() on a non-blocking socket gives a blocking one (Python's rule); the flag
+        # belongs to the open file, so it travels with the descriptor to the child.
+        connection.setblocking(False)
         with connection:
             for seat in seats:
                 self._serial += 1
@@ -231,7 +234,6 @@ class Dealer:
             limited.warn("handoff", "{name}: no process took a new connection; closed it", name=name)
 
     def _serve_here(self, seat: _Seat, name: str, connection: socket.socket) -> bool:
-        connection.setblocking(False)
         try:
             transport = serve_connection(
                 self.reactor, connection.fileno(), seat.factory, lambda: self.closed(seat, name)

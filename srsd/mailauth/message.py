@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import dkim
-
 __all__ = [
     "HeaderField",
     "message_bytes",
@@ -54,6 +52,8 @@ def split_message(message: bytes) -> tuple[list[HeaderField], bytes]:
 
     :raises ValueError: a header line that is neither a field nor a continuation.
     """
+    import dkim  # here: the policy service reads HeaderField without loading dkimpy
+
     try:
         fields, body = dkim.rfc822_parse(message)
     except (dkim.MessageFormatError, IndexError) as exc:  # IndexError: a continuation line first

@@ -1,0 +1,36 @@
+"""A lookup process loads no milter code: dkimpy, cryptography and the DMARC walk are
+imported only where the milter is served (docs/performance.md: ~10 MB of RSS a lookup
+process)."""
+
+import subprocess
+import sys
+
+MILTER_ONLY = ("dkim", "cryptography", "srsd.mailauth.handler", "srsd.dmarc", "srsd.protocols.milter")
+
+
+def test_lookup_process_modules_leave_the_milter_out():
+    probe = (
+        "import sys, srsd.service, srsd.lookup_loop\n"
+        "from srsd.service import Daemon, load\n"
+        "Daemon(load(None), serves=frozenset({'tcp_forward', 'tcp_reverse', 'socketmap'}))\n"
+        f"print(','.join(m for m in {MILTER_ONLY!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"loaded by a lookup process: {done.stdout.strip()}"
+
+
+def test_the_milter_still_gets_its_modules():
+    probe = (
+        "import sys, srsd.service\n"
+        "from srsd.service import endpoint_specs, load, Daemon\n"
+        "import dataclasses\n"
+        "config = load(None)\n"
+        "config = dataclasses.replace(config, listen=dataclasses.replace(config.listen, milter='tcp:0'))\n"
+        "d = Daemon(config, serves=frozenset({'milter'}))\n"
+        "[spec.make_factory(d) for spec, _ in endpoint_specs(config) if spec.name == 'milter']\n"
+        f"print(','.join(m for m in {MILTER_ONLY!r} if m not in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"not loaded where the milter is served: {done.stdout.strip()}"
