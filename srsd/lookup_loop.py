@@ -206,7 +206,7 @@ def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None =
     from srsd.heap import settle_heap
     from srsd.metrics_workers import Reporter
     from srsd.privileges import target_account
-    from srsd.service import Daemon, _switch_user, endpoint_specs, load, setup_logging, start_log_target
+    from srsd.service import Daemon, _switch_user, load, setup_logging, start_log_target
     from srsd.workers import parse_inherit, stop_once_on_sigterm, tell_parent, watch_parent
 
     setup_logging()
@@ -221,15 +221,8 @@ def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None =
     inherited = parse_inherit(inherit)
     report = inherited.pop("report", None)  # where this process's counts go (srsd.metrics_workers)
     daemon = Daemon(config, config_path, reactor, serves=frozenset(inherited))
-    dealt: dict[int, dict[str, Any]] = {}  # channel descriptor -> {endpoint name: factory}
-    for spec, description in endpoint_specs(config):
-        if spec.name not in inherited:
-            continue
-        factory = spec.make_factory(daemon)
-        factory.doStart()
-        dealt.setdefault(inherited[spec.name][1], {})[spec.name] = factory
-        log.info("listen.{name}: serving {description} (lookup process)", name=spec.name, description=description)
     # Held until the process ends: the loop's reader does not keep them alive.
+    dealt = daemon.handed_factories(inherited, "lookup process")
     receivers = [LookupReceiver(loop, socket.socket(fileno=fd), factories) for fd, factories in dealt.items()]
     for receiver in receivers:
         receiver.start()

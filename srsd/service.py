@@ -105,7 +105,7 @@ def _lookup_options(daemon: Daemon) -> dict[str, Any]:
 
 def _milter_factory(d: Daemon) -> EndpointFactory:
     # Imported where the milter is served: the lookup processes never load dkimpy,
-    # cryptography and the DMARC code (~14 MB and ~75 ms of start-up each).
+    # cryptography and the DMARC code (~10 MB of RSS each, docs/performance.md).
     from srsd.mailauth.handler import GRACE
     from srsd.protocols.milter import MilterFactory
 
@@ -310,20 +310,17 @@ class Daemon:
             descriptor N that the parent hands this endpoint's connections over
             (:class:`srsd.handoff.Receiver`); the endpoints not named are served
             elsewhere (the lookup processes).
-        :returns: a Deferred firing with the list of ports, or failing with
+        :returns: a Deferred firing with the list of ports (a worker: none), or failing with
             :class:`ListenError` naming the first endpoint that could not be bound.
         """
+        if inherited is not None:  # a worker: its connections come from the parent
+            from srsd.handoff import Receiver
+
+            for fd, factories in self.handed_factories(inherited, "handed over by the parent").items():
+                Receiver(reactor, socket.socket(fileno=fd), factories).start()
+            return defer.succeed([])
         results = []
-        dealt: dict[int, dict[str, Any]] = {}  # channel descriptor -> {endpoint name: factory}
         for spec, description in endpoint_specs(self.config):
-            if inherited is not None:
-                if spec.name in inherited:
-                    factory = spec.make_factory(self)
-                    factory.doStart()
-                    dealt.setdefault(inherited[spec.name][1], {})[spec.name] = factory
-                    log.info("listen.{name}: serving {description} (handed over by the parent)",
-                             name=spec.name, description=description)  # fmt: skip
-                continue
             try:
                 d = endpoints.serverFromString(reactor, description).listen(spec.make_factory(self))
             except Exception as exc:  # bad endpoint syntax
@@ -331,14 +328,23 @@ class Daemon:
             d.addCallback(self._listening, spec.name, description)
             d.addErrback(self._listen_failed, spec.name, description)
             results.append(d)
-        if dealt:
-            from srsd.handoff import Receiver
-
-            for fd, factories in dealt.items():
-                Receiver(reactor, socket.socket(fileno=fd), factories).start()
-        if inherited is None and self.config.listen.metrics:  # the parent alone serves /metrics
+        if self.config.listen.metrics:  # the parent alone serves /metrics
             results.append(self._listen_metrics(reactor, self.config.listen.metrics))
         return defer.gatherResults(results, consumeErrors=True).addErrback(lambda f: f.value.subFailure)
+
+    def handed_factories(self, inherited: dict[str, tuple[str, int]], how: str) -> dict[int, dict[str, Any]]:
+        """A child's started factories by channel: {descriptor: {endpoint name: factory}}
+        for the endpoints *inherited* names (``name=deal:N``), each logged as served
+        (*how*: "lookup process", ...)."""
+        out: dict[int, dict[str, Any]] = {}
+        for spec, description in endpoint_specs(self.config):
+            if spec.name in inherited:
+                factory = spec.make_factory(self)
+                factory.doStart()  # (a listening port would have)
+                out.setdefault(inherited[spec.name][1], {})[spec.name] = factory
+                log.info("listen.{name}: serving {description} ({how})", name=spec.name, description=description,
+                         how=how)  # fmt: skip
+        return out
 
     def _listen_metrics(self, reactor: Any, description: str) -> defer.Deferred:
         from srsd.metrics_http import metrics_registry, metrics_site
