@@ -593,7 +593,7 @@ def serve(
     """Run the daemon until SIGTERM/SIGINT (``srsd serve``).
 
     :param config_path: TOML file, or None for the embedded default.
-    :param workers: Twisted processes in all, sharing the listening sockets (``--workers``);
+    :param workers: Twisted processes in all, serving the same endpoints (``--workers``);
         None = ``[daemon] workers``, or when that is 0 :func:`srsd.workers.default_workers`.
         A worker (*inherit* given) is one process.
     :param inherit: (workers only) ``name=deal:N,report=fd:N``: the channel each
