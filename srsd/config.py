@@ -260,6 +260,9 @@ class DaemonSettings:
     #: processes of their own serving tcp_table and socketmap (srsd.lookup_loop); 0 = the
     #: Twisted process(es) serve them beside policy and milter
     lookup_processes: int = 2
+    #: processes of their own serving the policy endpoint, on uvloop as the lookup
+    #: processes; 0 = the Twisted process(es) serve it beside the milter
+    policy_processes: int = 2
     #: Twisted processes serving policy and milter (the first and N-1 copies); 0 = as
     #: :func:`srsd.workers.default_workers` decides; ``srsd serve --workers N`` overrides
     workers: int = 0
@@ -523,8 +526,9 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
     if lim.answer_cache < 0:
         raise ConfigError("limits.answer_cache: must be >= 0 (0 = no cache)")
     _validate_log(cfg)
-    if not 0 <= cfg.daemon.lookup_processes <= MAX_LOOKUP_PROCESSES:
-        raise ConfigError(f"daemon.lookup_processes: must be 0..{MAX_LOOKUP_PROCESSES}")
+    for key in ("lookup_processes", "policy_processes"):
+        if not 0 <= getattr(cfg.daemon, key) <= MAX_LOOKUP_PROCESSES:
+            raise ConfigError(f"daemon.{key}: must be 0..{MAX_LOOKUP_PROCESSES}")
     if not 0 <= cfg.daemon.workers <= MAX_LOOKUP_PROCESSES:
         raise ConfigError(f"daemon.workers: must be 0..{MAX_LOOKUP_PROCESSES} (0 = one per CPU when policy is served)")
     if cfg.daemon.group and not cfg.daemon.user:

@@ -1,24 +1,25 @@
-"""The lookup processes: srsd's lookup endpoints served on uvloop, apart from the rest.
+"""The processes on uvloop: srsd's lookup and policy endpoints served apart from the rest.
 
-``srsd serve`` hands its tcp_table and socketmap sockets to ``[daemon]
-lookup_processes`` processes of their own (:mod:`srsd.workers` starts them). Each
-runs the same adapters (:mod:`srsd.protocols.tcp_table`, ``socketmap``) and the
-same :class:`~srsd.service.Daemon` decisions, on an asyncio loop from uvloop
-(libuv) instead of Twisted's epoll reactor:
+``srsd serve`` hands the connections of its tcp_table and socketmap endpoints to ``[daemon]
+lookup_processes`` processes of their own, and those of its policy endpoint to ``[daemon]
+policy_processes`` others (:mod:`srsd.workers` starts both; :mod:`srsd.handoff` hands the
+connections over). Each runs the same adapters (:mod:`srsd.protocols.tcp_table`,
+``socketmap``, ``policy``) and the same :class:`~srsd.service.Daemon` decisions, on an
+asyncio loop from uvloop (libuv) instead of Twisted's epoll reactor:
 
-* per event, Twisted runs ~50 000 instructions of Python around a lookup
+* per event, Twisted runs ~50 000 instructions of Python around a request
   (``doPoll``, ``callWithLogger``, ``doRead``, the write buffer and its second pass;
   docs/performance.md) where uvloop calls ``data_received`` straight from C and its
   ``write()`` sends at once: a lookup costs half as many instructions;
-* the policy service's SPF checks and the milter's DKIM work stay in the Twisted
-  process(es): their threads and the GIL are not on a lookup's path;
+* the milter's DKIM work stays in the Twisted process(es), and the policy service's
+  SPF checks in processes apart from the lookups': a burst of checks never queues a
+  lookup behind it in one loop;
 * several processes use both cores and hold their share of the CPU on a busy
-  machine; the parent accepts each connection and hands it to the one serving the
-  fewest (:mod:`srsd.handoff`).
+  machine.
 
-Twisted still runs in each lookup process, on top of the same loop
+Twisted still runs in each of these processes, on top of the same loop
 (``twisted.internet.asyncioreactor``), for whatever answers later through a Deferred
-(SPF-aware rewriting, stores): the adapters queue such replies in order as they do
+(SPF checks and their DNS queries, SPF-aware rewriting, stores): the adapters queue such replies in order as they do
 under Twisted. :class:`LookupBridge` is the only glue: an asyncio protocol that
 drives one Twisted-style adapter through a minimal transport.
 """
@@ -222,7 +223,7 @@ def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None =
     report = inherited.pop("report", None)  # where this process's counts go (srsd.metrics_workers)
     daemon = Daemon(config, config_path, reactor, serves=frozenset(inherited))
     # Held until the process ends: the loop's reader does not keep them alive.
-    dealt = daemon.handed_factories(inherited, "lookup process")
+    dealt = daemon.handed_factories(inherited, "on uvloop")
     receivers = [LookupReceiver(loop, socket.socket(fileno=fd), factories) for fd, factories in dealt.items()]
     for receiver in receivers:
         receiver.start()

@@ -110,7 +110,7 @@ class HandedCollector(Collector):
     def collect(self) -> Iterator[Any]:
         family = GaugeMetricFamily(
             "srsd_connections_handed",
-            "Open connections the parent accepted and handed to a process (parent, worker N, lookup process N)",
+            "Open connections the parent handed to a process (parent, worker N, lookup or policy process N)",
             labels=("endpoint", "process"),
         )
         for labels, n in sorted(self.counts().items()):

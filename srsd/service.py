@@ -611,6 +611,8 @@ def serve(
     from srsd.metrics_workers import Reporter, WorkerCounts
     from srsd.privileges import target_account
     from srsd.workers import (
+        LOOKUP_PROCESS,
+        POLICY_PROCESS,
         WorkerPool,
         default_workers,
         parse_inherit,
@@ -632,7 +634,10 @@ def serve(
         if inherit is not None:
             workers = 1
         else:
-            workers = config.daemon.workers or default_workers(bool(config.listen.policy))
+            # The policy endpoint counts only where the Twisted processes serve it.
+            workers = config.daemon.workers or default_workers(
+                bool(config.listen.policy) and not config.daemon.policy_processes
+            )
     if workers < 1:
         log.critical("--workers: must be at least 1")
         return 1
@@ -650,9 +655,14 @@ def serve(
             )
         log_warnings(config)
     raise_open_files_limit(config)
-    lookups = config.daemon.lookup_processes if inherit is None else 0
-    lookup_names = frozenset(name for spec, _ in endpoint_specs(config) if (name := spec.name) in LOOKUP_ENDPOINTS)
-    children = inherit is None and (workers > 1 or bool(lookups and lookup_names))
+    served = frozenset(spec.name for spec, _ in endpoint_specs(config))
+    # The endpoints served on uvloop, apart from the Twisted process(es): {kind: (processes, names)}.
+    apart = {
+        LOOKUP_PROCESS: (config.daemon.lookup_processes, served & frozenset(LOOKUP_ENDPOINTS)),
+        POLICY_PROCESS: (config.daemon.policy_processes, served & {"policy"}),
+    }
+    apart = {kind: (n, names) for kind, (n, names) in apart.items() if n and names and inherit is None}
+    children = inherit is None and (workers > 1 or bool(apart))
     daemon = Daemon(config, config_path)
     status = {"code": 0}
     pool: list[WorkerPool] = []
@@ -674,17 +684,17 @@ def serve(
             argv = ["-c", config_path] if config_path else []
             shared = {name: port for name, port in daemon.ports.items() if name != "metrics"}
             # The parent accepts every shared endpoint's connections and hands them out:
-            # the lookup endpoints to the lookup processes alone, the others to the
-            # workers and itself.
-            apart = lookup_names if lookups else frozenset()
-            here = frozenset(name for name in shared if name not in apart)
-            dealt = {name: port for name, port in shared.items() if name in apart or workers > 1}
+            # the lookup and policy endpoints to their uvloop processes alone, the others
+            # to the workers and itself.
+            elsewhere = frozenset().union(*(names for _, names in apart.values()))
+            here = frozenset(name for name in shared if name not in elsewhere)
+            dealt = {name: port for name, port in shared.items() if name in elsewhere or workers > 1}
             dealer = Dealer(reactor, dealt, local=here & frozenset(dealt))
             dealer.start()
             daemon.handed = dealer.counts
             child_counts.start(reactor)
             pool.append(
-                WorkerPool(reactor, workers, argv, shared, dealer, lookups, lookup_names,
+                WorkerPool(reactor, workers, argv, shared, dealer, apart,
                            report_fd=child_counts.child_fd, on_ended=child_counts.retire)
             )  # fmt: skip
             pool[0].start()

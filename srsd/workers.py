@@ -27,6 +27,9 @@ from srsd.handoff import Dealer
 __all__ = [
     "default_workers",
     "MAX_DEFAULT_WORKERS",
+    "LOOKUP_PROCESS",
+    "POLICY_PROCESS",
+    "WORKER",
     "WorkerPool",
     "parse_inherit",
     "stop_once_on_sigterm",
@@ -35,6 +38,9 @@ __all__ = [
 ]
 
 log = Logger(namespace="srsd.workers")
+
+#: the kinds of child (the log's and /metrics' names for them)
+WORKER, LOOKUP_PROCESS, POLICY_PROCESS = "worker", "lookup process", "policy process"
 
 
 #: the most processes :func:`default_workers` gives (each has its own SPF result and DNS
@@ -135,12 +141,12 @@ def watch_parent(reactor: Any) -> LoopingCall:
 
 
 class _Child(protocol.ProcessProtocol):
-    """One process of the pool: a worker (``lookups`` False) or a lookup process."""
+    """One process of the pool, of a *kind*: ``worker``, ``lookup process`` or ``policy process``."""
 
-    def __init__(self, pool: WorkerPool, index: int, lookups: bool) -> None:
+    def __init__(self, pool: WorkerPool, index: int, kind: str) -> None:
         self.pool = pool
         self.index = index
-        self.lookups = lookups
+        self.kind = kind
         self.ready = False  # serving: it said so on its status pipe
         self.reloaded: defer.Deferred | None = None  # fires when it reports a reload done
 
@@ -159,10 +165,11 @@ class _Child(protocol.ProcessProtocol):
 
 
 class WorkerPool:
-    """Start and keep alive the processes that serve the parent's listening sockets:
-    N-1 workers (``--workers N``: Twisted processes like the parent, for every
-    endpoint the lookup processes do not serve) and the lookup processes
-    (``[daemon] lookup_processes``, :mod:`srsd.lookup_loop`).
+    """Start and keep alive the processes that serve the parent's endpoints: N-1
+    workers (``--workers N``: Twisted processes like the parent, for every endpoint
+    no other kind serves) and the processes on uvloop (:mod:`srsd.lookup_loop`): the
+    lookup processes (``[daemon] lookup_processes``) and the policy processes
+    (``[daemon] policy_processes``).
 
     Each child gets a channel from *dealer* for the endpoints it serves, and the
     connections the parent accepts on them (:class:`srsd.handoff.Dealer`).
@@ -170,8 +177,9 @@ class WorkerPool:
     :param argv: the ``srsd serve`` arguments (config path etc.) for a child.
     :param ports: {endpoint name: listening port object} from the parent.
     :param dealer: hands the parent's connections to the children.
-    :param lookups: lookup processes to run (0: the workers serve every endpoint).
-    :param lookup_names: the endpoints the lookup processes serve.
+    :param apart: {kind: (processes, endpoint names)} of the uvloop kinds
+        (``lookup process``, ``policy process``); a kind with 0 processes leaves its
+        endpoints to the workers.
     :param report_fd: a descriptor each child inherits to report its metrics on
         (``report=fd:N``, :mod:`srsd.metrics_workers`).
     :param on_ended: called with the pid of each child that ended.
@@ -184,35 +192,35 @@ class WorkerPool:
         argv: list[str],
         ports: dict[str, Any],
         dealer: Dealer,
-        lookups: int = 0,
-        lookup_names: frozenset[str] = frozenset(),
+        apart: dict[str, tuple[int, frozenset[str]]] | None = None,
         report_fd: int | None = None,
         on_ended: Callable[[int], None] | None = None,
     ) -> None:
         self.reactor = reactor
-        self.count = count
         self.argv = argv
-        self.lookups = lookups
         self.report_fd = report_fd
         self.on_ended = on_ended
         self.dealer = dealer
-        served_apart = lookup_names if lookups else frozenset()
-        self.worker_names = [name for name in ports if name not in served_apart]
-        self.lookup_names = [name for name in ports if name in served_apart]
-        self.processes: dict[tuple[bool, int], Any] = {}
-        self.children: dict[tuple[bool, int], _Child] = {}
+        apart = {kind: (n, names) for kind, (n, names) in (apart or {}).items() if n}
+        elsewhere = frozenset().union(*(names for _, names in apart.values()))
+        #: {kind: (processes, endpoint names in the parent's order)}
+        self.kinds: dict[str, tuple[int, list[str]]] = {
+            WORKER: (count - 1, [name for name in ports if name not in elsewhere]),
+            **{kind: (n, [name for name in ports if name in names]) for kind, (n, names) in apart.items()},
+        }
+        self.processes: dict[tuple[str, int], Any] = {}
+        self.children: dict[tuple[str, int], _Child] = {}
         self.stopping = False
-        self._starting: set[tuple[bool, int]] = set()
+        self._starting: set[tuple[str, int]] = set()
         #: fires once every child of the first start serves; fails when one ends before
         self.ready: defer.Deferred = defer.Deferred()
 
     def start(self) -> None:
-        if self.worker_names:
-            self._starting |= {(False, index) for index in range(1, self.count)}
-        if self.lookup_names:
-            self._starting |= {(True, index) for index in range(1, self.lookups + 1)}
-        for lookups, index in sorted(self._starting):
-            self._spawn(index, lookups)
+        for kind, (n, names) in self.kinds.items():
+            if names:
+                self._starting |= {(kind, index) for index in range(1, n + 1)}
+        for kind, index in sorted(self._starting):
+            self._spawn(index, kind)
         self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
         if not self._starting:
             self.ready.callback(None)
@@ -234,10 +242,10 @@ class WorkerPool:
         done = defer.gatherResults(waits)
         return done.addCallback(lambda words: sum(word is None for word in words))
 
-    def _spawn(self, index: int, lookups: bool) -> None:
-        names = self.lookup_names if lookups else self.worker_names
+    def _spawn(self, index: int, kind: str) -> None:
+        names = self.kinds[kind][1]
         # the child's end of the channel its connections come on
-        channel = self.dealer.add((lookups, index), names, f"{_what(lookups)} {index}")
+        channel = self.dealer.add((kind, index), names, f"{kind} {index}")
         inherit = {name: f"deal:{channel.fileno()}" for name in names}
         if self.report_fd is not None:
             inherit["report"] = f"fd:{self.report_fd}"
@@ -248,36 +256,36 @@ class WorkerPool:
             child_fds[self.report_fd] = self.report_fd
         status_fd = max(child_fds) + 1
         child_fds[status_fd] = "r"  # the child's status pipe: "ready", "reloaded" (tell_parent)
-        args += ["--status-fd", str(status_fd)] + (["--lookups"] if lookups else [])
+        args += ["--status-fd", str(status_fd)] + (["--lookups"] if kind != WORKER else [])  # uvloop
         # A SIGHUP relayed while the child is still starting up would kill it (the default
         # action): it starts with SIGHUP blocked and unblocks it once its handler is set (serve).
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGUSR1})
         try:
-            child = self.children[(lookups, index)] = _Child(self, index, lookups)
-            self.processes[(lookups, index)] = self.reactor.spawnProcess(
+            child = self.children[(kind, index)] = _Child(self, index, kind)
+            self.processes[(kind, index)] = self.reactor.spawnProcess(
                 child, sys.executable, args, env=os.environ | {_PARENT_ENV: str(os.getpid())}, childFDs=child_fds
             )
         except BaseException:
-            self.dealer.remove((lookups, index))
+            self.dealer.remove((kind, index))
             raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
             channel.close()  # the child's end is the child's now
-        pid = self.processes[(lookups, index)].pid
-        log.info("{what} {index} started (pid {pid})", what=_what(lookups), index=index, pid=pid)
+        pid = self.processes[(kind, index)].pid
+        log.info("{what} {index} started (pid {pid})", what=kind, index=index, pid=pid)
 
     def child_ready(self, child: _Child) -> None:
-        key = (child.lookups, child.index)
+        key = (child.kind, child.index)
         self.dealer.ready(key)
         if key in self._starting:
             self._starting.discard(key)
             if not self._starting and not self.ready.called:
                 self.ready.callback(None)
         else:  # a restarted child: new connections go to it again
-            log.info("{what} {index} serving again", what=_what(child.lookups), index=child.index)
+            log.info("{what} {index} serving again", what=child.kind, index=child.index)
 
     def ended(self, child: _Child, reason: Any) -> None:
-        key = (child.lookups, child.index)
+        key = (child.kind, child.index)
         process = self.processes.pop(key, None)
         self.dealer.remove(key)  # its connections went with it; the next go elsewhere
         if process is not None and self.on_ended is not None:
@@ -287,17 +295,17 @@ class WorkerPool:
         child.reloaded = None
         if self.stopping:
             return
-        what = _what(child.lookups)
+        what = child.kind
         if key in self._starting and not self.ready.called:
             self.ready.errback(RuntimeError(f"{what} {child.index} ended before serving ({reason.getErrorMessage()})"))
             return
         log.error("{what} {index} ended ({reason}); restarting it in 1 s", what=what, index=child.index,
                   reason=reason.getErrorMessage())  # fmt: skip
-        self.reactor.callLater(1.0, self._respawn, child.index, child.lookups)
+        self.reactor.callLater(1.0, self._respawn, child.index, child.kind)
 
-    def _respawn(self, index: int, lookups: bool) -> None:
-        if not self.stopping and (lookups, index) not in self.processes:
-            self._spawn(index, lookups)
+    def _respawn(self, index: int, kind: str) -> None:
+        if not self.stopping and (kind, index) not in self.processes:
+            self._spawn(index, kind)
 
     def signal_all(self, signum: int) -> None:
         for proc in list(self.processes.values()):
@@ -320,6 +328,3 @@ def tell_parent(fd: int | None, word: str) -> None:
         except OSError:
             pass  # the parent is gone: watch_parent stops this process
 
-
-def _what(lookups: bool) -> str:
-    return "lookup process" if lookups else "worker"

@@ -61,7 +61,8 @@ def _holders(pids: list[int], served: set[int] | dict[int, int]) -> Counter:
 
 
 def _children(daemon, what: str) -> dict[int, int]:
-    """{index: pid} of the *what* ("worker", "lookup process") children started so far (the last pid of each)."""
+    """{index: pid} of the *what* ("worker", "lookup process", "policy process") children
+    started so far (the last pid of each)."""
     return {int(i): int(pid) for i, pid in re.findall(rf"{what} (\d+) started \(pid (\d+)\)", daemon.log_text())}
 
 
@@ -126,21 +127,42 @@ def test_lookup_connections_split_evenly_and_closes_count(srsd_factory, short_tm
     assert daemon.stop() == 0
 
 
+def _policy_served(daemon, sockets) -> None:
+    for sock in sockets:  # each is served: a request without a sender is answered DUNNO
+        sock.sendall(b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.1\n\n")
+    for sock in sockets:
+        assert sock.recv(4096).startswith(b"action="), daemon.diagnostics()
+        sock.close()
+
+
 def test_policy_connections_split_over_workers_and_the_parent(srsd_factory):
-    """``--workers 2``: the parent serves policy connections too and deals them with
-    its worker, two each of four."""
-    daemon = srsd_factory(workers=2, endpoints=("tcp_forward",), listen={"policy": None})
+    """``--workers 2`` serving policy (``policy_processes = 0``): the parent serves policy
+    connections too and deals them with its worker, two each of four."""
+    daemon = srsd_factory(
+        workers=2, endpoints=("tcp_forward",), listen={"policy": None}, sections={"daemon": {"policy_processes": 0}}
+    )
     workers = list(_children(daemon, "worker").values())
     assert len(workers) == 1, daemon.diagnostics()
     sockets = [daemon.connect("policy") for _ in range(4)]
     port = daemon.ports["policy"]
     pids = [daemon.pid, *workers]
     _wait(lambda: sorted(_holders(pids, _tcp_served(port)).values()) == [2, 2], "a 2/2 split", daemon)
-    for sock in sockets:  # each is served: a request without a sender is answered DUNNO
-        sock.sendall(b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.1\n\n")
-    for sock in sockets:
-        assert sock.recv(4096).startswith(b"action="), daemon.diagnostics()
-        sock.close()
+    _policy_served(daemon, sockets)
+    assert daemon.stop() == 0
+
+
+def test_policy_connections_split_over_the_policy_processes(srsd_factory):
+    """The default: two policy processes of their own take the policy connections, three
+    each of six, and the parent and lookup processes none."""
+    daemon = srsd_factory(endpoints=("tcp_forward",), listen={"policy": None})
+    policy = list(_children(daemon, "policy process").values())
+    others = [daemon.pid, *_children(daemon, "lookup process").values()]
+    assert len(policy) == 2, daemon.diagnostics()
+    sockets = [daemon.connect("policy") for _ in range(6)]
+    port = daemon.ports["policy"]
+    _wait(lambda: sorted(_holders(policy, _tcp_served(port)).values()) == [3, 3], "a 3/3 split", daemon)
+    assert not _holders(others, _tcp_served(port)), "a policy connection outside the policy processes"
+    _policy_served(daemon, sockets)
     assert daemon.stop() == 0
 
 

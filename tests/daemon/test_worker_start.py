@@ -35,13 +35,21 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_children_stop_with_a_killed_parent(srsd_factory):
+@pytest.mark.parametrize("policy_processes", [0, 2])
+def test_children_stop_with_a_killed_parent(srsd_factory, policy_processes):
     """A SIGKILLed parent leaves no child serving its sockets: orphans would go on
-    answering their clients unsupervised, with a configuration no one reloads."""
-    daemon = srsd_factory(workers=2, listen={"policy": None}, sections={"daemon": {"lookup_processes": 2}})
+    answering their clients unsupervised, with a configuration no one reloads. Every
+    kind: a worker serving policy, or policy processes, beside two lookup processes."""
+    daemon = srsd_factory(
+        workers=2,
+        listen={"policy": None},
+        sections={"daemon": {"lookup_processes": 2, "policy_processes": policy_processes}},
+    )
     text = daemon.log_text()
-    children = [int(pid) for pid in re.findall(r"(?:worker|lookup process) \d+ started \(pid (\d+)\)", text)]
-    assert len(children) == 3, daemon.diagnostics()
+    kinds = r"(?:worker|lookup process|policy process)"
+    children = [int(pid) for pid in re.findall(rf"{kinds} \d+ started \(pid (\d+)\)", text)]
+    # workers=2 is one worker only where it has an endpoint to serve (policy_processes = 0)
+    assert len(children) == 2 + (policy_processes or 1), daemon.diagnostics()
     daemon.kill()
     deadline = time.monotonic() + 10
     while not all(_gone(pid) for pid in children):
@@ -53,13 +61,15 @@ def test_children_stop_with_a_killed_parent(srsd_factory):
 
 
 def test_default_process_count_follows_the_policy_endpoint(srsd_factory):
-    """Without --workers: one process per CPU (at most 4) when the policy endpoint is
-    served; `[daemon] workers` says otherwise; without a policy endpoint, one."""
+    """Without --workers: one Twisted process per CPU (at most 4) when they serve the
+    policy endpoint (`policy_processes = 0`); `[daemon] workers` says otherwise; else one,
+    beside the policy processes."""
     from srsd.workers import default_workers
 
     cases = [
-        (("policy",), {}, default_workers(True)),
-        (("policy",), {"daemon": {"workers": 1}}, 1),
+        (("policy",), {}, 1 + 2),  # the parent and the 2 policy processes ([daemon] policy_processes)
+        (("policy",), {"daemon": {"policy_processes": 0}}, default_workers(True)),
+        (("policy",), {"daemon": {"workers": 1, "policy_processes": 0}}, 1),
         (("milter",), {}, 1),
     ]
     for endpoints, sections, processes in cases:
