@@ -1,9 +1,10 @@
-"""The processes serving the parent's endpoints: ``--workers N`` and the lookup processes.
+"""The processes serving the parent's endpoints: ``--workers N``, the lookup and policy processes.
 
 The first process binds every endpoint, then starts the others: N-1 copies of
-itself (``srsd serve --workers N``) for the endpoints Twisted serves (policy,
-milter; every endpoint with ``[daemon] lookup_processes = 0``), and the lookup
-processes (:mod:`srsd.lookup_loop`) for tcp_table and socketmap. The parent accepts
+itself (``srsd serve --workers N``) for the endpoints Twisted serves (milter; policy
+with ``[daemon] policy_processes = 0``, the lookups with ``lookup_processes = 0``),
+the lookup processes for tcp_table and socketmap and the policy processes for
+policy (both :mod:`srsd.lookup_loop`, on uvloop). The parent accepts
 every connection of an endpoint that several processes serve and hands it to the one
 with the fewest (:mod:`srsd.handoff`); children bind nothing. The parent relays SIGHUP,
 restarts a child that dies, and stops them when it stops; a child whose parent is gone
@@ -51,15 +52,16 @@ MAX_DEFAULT_WORKERS = 4
 def default_workers(serves_policy: bool, cpus: int | None = None) -> int:
     """The Twisted processes ``srsd serve`` runs when neither ``--workers`` nor
     ``[daemon] workers`` says: one per CPU this process may run on (*cpus*, default
-    ``os.sched_getaffinity``), at most :data:`MAX_DEFAULT_WORKERS`, when the policy
-    endpoint is served, else 1.
+    ``os.sched_getaffinity``), at most :data:`MAX_DEFAULT_WORKERS`, when they serve
+    the policy endpoint (*serves_policy*: ``[daemon] policy_processes = 0``), else 1.
 
     Why: a cold SPF check costs ~1 ms of CPU in Python and a busy host's smtpd processes
     keep one policy connection each, so one process is the bound (docs/performance.md:
     0.46-0.58x policyd-spf's checks/s at 8 connections on 2 cores with 1 process, ~1.06x
     with 2). The milter alone gains nothing from a second process where Postfix takes
-    the other core (docs/performance.md, DKIM milter), and the lookups have processes of
-    their own (``[daemon] lookup_processes``).
+    the other core (docs/performance.md, DKIM milter), and by default the lookups and
+    the policy endpoint have processes of their own (``[daemon] lookup_processes``,
+    ``policy_processes``).
     """
     if not serves_policy:
         return 1
