@@ -2,7 +2,7 @@
 """SPF policy checks per second: srsd's policy service against policyd-spf, on this machine.
 
     python bench/spf_policy.py [--requests 3000] [--connections 1,8] [--mixes warm,cold]
-                               [--rounds 3] [--warmup 3000] [--srsd-threads 8] [--srsd-workers 0]
+                               [--rounds 3] [--warmup 3000] [--srsd-threads 8] [--srsd-processes 0]
                                [--dns nsd|python] [--busy N] [--json FILE]
 
 Both sides answer Postfix's policy delegation protocol (access(5) ``action=`` replies)
@@ -16,8 +16,9 @@ CPU a query in dnspython, the cold mix's bottleneck for both sides, see docs/per
   backend) is pointed at the loopback server by a three-line wrapper.
 * **srsd**: ``srsd serve`` with only ``[listen] policy``, ``[policy] helo_reject =
   mail_from_reject = "fail"`` (the same two checks a request), ``[dns] nameservers`` the
-  loopback server, and its default process count (one per CPU, at most 4, for a policy
-  endpoint) unless ``--srsd-workers N`` says.
+  loopback server, and its default process count (``[daemon] policy_processes``: 2 policy
+  processes) unless ``--srsd-processes N`` says (``--srsd-workers`` until stop 26, when
+  the policy endpoint was served by the Twisted ``--workers``).
 
 The mix of each run, as issue 11: 75 % pass, 10 % softfail, 5 % none, 5 % fail, 5 %
 permerror (HELO names pass). **warm**: 20 sender domains and 20 HELO names used over and
@@ -210,12 +211,13 @@ class PolicydSpf:
 class Srsd:
     name = "srsd"
 
-    def __init__(self, workdir: Path, dns_port: int, threads: int, workers: int = 0) -> None:
+    def __init__(self, workdir: Path, dns_port: int, threads: int, processes: int = 0) -> None:
         self.daemon = SrsdDaemon(
             workdir,
-            workers=workers or None,  # 0: srsd's own default
+            workers=None,  # srsd's own default
             endpoints=("policy",),
             sections={
+                **({"daemon": {"policy_processes": processes}} if processes else {}),  # 0: srsd's default
                 "dns": {"nameservers": [f"127.0.0.1:{dns_port}"]},
                 "spf": {"threads": threads},
                 "policy": {"helo_reject": "fail", "mail_from_reject": "fail"},
@@ -225,7 +227,7 @@ class Srsd:
         self.cpu = 0.0
 
     def pids(self) -> list[int]:
-        """The daemon and its worker processes (``--workers``)."""
+        """The daemon and its child processes (the policy processes)."""
         return with_children(self.daemon.pid)
 
     def reap(self) -> None:
@@ -347,8 +349,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3000, help="untimed warm-mix requests to each side first")
     parser.add_argument("--srsd-threads", type=int, default=8, help="[spf] threads (checks at once)")
-    parser.add_argument("--srsd-workers", type=int, default=0,
-                        help="srsd serve --workers N (0: srsd's default, one per CPU, at most 4)")  # fmt: skip
+    parser.add_argument("--srsd-processes", type=int, default=0,
+                        help="[daemon] policy_processes (0: srsd's default, 2)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dns", choices=("nsd", "python"), default="nsd",
                         help="the loopback DNS server: NSD, or tests/dnsserver.py (dnspython)")  # fmt: skip
@@ -372,7 +374,7 @@ def main() -> int:
 
     # Each warm-up its own messages (a repeated instance is answered DUNNO from the message
     # memory, checking nothing), over WARMUP_CONNECTIONS connections: every srsd process
-    # (--workers) gets some and fills its own caches.
+    # (each policy process) gets some and fills its own caches.
     warmups = {c: make_requests("warm", args.warmup, f"warmup{c}", zone, rng) for c in conns_list}
     results: list[Result] = []
     with (
@@ -384,7 +386,7 @@ def main() -> int:
         ) as dns,
         Busy(args.busy),
     ):
-        srsd = Srsd(Path(tmp), dns.port, args.srsd_threads, args.srsd_workers)
+        srsd = Srsd(Path(tmp), dns.port, args.srsd_threads, args.srsd_processes)
         sides = {"policyd-spf": PolicydSpf(dns.port), "srsd": srsd}
         try:
             generator_cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime
