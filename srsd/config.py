@@ -533,6 +533,13 @@ def _validate(cfg: Config, needs: Needs = Needs.EVERYTHING) -> Config:
         raise ConfigError(f"daemon.workers: must be 0..{MAX_LOOKUP_PROCESSES} (0 = one per CPU when policy is served)")
     if cfg.daemon.group and not cfg.daemon.user:
         raise ConfigError("daemon.group: needs daemon.user")
+    if cfg.daemon.workers > 1 and cfg.daemon.policy_processes and cfg.daemon.lookup_processes and not cfg.listen.milter:
+        # a config from before policy_processes: its workers were for the policy endpoint
+        warnings.append(
+            f"daemon.workers: {cfg.daemon.workers} Twisted processes have nothing to serve beside "
+            f"daemon.policy_processes = {cfg.daemon.policy_processes} (policy) and no listen.milter; "
+            "set policy_processes to the number wanted instead"
+        )
     serving = [value for name, value in dataclasses.asdict(cfg.listen).items() if name != "metrics"]
     if not any(serving) and Needs.LISTEN in needs:
         raise ConfigError("listen: every endpoint is disabled")

@@ -327,3 +327,19 @@ def test_dkim_processes_is_checked(secrets, processes):
 def test_dkim_processes_default_and_zero(secrets):
     assert parse_config(cfg(secrets)).dkim.processes == 2  # the jobs in two processes of their own
     assert parse_config({**cfg(secrets), "dkim": {"processes": 0}}).dkim.processes == 0  # the thread pool
+
+
+@pytest.mark.parametrize(
+    ("daemon", "milter", "warned"),
+    [
+        ({"workers": 4}, "", True),  # a config from before policy_processes
+        ({"workers": 4}, "tcp:10004:interface=127.0.0.1", False),  # the workers serve the milter
+        ({"workers": 4, "policy_processes": 0}, "", False),  # ... or the policy endpoint
+        ({"workers": 4, "lookup_processes": 0}, "", False),  # ... or the lookups
+        ({"workers": 1}, "", False),
+    ],
+)
+def test_workers_with_nothing_to_serve_are_warned_of(secrets, daemon, milter, warned):
+    data = cfg(secrets) | {"daemon": daemon, "listen": {"policy": "tcp:10005:interface=127.0.0.1", "milter": milter}}
+    found = [w for w in parse_config(data).warnings if w.startswith("daemon.workers:")]
+    assert bool(found) == warned, found
