@@ -233,7 +233,7 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
     size = f", {key.bits} bits" if key.key_type == "rsa" else ""
     print(f"; wrote {path} ({algorithm}{size}, mode 0600): make it readable by the user srsd runs as", file=sys.stderr)
     print(
-        '; srsd config (docs/dkim.md "Key rotation"): publish the record below, then add\n'
+        "; srsd config (docs/dkim.md \"Key rotation\"): publish the record below, then add\n"
         f';   [[dkim.keys]]\n;   domain = "{domain}"\n;   selector = "{args.selector}"\n'
         f';   key_file = "{path}"\n;   state = "next"      # signs once the record is visible; then reload',
         file=sys.stderr,

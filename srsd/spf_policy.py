@@ -348,8 +348,9 @@ def received_spf_header(request: PolicyRequest, result: SPFResult, receiver: str
     value = one_line(result.header, 10 * _MAX_HEADER, ascii_only=False)
     if not value or len(value) > _MAX_HEADER - 14:
         explanation = one_line(result.explanation or _DEFAULT_EXPLANATION.get(result.result, ""), 200)
-        value = f"{HEADER_RESULT.get(result.result, 'TempError')} {comment(f'{receiver}: {explanation}')} " + _details(
-            request, receiver, result.identity
+        value = (
+            f"{HEADER_RESULT.get(result.result, 'TempError')} {comment(f'{receiver}: {explanation}')} "
+            + _details(request, receiver, result.identity)
         )
     return _fit("Received-SPF: " + value)
 

@@ -636,7 +636,9 @@ class _Forwarding:
             return self._concluded(_conclude_job(*job))  # the field alone: no DNS, no crypto
         return self.auth.jobs.run_until(self.deadline, _conclude_job, *job).addCallback(self._concluded)
 
-    def _finished(self, done: tuple[_Verified, ARCResult | None, bool, _Concluded | None], spf_result: Any) -> Any:
+    def _finished(
+        self, done: tuple[_Verified, ARCResult | None, bool, _Concluded | None], spf_result: Any
+    ) -> Any:
         checked, arc, sealed, concluded = done
         self._count(spf_result, checked)
         if concluded is None:

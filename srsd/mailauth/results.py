@@ -107,13 +107,8 @@ def signature_results(signatures: Sequence) -> list[Result]:
             "dkim",
             r.result,
             reason=r.reason,
-            properties=[
-                ("header.d", r.domain),
-                ("header.i", r.identity),
-                ("header.s", r.selector),
-                ("header.a", r.algorithm),
-                ("header.b", b),
-            ],
+            properties=[("header.d", r.domain), ("header.i", r.identity), ("header.s", r.selector),
+                        ("header.a", r.algorithm), ("header.b", b)],
         )  # fmt: skip
         for r, b in zip(signatures, _b_prefixes(signatures), strict=True)
     ]

@@ -414,7 +414,7 @@ def _validate_chain(
 
 
 def _unless_valid(label: str, check: Any, *args: Any) -> str:
-    """ "" when *check(*args)* gives (True, ""); else why not, after *label*.
+    """"" when *check(*args)* gives (True, ""); else why not, after *label*.
 
     :raises _Refused: temperror (a key lookup failed for now: the chain is not judged).
     """
