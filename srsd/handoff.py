@@ -123,7 +123,11 @@ class _Acceptor:
             except OSError as exc:  # EMFILE, ENOBUFS, ECONNABORTED: the next wake-up tries again
                 limited.warn("accept", "{name}: cannot accept a connection: {error}", name=self.name, error=exc)
                 return
-            self.dealer.deal(self.name, connection)
+            try:
+                self.dealer.deal(self.name, connection)
+            except Exception:  # a bug must not cost the endpoint: Twisted drops a reader that raises
+                connection.close()
+                log.failure("{name}: a new connection could not be handed over; closed it", name=self.name)
 
     def connectionLost(self, reason: Any) -> None:  # noqa: N802
         pass  # the port closes the socket (Dealer.stop)
@@ -349,6 +353,9 @@ class Receiver:
             served = factory is not None and serve_connection(self.reactor, fd, factory, closed) is not None
         except OSError as exc:  # the client already gone (getpeername fails)
             limited.warn("handoff", "{name}: a connection handed over was gone: {error}", name=name, error=exc)
+            served = False
+        except Exception:  # a bug in one connection's start must not stop the channel's reader
+            log.failure("{name}: a connection handed over could not be served; closed it", name=name)
             served = False
         if not served:
             closed()

@@ -176,8 +176,8 @@ class LookupReceiver:
         connection.setblocking(False)
         try:
             await self.loop.connect_accepted_socket(lambda: LookupBridge(factory, closed), connection)
-        except OSError as exc:  # the client already gone
-            log.warn("{name}: a connection handed over was gone: {error}", name=name, error=exc)
+        except Exception as exc:  # the client already gone (OSError), or a bug: this connection only
+            log.warn("{name}: a connection handed over could not be served: {error}", name=name, error=exc)
             connection.close()
             closed()
 

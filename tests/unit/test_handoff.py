@@ -25,6 +25,9 @@ class _Reactor:
     def addSystemEventTrigger(self, *args) -> None:  # noqa: N802
         pass
 
+    def adoptStreamConnection(self, fd, family, factory):  # noqa: N802 (the part serve_connection uses)
+        return factory.buildProtocol(None)
+
 
 class _Port:
     def __init__(self) -> None:
@@ -119,3 +122,25 @@ def test_channel_eof_is_none():
     parent.close()
     assert received(child) is None
     child.close()
+
+
+class _Broken:
+    def buildProtocol(self, addr):  # noqa: N802
+        raise RuntimeError("a bug in the protocol's start")
+
+
+def test_a_failing_connection_does_not_stop_the_accepting():
+    """Twisted drops a reader whose doRead raises: one connection's failure must not
+    leave the parent deaf on that endpoint."""
+    port = _Port()
+    port.factory = _Broken()
+    dealer = Dealer(_Reactor(), {"tcp_forward": port}, local=frozenset({"tcp_forward"}))
+    (acceptor,) = dealer._acceptors
+    port.socket.setblocking(False)  # as Twisted's port leaves it: doRead accepts until none waits
+    clients = [socket.create_connection(port.socket.getsockname()) for _ in range(2)]
+    acceptor.doRead()  # both accepted, both fail, nothing raised
+    for client in clients:
+        client.settimeout(5)
+        assert client.recv(1) == b""
+        client.close()
+    dealer.stop()
