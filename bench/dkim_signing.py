@@ -240,7 +240,9 @@ def _run_postfix(label, sink, milter_cf, messages, size, milter_pid: int | None 
         instance.stop()
 
 
-def _opendkim(directory: Path, key: SigningKey) -> tuple[object, str] | None:
+def start_opendkim(directory: Path, key: SigningKey) -> tuple[object, str] | None:
+    """OpenDKIM signing every message with *key* (d=fwd.example, s=sel) on a unix socket in
+    *directory*: (its process, its milter address ``unix:PATH``); None when not installed."""
     import shutil
     import subprocess
 
@@ -333,7 +335,7 @@ def through_postfix(
     sink = SmtpSink().start()
     common = "milter_protocol = 6\nmilter_default_action = tempfail\n"
     rows = []
-    opendkim = _opendkim(directory, fwd)
+    opendkim = start_opendkim(directory, fwd)
     try:
         rows.append(("Postfix, no milter", "", _run_postfix("none", sink, "", messages, size)[0]))
         ratios: dict[str, list[float]] = {name: [] for name in daemons}

@@ -40,11 +40,15 @@ def test_lookups_alternates_and_prints_pair_ratios():
 def test_isolation_measures_idle_and_both_loads():
     out = run(
         "isolation.py", "--rounds", "1", "--seconds", "0.5", "--rate", "200", "--connections", "2",
-        "--spf-waiting", "5", "--dns-delay", "0.5", "--milter-clients", "1", "--keys", "200", "--srsd", "l1",
+        "--spf-waiting", "5", "--dns-delay", "0.5", "--milter-clients", "1", "--keys", "200", "--srsd", "l1,anchor",
     )  # fmt: skip
-    assert re.search(r"srsd l1 round 1 spf +: idle p50/p99 \d+/\d+ µs .* spf \d+/s, errors 0, bad replies 0", out), out
-    assert re.search(r"srsd l1 round 1 milter: .* milter \d+/s, errors 0, bad replies 0", out), out
+    for side in ("srsd l1", "anchor"):  # the anchor: PostSRSd, policyd-spf and OpenDKIM under the same loads
+        spf_row = side + r" round 1 spf +: idle p50/p99 \d+/\d+ µs .* spf \d+/s, errors 0, bad replies 0"
+        assert re.search(spf_row, out), out
+        assert re.search(side + r" round 1 milter: .* milter \d+/s, errors 0, bad replies 0", out), out
     assert re.search(r"\| l1 \| milter \| \d+\.\d\dx", out), out
+    assert re.search(r"\| anchor \| milter \| \d+\.\d\dx", out), out
+    assert re.search(r"  l1 milter: \d+\.\d\dx \(", out), out  # srsd's loaded p99 against the anchor's
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix needs root")
