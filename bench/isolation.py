@@ -23,12 +23,14 @@ Postfix's cleanup processes) and reports p50/p99/p99.9 latency, with, by turns:
 Every round runs idle, spf, idle, milter (...) in turn and prints each load's p99
 as a ratio to the idle run just before it. Target 4: within 1.10x.
 
-``--srsd anchor`` runs the same rounds on what srsd replaces, on the same loopback
-DNS and proxy: PostSRSd answering the lookups, OpenDKIM signing for the milter load
-(the same client, key and messages; one RSA signature a message where srsd makes
-three) and policyd-spf for the spf load (a process per connection, as spawn(8) runs
-it). Its rows show what the same load does to the replaced stack's lookups on this
-machine: the yardstick for a target that a 2-core machine may not allow anyone.
+Every side (each ``--srsd`` layout) is started first and measured by turns, the
+order reversed every other round. ``--srsd anchor`` is what srsd replaces, on the
+same loopback DNS and proxy: PostSRSd answering the lookups, OpenDKIM signing for
+the milter load (the same client, key and messages: they come from a trusted client,
+so srsd too makes one RSA signature a message, no ARC set) and policyd-spf for the
+spf load (a process per connection, as spawn(8) runs it). Its rows show what the
+same load does to the replaced stack's lookups on this machine: the yardstick for a
+target that a 2-core machine may not allow anyone.
 """
 
 from __future__ import annotations
