@@ -176,10 +176,14 @@ class LookupReceiver:
         connection.setblocking(False)
         try:
             await self.loop.connect_accepted_socket(lambda: LookupBridge(factory, closed), connection)
-        except Exception as exc:  # the client already gone (OSError), or a bug: this connection only
-            log.warn("{name}: a connection handed over could not be served: {error}", name=name, error=exc)
-            connection.close()
-            closed()
+        except OSError as exc:  # the client already gone
+            log.warn("{name}: a connection handed over was gone: {error}", name=name, error=exc)
+        except Exception:  # a bug in one connection's start: this connection only, with its traceback
+            log.failure("{name}: a connection handed over could not be served; closed it", name=name)
+        else:
+            return
+        connection.close()
+        closed()
 
 
 def serve_lookups(config_path: str | None, inherit: str, status_fd: int | None = None) -> int:
