@@ -229,11 +229,27 @@ class PostfixInstance:
 
     def start(self) -> PostfixInstance:
         self.check_config()
-        self._run("postfix", "start", timeout=60)
+        for attempt in range(3):
+            try:
+                self._run("postfix", "start", timeout=60)
+                break
+            except PostfixError:
+                # smtpd_port was free when __init__ chose it; a daemon or sink that binds
+                # port 0 since may have been given it: choose again (free_port's race).
+                taken = f"bind 127.0.0.1 port {self.smtpd_port}: Address already in use"
+                if attempt == 2 or taken not in self.maillog.read_text(errors="replace"):
+                    raise
+                self._listen_on(free_port())
         self._started = True
         if not wait_for_port(self.smtpd_port, timeout=15):
             raise PostfixError(f"smtpd is not listening on 127.0.0.1:{self.smtpd_port}\n" + self.diagnostics())
         return self
+
+    def _listen_on(self, port: int) -> None:
+        """Move smtpd to *port* (master.cf), before a start."""
+        master_cf = self.config_dir / "master.cf"
+        master_cf.write_text(master_cf.read_text().replace(f"127.0.0.1:{self.smtpd_port} ", f"127.0.0.1:{port} ", 1))
+        self.smtpd_port = port
 
     def master_pid(self) -> int | None:
         try:
