@@ -248,7 +248,10 @@ class PostfixInstance:
     def _listen_on(self, port: int) -> None:
         """Move smtpd to *port* (master.cf), before a start."""
         master_cf = self.config_dir / "master.cf"
-        master_cf.write_text(master_cf.read_text().replace(f"127.0.0.1:{self.smtpd_port} ", f"127.0.0.1:{port} ", 1))
+        text, listen = master_cf.read_text(), f"127.0.0.1:{self.smtpd_port} "
+        if listen not in text:  # the template changed: a silent no-op would retry the same port
+            raise PostfixError(f"master.cf has no smtpd service on {listen.strip()} to move")
+        master_cf.write_text(text.replace(listen, f"127.0.0.1:{port} ", 1))
         self.smtpd_port = port
 
     def master_pid(self) -> int | None:
